@@ -1,0 +1,173 @@
+"""The `loramem` command line: a thin shell over library calls (each verb is a function you can call)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from loramem.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="LoRA adapters as knowledge memory.")
+phonebook_app = typer.Typer(no_args_is_help=True, help="PhoneBook benchmark files.")
+bench_app = typer.Typer(no_args_is_help=True, help="The paper's research questions, one recipe each.")
+app.add_typer(phonebook_app, name="phonebook")
+app.add_typer(bench_app, name="bench")
+console = Console(stderr=True)
+
+
+def _writer_config(**kw):
+    from pydantic import ValidationError
+
+    from loramem.config import WriterConfig
+
+    recipe = kw.pop("recipe")
+    given = {k: v for k, v in kw.items() if v is not None}
+    try:
+        return WriterConfig.recipe(recipe, **given)
+    except ValidationError as exc:
+        raise UserError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the built-in base models (any Hugging Face id or local folder works too)."""
+    from loramem.models import list_models
+
+    for name, what in list_models().items():
+        print(f"{name:14s} {what}")
+
+
+@phonebook_app.command("make")
+def phonebook_make(
+    out: Path = typer.Option(..., help="CSV file to write (the paper's format)"),
+    entries: int | None = typer.Option(None, help="number of entries"),
+    tokens: str | None = typer.Option(None, help="size in knowledge tokens instead, e.g. 4K"),
+    model: str = typer.Option("smollm2-135m", help="tokenizer that counts tokens (with --tokens)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Generate a fictitious PhoneBook from a seed."""
+    from loramem.data import phonebook
+
+    if (entries is None) == (tokens is None):
+        raise UserError("give exactly one of --entries N or --tokens SIZE")
+    if entries is not None:
+        book = phonebook.generate(entries, seed)
+    else:
+        from loramem.models import load_base
+
+        book = phonebook.generate_tokens(phonebook.parse_size(tokens), load_base(model).tokenizer, seed)
+    phonebook.write(book, out)
+    console.print(f"wrote {len(book)} entries to {out}")
+
+
+@app.command("write")
+def write_cmd(
+    train_file: Path = typer.Argument(..., help="PhoneBook CSV/JSON or JSONL rows"),
+    out: Path = typer.Option(..., help="module folder to write (a standard PEFT adapter folder)"),
+    model: str = typer.Option("smollm2-135m", help="base model: registry name, HF id or local folder"),
+    recipe: str = typer.Option("fast", help="preset: fast (loramem defaults) or paper (authors' settings)"),
+    rank: int | None = typer.Option(None), alpha: float | None = typer.Option(None),
+    rslora: bool | None = typer.Option(None, "--rslora/--no-rslora"),
+    targets: str | None = typer.Option(None, help="all-linear or e.g. q_proj,v_proj"),
+    layers: str | None = typer.Option(None, help="layer range, e.g. 20-29"),
+    dropout: float | None = typer.Option(None), lr: float | None = typer.Option(None),
+    schedule: str | None = typer.Option(None, help="constant, cosine or linear"),
+    steps: int | None = typer.Option(None), epochs: float | None = typer.Option(None),
+    batch_size: int | None = typer.Option(None), seed: int | None = typer.Option(None),
+    loss: str | None = typer.Option(None, help="answer (default) or sequence"),
+    format: str | None = typer.Option(None, "--format", help="plain, chat or chat-user"),
+    target_em: float | None = typer.Option(None, help="stop once training exact match reaches this"),
+    max_seconds: float | None = typer.Option(None),
+    limit: int | None = typer.Option(None, help="use only the first N rows of the file"),
+) -> None:
+    """Train one LoRA memory module from a training file."""
+    from loramem.data.examples import read_examples
+    from loramem.models import load_base
+    from loramem.writer import write_module
+
+    cfg = _writer_config(recipe=recipe, rank=rank, alpha=alpha, rslora=rslora, targets=targets, layers=layers,
+                         dropout=dropout, lr=lr, schedule=schedule, steps=steps, epochs=epochs,
+                         batch_size=batch_size, seed=seed, loss=loss, format=format, target_em=target_em,
+                         max_seconds=max_seconds)
+    examples = read_examples(train_file)[:limit]
+    base = load_base(model)
+    res = write_module(examples, base, cfg, out=out)
+    r = res.record
+    console.print(
+        f"wrote {out}: {r['n_examples']} facts, rank {cfg.rank}, {r['n_params']:,} params, {r['steps']} steps "
+        f"({r['stopped']}), exact match {r['exact_match']:.3f}, {r['tokens_per_s']:.0f} tok/s, {r['wall_s']:.0f} s"
+    )
+
+
+@app.command("eval")
+def eval_cmd(
+    module: Path = typer.Argument(..., help="module folder written by `loramem write`"),
+    data: Path = typer.Option(..., help="facts to check (same kinds of file as `write` takes)"),
+    model: str | None = typer.Option(None, help="base model (default: the one the module records)"),
+    generate: bool = typer.Option(False, "--generate", help="also check by real greedy generation"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Exact match of a module on a set of facts (teacher-forced; --generate also decodes)."""
+    from loramem.data.examples import read_examples
+    from loramem.evaluate import generated_em, teacher_forced_em
+    from loramem.models import load_base
+    from loramem.writer import load_adapter, read_record
+
+    rec = read_record(module)
+    base = load_base(model or rec.get("base", {}).get("name") or "smollm2-135m")
+    fmt = rec.get("config", {}).get("format", "plain")
+    examples = read_examples(data)
+    host = load_adapter(base, module, "module_eval")
+    tf = teacher_forced_em(host, base, examples, fmt)
+    result = {"exact_match": sum(tf) / len(tf), "n": len(tf), "method": "teacher-forced", "format": fmt}
+    if generate:
+        gen = generated_em(host, base, examples, fmt)
+        result["exact_match_generate"] = sum(gen) / len(gen)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print(f"exact match {result['exact_match']:.4f} on {len(tf)} facts" + (
+            f" (generation: {result['exact_match_generate']:.4f})" if generate else ""))
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 2, never a traceback."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:
+        pass
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except (typer.BadParameter, typer.Exit) as exc:
+        if isinstance(exc, typer.Exit):
+            sys.exit(exc.exit_code)
+        raise
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

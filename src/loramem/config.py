@@ -1,0 +1,121 @@
+"""Typed settings shared by the CLI, the library and the server. Defaults live here, once.
+
+This is the only module (besides cli.py) that reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def loramem_home() -> Path:
+    """Cache root: $LORAMEM_HOME, else ~/.cache/loramem."""
+    return Path(os.environ.get("LORAMEM_HOME", Path.home() / ".cache" / "loramem")).expanduser()
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """Read one environment variable (API keys, endpoints); the only place library code may."""
+    return os.environ.get(name, default)
+
+
+def paper_release_dir() -> Path | None:
+    """Where the paper's released data lies: $LORAMEM_PAPER_DATA, else ../shared/data/paper-release if present."""
+    given = os.environ.get("LORAMEM_PAPER_DATA")
+    if given:
+        return Path(given)
+    for base in (Path.cwd(), *Path.cwd().parents):
+        cand = base.parent / "shared" / "data" / "paper-release"
+        if cand.is_dir():
+            return cand
+        cand = base / "shared" / "data" / "paper-release"
+        if cand.is_dir():
+            return cand
+    return None
+
+
+Format = Literal["plain", "chat", "chat-user"]
+"""How a (prompt, answer) example becomes text.
+plain: "Question: ...? Answer: ..." as in the paper's CSV rows.
+chat: question in the user turn, answer in the assistant turn of the model's chat template.
+chat-user: the whole row in the user turn (the paper's released recipe)."""
+
+
+class WriterConfig(BaseModel):
+    """Options of one LoRA module's training run (`loramem write`)."""
+
+    rank: int = Field(8, description="LoRA rank r")
+    alpha: float | None = Field(None, description="LoRA alpha; default 2*rank")
+    rslora: bool = False
+    targets: str = Field("all-linear", description="'all-linear' or comma list of module names, e.g. q_proj,v_proj")
+    layers: str | None = Field(None, description="layer range, e.g. '20-29' or '0,5,10'; default all layers")
+    dropout: float = 0.0
+    lr: float = 2e-3
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = 0
+    steps: int | None = Field(None, description="max optimizer steps; default from epochs")
+    epochs: float = 100.0
+    batch_size: int = 16
+    seed: int = 0
+    loss: Literal["answer", "sequence"] = "answer"
+    format: Format = "plain"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    fast: bool = Field(True, description="logits at supervised positions only, length-grouped batches")
+    prefix_cache: bool = Field(True, description="cache frozen layers below the lowest LoRA layer (fast path)")
+    target_em: float | None = Field(1.0, description="stop when training-fact exact match reaches this; None: never")
+    eval_every: int | None = Field(None, description="steps between exact-match checks; default once per epoch")
+    max_seconds: float | None = None
+    progress: bool = True
+
+    @field_validator("rank")
+    @classmethod
+    def _rank_positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"rank must be >= 1 (got {v}); pass e.g. --rank 8")
+        return v
+
+    @field_validator("lr")
+    @classmethod
+    def _lr_positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"lr must be > 0 (got {v})")
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"batch size must be >= 1 (got {v})")
+        return v
+
+    @model_validator(mode="after")
+    def _default_alpha(self) -> WriterConfig:
+        if self.alpha is None:
+            self.alpha = float(2 * self.rank)
+        return self
+
+    @classmethod
+    def recipe(cls, name: str, **overrides) -> WriterConfig:
+        """A named preset; `paper` reproduces the authors' released settings."""
+        presets = {
+            "fast": {},
+            # The paper's release: alpha = rank, dropout 0.1, lr 5e-5 cosine, batch 8, 1500 steps,
+            # loss on the whole sequence, the row in the user turn of the chat template, no early stop.
+            "paper": dict(
+                dropout=0.1, lr=5e-5, schedule="cosine", batch_size=8, steps=1500,
+                loss="sequence", format="chat-user", target_em=None,
+            ),
+        }
+        if name not in presets:
+            from loramem.errors import UserError
+
+            raise UserError(f"unknown recipe '{name}'; choose one of: {', '.join(presets)}")
+        values = {**presets[name], **overrides}
+        if name == "paper" and values.get("alpha") is None:
+            values["alpha"] = float(values.get("rank", cls.model_fields["rank"].default))
+        return cls(**values)

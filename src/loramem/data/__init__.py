@@ -1,0 +1,1 @@
+"""Benchmarks and loaders: PhoneBook, CounterFact, PaperQA and user documents."""

@@ -1,0 +1,5 @@
+"""Errors a user can cause. The CLI prints them in one line and exits 2."""
+
+
+class UserError(Exception):
+    """Bad input from the user; the message names the problem and the fix."""

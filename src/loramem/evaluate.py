@@ -1,0 +1,71 @@
+"""Reading memory back: exact match by teacher forcing (fast, exact) and by real greedy generation."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+
+import torch
+
+from loramem.config import Format
+from loramem.formats import Example, render
+from loramem.models import Base
+from loramem.writer import autocast_for, exact_match_items
+
+
+def normalize(text: str) -> str:
+    """Lower-case, strip punctuation at the ends and collapse spaces (SQuAD-style, keeps inner dashes)."""
+    text = text.strip().lower()
+    text = re.sub(r"\s+", " ", text)
+    return text.strip(string.punctuation + " ")
+
+
+def exact_match(prediction: str, gold: str) -> bool:
+    return normalize(prediction) == normalize(gold)
+
+
+def teacher_forced_em(model, base: Base, examples: Sequence[Example], fmt: Format = "plain") -> list[bool]:
+    """Per example: greedy decoding would produce exactly the answer and stop (one forward pass, no generate)."""
+    from loramem.config import WriterConfig
+
+    items = [render(e, base.tokenizer, fmt) for e in examples]
+    return exact_match_items(model, items, base.tokenizer.pad_token_id, autocast_for(WriterConfig(), base.device))
+
+
+@torch.no_grad()
+def generate_answers(model, base: Base, examples: Sequence[Example], fmt: Format = "plain",
+                     max_new_tokens: int | None = None, batch_size: int = 16) -> list[str]:
+    """Greedy answers to each example's prompt, cut at the terminator (or a newline in plain format)."""
+    tok = base.tokenizer
+    items = [render(e, tok, fmt) for e in examples]
+    stop_ids = {items[0].ids[items[0].answer_end - 1]} if items else set()
+    if tok.eos_token_id is not None:
+        stop_ids.add(tok.eos_token_id)
+    out: list[str] = [""] * len(items)
+    order = sorted(range(len(items)), key=lambda i: len(items[i].prompt_ids))
+    model.eval()
+    dev = base.device
+    for k in range(0, len(order), batch_size):
+        idx = order[k : k + batch_size]
+        prompts = [items[i].prompt_ids for i in idx]
+        T = max(len(p) for p in prompts)
+        ids = torch.full((len(idx), T), tok.pad_token_id, dtype=torch.long)
+        att = torch.zeros((len(idx), T), dtype=torch.long)
+        for row, p in enumerate(prompts):  # left padding for generation
+            ids[row, T - len(p):] = torch.tensor(p)
+            att[row, T - len(p):] = 1
+        n_new = max_new_tokens or max(len(items[i].target_ids) for i in idx) + 8
+        gen = model.generate(input_ids=ids.to(dev), attention_mask=att.to(dev), max_new_tokens=n_new,
+                             do_sample=False, eos_token_id=sorted(stop_ids), pad_token_id=tok.pad_token_id)
+        for row, i in enumerate(idx):
+            new = gen[row, T:].tolist()
+            cut = next((j for j, t in enumerate(new) if t in stop_ids), len(new))
+            text = tok.decode(new[:cut], skip_special_tokens=True)
+            out[i] = text.split("\n")[0].strip() if fmt == "plain" else text.strip()
+    return out
+
+
+def generated_em(model, base: Base, examples: Sequence[Example], fmt: Format = "plain") -> list[bool]:
+    answers = generate_answers(model, base, examples, fmt)
+    return [exact_match(a, e.answer) for a, e in zip(answers, examples, strict=True)]

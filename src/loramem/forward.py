@@ -1,0 +1,164 @@
+"""The fast forward pass shared by training and teacher-forced evaluation.
+
+Two tricks, both exact:
+- logits only where a label is supervised: the LM head (vocab x hidden) is the largest single matmul of a small
+  model, and a fact's answer is a few tokens of a longer row;
+- a prefix cache: when LoRA sits only on layers >= L, the hidden states entering layer L never change during
+  training, so they are computed once and each step runs only layers L..end (forward and backward).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from loramem.formats import Rendered
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    index: list[int]  # which rendered items, in order
+    input_ids: torch.Tensor  # [B, T], right padded
+    attention_mask: torch.Tensor
+    labels: torch.Tensor  # [B, T] target at position t (already shifted: predicts token t+1), IGNORE elsewhere
+    eval_mask: torch.Tensor  # [B, T] positions whose argmax must match for exact match (answer span)
+    tokens: int  # real (non-pad) tokens
+
+
+def collate(items: Sequence[Rendered], index: list[int], pad_id: int, loss: str = "answer") -> Batch:
+    """Right-padded batch; labels and eval mask are aligned with the position that predicts each token."""
+    T = max(len(items[i].ids) for i in index)
+    B = len(index)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    att = torch.zeros((B, T), dtype=torch.long)
+    labels = torch.full((B, T), IGNORE, dtype=torch.long)
+    emask = torch.zeros((B, T), dtype=torch.bool)
+    tokens = 0
+    for row, i in enumerate(index):
+        r = items[i]
+        n = len(r.ids)
+        t = torch.tensor(r.ids, dtype=torch.long)
+        ids[row, :n] = t
+        att[row, :n] = 1
+        tokens += n
+        lo = 1 if loss == "sequence" else max(r.answer_start, 1)
+        labels[row, lo - 1 : n - 1] = t[lo:n]
+        a0, a1 = max(r.answer_start, 1), r.answer_end
+        emask[row, a0 - 1 : a1 - 1] = True
+    return Batch(list(index), ids, att, labels, emask, tokens)
+
+
+def length_batches(items: Sequence[Rendered], batch_size: int, rng: random.Random | None) -> list[list[int]]:
+    """Indices grouped by length (little padding waste); batch order shuffled when an rng is given."""
+    order = sorted(range(len(items)), key=lambda i: (len(items[i].ids), i))
+    if rng is not None:
+        # shuffle within equal-length runs too, so batches differ between epochs
+        keyed = sorted(order, key=lambda i: (len(items[i].ids), rng.random()))
+        order = keyed
+    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    if rng is not None:
+        rng.shuffle(batches)
+    return batches
+
+
+def _inner(model) -> torch.nn.Module:
+    """The causal-LM model under any PEFT wrapping."""
+    m = model
+    if hasattr(m, "get_base_model"):
+        m = m.get_base_model()
+    return m
+
+
+def _softcap(model, logits: torch.Tensor) -> torch.Tensor:
+    cap = getattr(_inner(model).config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def logits_at(model, batch: Batch, mask: torch.Tensor, hidden_in: torch.Tensor | None = None,
+              start_layer: int = 0) -> torch.Tensor:
+    """Logits [N, V] (float32) at the positions of `mask`, optionally starting from cached hidden states."""
+    lm = _inner(model)
+    dev = next(lm.parameters()).device
+    att = batch.attention_mask.to(dev)
+    decoder = lm.get_decoder()
+    if hidden_in is None:
+        out = decoder(input_ids=batch.input_ids.to(dev), attention_mask=att, use_cache=False)
+    else:
+        with _layers_from(decoder, start_layer):
+            out = decoder(inputs_embeds=hidden_in.to(dev), attention_mask=att, use_cache=False)
+    h = out.last_hidden_state[mask.to(dev)]
+    return _softcap(model, lm.get_output_embeddings()(h).float())
+
+
+@contextlib.contextmanager
+def _layers_from(decoder, start: int) -> Iterator[None]:
+    layers = decoder.layers
+    decoder.layers = torch.nn.ModuleList(list(layers)[start:])
+    try:
+        yield
+    finally:
+        decoder.layers = layers
+
+
+@torch.no_grad()
+def hidden_before(model, batch: Batch, layer: int) -> torch.Tensor:
+    """Hidden states entering decoder layer `layer` (the input of that layer), [B, T, H]."""
+    lm = _inner(model)
+    dev = next(lm.parameters()).device
+    out = lm.get_decoder()(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
+                           output_hidden_states=True, use_cache=False)
+    return out.hidden_states[layer].detach()
+
+
+class PrefixCache:
+    """Hidden states entering `layer` for every item, computed once with the frozen lower layers."""
+
+    def __init__(self, model, items: Sequence[Rendered], layer: int, pad_id: int, autocast) -> None:
+        self.layer = layer
+        self.rows: list[torch.Tensor] = [None] * len(items)  # type: ignore[list-item]
+        for idx in length_batches(items, 64, None):
+            b = collate(items, idx, pad_id)
+            with autocast():
+                h = hidden_before(model, b, layer)
+            for row, i in enumerate(idx):
+                self.rows[i] = h[row, : len(items[i].ids)].to(torch.bfloat16 if h.dtype == torch.bfloat16 else h.dtype).cpu()
+
+    def batch_hidden(self, batch: Batch) -> torch.Tensor:
+        T = batch.input_ids.shape[1]
+        first = self.rows[batch.index[0]]
+        out = torch.zeros((len(batch.index), T, first.shape[-1]), dtype=first.dtype)
+        for row, i in enumerate(batch.index):
+            out[row, : self.rows[i].shape[0]] = self.rows[i]
+        return out
+
+
+def prefix_cache_ok(model, items: Sequence[Rendered], layer: int, pad_id: int, autocast) -> bool:
+    """Check on a real batch that starting at `layer` from cached states reproduces the full forward pass."""
+    if layer <= 0 or not hasattr(_inner(model).get_decoder(), "layers"):
+        return False
+    idx = list(range(min(4, len(items))))
+    b = collate(items, idx, pad_id)
+    try:
+        with torch.no_grad(), autocast():
+            full = logits_at(model, b, b.eval_mask)
+            h = hidden_before(model, b, layer)
+            part = logits_at(model, b, b.eval_mask, hidden_in=h, start_layer=layer)
+    except Exception as exc:  # an architecture whose decoder cannot start mid-stack
+        log.info("prefix cache disabled: %s", exc)
+        return False
+    tol = 5e-2 if full.dtype == torch.bfloat16 else 2e-3
+    same = torch.allclose(full, part, atol=tol * max(1.0, full.abs().max().item()) / 10, rtol=0)
+    if not same:
+        log.info("prefix cache disabled: partial forward differs from the full one")
+    return bool(same)

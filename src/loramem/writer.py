@@ -1,0 +1,392 @@
+"""The training loop of a memory module: examples in, one PEFT LoRA adapter out.
+
+    record = write_module(examples, base, WriterConfig(rank=8), out="modules/phonebook")
+
+Fast path (on by default): logits only at supervised positions, bf16 autocast where the hardware has it (LoRA
+weights and optimizer state stay fp32), length-grouped batches, frozen lower layers cached when LoRA sits on
+upper layers only, and an early stop once teacher-forced exact match on the training facts reaches a target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from loramem import __version__
+from loramem.config import WriterConfig
+from loramem.errors import UserError
+from loramem.formats import Example, Rendered, render
+from loramem.forward import PrefixCache, collate, length_batches, logits_at, prefix_cache_ok
+from loramem.models import Base, bf16_supported
+
+RECORD_FILE = "loramem.json"
+
+
+@dataclass
+class WriteResult:
+    """A trained module: where it was saved, its run record, and the live model with the adapter active."""
+
+    path: Path | None
+    record: dict
+    model: torch.nn.Module
+    adapter: str
+    rendered: list[Rendered] = field(repr=False, default_factory=list)
+
+
+def parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
+    """'20-29' or '0,5,10' -> layer indices (None: all layers)."""
+    if spec is None or spec.strip() in ("", "all"):
+        return None
+    out: set[int] = set()
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out.update(range(int(a), int(b) + 1))
+            else:
+                out.add(int(part))
+    except ValueError:
+        raise UserError(f"bad layer range '{spec}': use e.g. 20-29 or 0,5,10") from None
+    bad = [i for i in out if not 0 <= i < n_layers]
+    if bad or not out:
+        raise UserError(f"layers {sorted(bad) or spec} are outside 0-{n_layers - 1} for this model; pick layers in range")
+    return sorted(out)
+
+
+def lora_config(cfg: WriterConfig, base: Base):
+    """The PEFT LoraConfig for a writer config, validated against the base model's module names."""
+    from peft import LoraConfig
+
+    layers = parse_layers(cfg.layers, base.n_layers)
+    if cfg.targets.strip() == "all-linear":
+        targets: str | list[str] = "all-linear"
+        if layers is not None:
+            # PEFT applies layers_to_transform to explicit module lists, so expand all-linear ourselves.
+            targets = linear_module_names(base.model)
+    else:
+        targets = [t.strip() for t in cfg.targets.split(",") if t.strip()]
+        known = linear_module_names(base.model)
+        unknown = [t for t in targets if t not in known]
+        if unknown:
+            raise UserError(f"target modules {unknown} are not in this model; choose from {', '.join(known)} or all-linear")
+    return LoraConfig(
+        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, use_rslora=cfg.rslora,
+        target_modules=targets, layers_to_transform=layers, bias="none", task_type="CAUSAL_LM",
+    )
+
+
+def linear_module_names(model) -> list[str]:
+    """Short names of the Linear layers inside the decoder blocks (what `--targets` may name)."""
+    names = set()
+    for full, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and ".layers." in full and "lora_" not in full:
+            parts = full.split(".")
+            names.add(parts[-2] if parts[-1] == "base_layer" else parts[-1])  # under PEFT, Linear moves down
+    return sorted(names)
+
+
+def attach(base: Base, config, adapter: str):
+    """Add a fresh adapter to the process-wide PEFT wrapper of `base` (created on first use) and activate it."""
+    from peft import get_peft_model
+
+    host = base.extra.get("peft")
+    if host is None:
+        host = get_peft_model(base.model, config, adapter_name=adapter)
+        base.extra["peft"] = host
+    else:
+        if adapter in host.peft_config:
+            host.delete_adapter(adapter)
+        host.add_adapter(adapter, config)
+    host.set_adapter(adapter)
+    return host
+
+
+def adapter_params(host, adapter: str) -> list[torch.nn.Parameter]:
+    return [p for n, p in host.named_parameters() if "lora_" in n and f".{adapter}." in n + "."]
+
+
+def autocast_for(cfg: WriterConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported(device))
+    if not use_bf16:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def lowest_layer(cfg: WriterConfig, base: Base) -> int:
+    layers = parse_layers(cfg.layers, base.n_layers)
+    return 0 if layers is None else layers[0]
+
+
+def data_hash(examples: Sequence[Example]) -> str:
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([e.prompt, e.answer]).encode())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def exact_match_items(model, items: Sequence[Rendered], pad_id: int, autocast=contextlib.nullcontext,
+                      cache: PrefixCache | None = None, batch_size: int = 64) -> list[bool]:
+    """Per item: does argmax equal the target at every answer position (= greedy decoding answers and stops)?"""
+    model.eval()
+    ok = [False] * len(items)
+    for idx in length_batches(items, batch_size, None):
+        b = collate(items, idx, pad_id)
+        with autocast():
+            if cache is not None:
+                logits = logits_at(model, b, b.eval_mask, cache.batch_hidden(b), cache.layer)
+            else:
+                logits = logits_at(model, b, b.eval_mask)
+        pred = logits.argmax(-1).cpu()
+        target = b.input_ids[:, 1:][b.eval_mask[:, :-1]]
+        hit = (pred == target).long()
+        counts = b.eval_mask.sum(1).tolist()
+        pos = 0
+        for row, i in enumerate(idx):
+            n = counts[row]
+            ok[i] = bool(hit[pos : pos + n].all()) if n else False
+            pos += n
+    return ok
+
+
+def _lr_lambda(cfg: WriterConfig, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+        if cfg.schedule == "linear":
+            return max(0.0, 1 - frac)
+        return 1.0
+    return f
+
+
+def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out: str | Path | None = None,
+                 adapter: str = "default", on_step: Callable[[dict], None] | None = None) -> WriteResult:
+    """Train one LoRA module on `examples` and save it as a standard PEFT adapter folder with a run record."""
+    if not examples:
+        raise UserError("no training examples; pass a file with at least one row")
+    t_start = time.time()
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    tok = base.tokenizer
+    pad_id = tok.pad_token_id
+    items = [render(e, tok, cfg.format) for e in examples]
+    host = attach(base, lora_config(cfg, base), adapter)
+    params = adapter_params(host, adapter)
+    for n, p in host.named_parameters():
+        p.requires_grad = False
+    for p in params:
+        p.requires_grad = True
+    autocast = autocast_for(cfg, base.device)
+
+    cache = None
+    start_layer = lowest_layer(cfg, base) if (cfg.fast and cfg.prefix_cache) else 0
+    if start_layer > 0 and prefix_cache_ok(host, items, start_layer, pad_id, autocast):
+        cache = PrefixCache(host, items, start_layer, pad_id, autocast)
+
+    batches_per_epoch = math.ceil(len(items) / cfg.batch_size)
+    total = cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * batches_per_epoch))
+    eval_every = cfg.eval_every or batches_per_epoch
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))
+
+    history: list[list[float]] = []
+    best = {"em": -1.0, "state": None, "step": 0}
+    tokens_seen, step, stopped, loss_val, eval_s = 0, 0, "steps", float("nan"), 0.0
+    queue: list[list[int]] = []
+    progress = _Progress(total, enabled=cfg.progress)
+    train_t0 = time.time()
+
+    def check(step: int) -> float:
+        nonlocal eval_s
+        t = time.time()
+        em = sum(exact_match_items(host, items, pad_id, autocast, cache)) / len(items)
+        eval_s += time.time() - t
+        history.append([step, em])
+        if em > best["em"]:
+            best.update(em=em, step=step, state={id(p): p.detach().clone() for p in params})
+        host.train()
+        return em
+
+    try:
+        with progress:
+            host.train()
+            while step < total:
+                if not queue:
+                    queue = length_batches(items, cfg.batch_size, rng)
+                b = collate(items, queue.pop(), pad_id, cfg.loss)
+                mask = b.labels != -100
+                with autocast():
+                    if cache is not None:
+                        logits = logits_at(host, b, mask, cache.batch_hidden(b), cache.layer)
+                    elif cfg.fast:
+                        logits = logits_at(host, b, mask)
+                    else:
+                        logits = _full_logits(host, b)[mask.to(base.device)]
+                loss = torch.nn.functional.cross_entropy(logits, b.labels[mask].to(logits.device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                tokens_seen += b.tokens
+                loss_val = loss.item()
+                em = None
+                if cfg.target_em is not None and (step % eval_every == 0 or step == total):
+                    em = check(step)
+                elapsed = time.time() - train_t0
+                progress.update(step, loss_val, tokens_seen / max(elapsed - eval_s, 1e-9), em)
+                if on_step:
+                    on_step({"step": step, "loss": loss_val, "tokens": tokens_seen, "em": em})
+                if em is not None and em >= cfg.target_em:
+                    stopped = "target_em"
+                    break
+                if cfg.max_seconds and time.time() - t_start > cfg.max_seconds:
+                    stopped = "max_seconds"
+                    break
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+
+    final_em = sum(exact_match_items(host, items, pad_id, autocast, cache)) / len(items)
+    if best["state"] is not None and best["em"] > final_em:
+        with torch.no_grad():
+            for p in params:
+                p.copy_(best["state"][id(p)])
+        final_em = best["em"]
+    host.eval()
+    train_s = time.time() - train_t0
+    record = {
+        "loramem_version": __version__,
+        "base": {"name": base.name, "fingerprint": base.fingerprint, "source": base.source},
+        "config": cfg.model_dump(),
+        "n_examples": len(items),
+        "data_hash": data_hash(examples),
+        "knowledge_tokens": sum(len(r.ids) for r in items),
+        "tokens_seen": tokens_seen,
+        "steps": step,
+        "epochs": round(step / batches_per_epoch, 2),
+        "stopped": stopped,
+        "exact_match": final_em,
+        "em_history": history,
+        "final_loss": loss_val,
+        "n_params": sum(p.numel() for p in params),
+        "precision": "bf16-autocast" if autocast is not contextlib.nullcontext else "fp32",
+        "prefix_cache_layer": cache.layer if cache else 0,
+        "train_s": round(train_s, 2),
+        "eval_s": round(eval_s, 2),
+        "wall_s": round(time.time() - t_start, 2),
+        "tokens_per_s": round(tokens_seen / max(train_s - eval_s, 1e-9), 1),
+        "packages": package_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    path = save_adapter(host, adapter, out, record) if out is not None else None
+    return WriteResult(path=path, record=record, model=host, adapter=adapter, rendered=items)
+
+
+def _full_logits(model, b) -> torch.Tensor:
+    dev = next(model.parameters()).device
+    return model(input_ids=b.input_ids.to(dev), attention_mask=b.attention_mask.to(dev)).logits.float()
+
+
+def save_adapter(host, adapter: str, out: str | Path, record: dict) -> Path:
+    """Save one adapter as a flat standard PEFT folder (adapter_config.json + adapter_model.safetensors)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = get_peft_model_state_dict(host, adapter_name=adapter)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(out / "adapter_model.safetensors"),
+              metadata={"format": "pt"})
+    conf = copy.deepcopy(host.peft_config[adapter])
+    conf.base_model_name_or_path = record["base"]["source"]
+    conf.save_pretrained(str(out))
+    (out / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str))
+    return out
+
+
+def package_versions() -> dict:
+    import peft
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "loramem": __version__}
+
+
+class _Progress:
+    """A rich progress bar with loss, tokens/s, exact match and ETA (silent when disabled)."""
+
+    def __init__(self, total: int, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.total = total
+        self.em: float | None = None
+        if enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]writing[/bold]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+                TextColumn("EM {task.fields[em]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                transient=True,
+            )
+            self.task = self.bar.add_task("write", total=total, loss="-", tps="-", em="-")
+
+    def __enter__(self):
+        if self.enabled:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.__exit__(*exc)
+
+    def update(self, step: int, loss: float, tps: float, em: float | None) -> None:
+        if em is not None:
+            self.em = em
+        if self.enabled:
+            self.bar.update(self.task, completed=step, loss=f"{loss:.3f}", tps=f"{tps:.0f}",
+                            em="-" if self.em is None else f"{self.em:.2f}")
+
+
+def load_adapter(base: Base, path: str | Path, adapter: str):
+    """Load a saved module (a PEFT adapter folder) onto the shared PEFT wrapper of `base` and activate it."""
+    from peft import PeftModel
+
+    p = Path(path)
+    if not (p / "adapter_config.json").is_file():
+        raise UserError(f"{p} is not a LoRA module folder (no adapter_config.json); pass the folder `loramem write` made")
+    rec = read_record(p)
+    if rec and rec.get("base", {}).get("fingerprint") not in (None, base.fingerprint):
+        raise UserError(
+            f"module {p} was trained for base model '{rec['base'].get('name')}', not '{base.name}'; "
+            f"pass --model {rec['base'].get('name')}"
+        )
+    host = base.extra.get("peft")
+    if host is None:
+        host = PeftModel.from_pretrained(base.model, str(p), adapter_name=adapter)
+        base.extra["peft"] = host
+    else:
+        if adapter in host.peft_config:
+            host.delete_adapter(adapter)
+        host.load_adapter(str(p), adapter_name=adapter)
+    host.set_adapter(adapter)
+    host.eval()
+    return host
+
+
+def read_record(path: str | Path) -> dict:
+    f = Path(path) / RECORD_FILE
+    return json.loads(f.read_text()) if f.is_file() else {}
