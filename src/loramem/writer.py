@@ -186,7 +186,7 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
     items = [render(e, tok, cfg.format) for e in examples]
     host = attach(base, lora_config(cfg, base), adapter)
     params = adapter_params(host, adapter)
-    for n, p in host.named_parameters():
+    for p in host.parameters():
         p.requires_grad = False
     for p in params:
         p.requires_grad = True

@@ -1,0 +1,149 @@
+"""Runs a recipe's grid cell by cell: each finished cell is appended to results.jsonl at once, a rerun skips
+finished cells, and a crashing cell is recorded with its error without stopping the others."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from loramem.config import DEFAULT_MODEL
+from loramem.errors import UserError
+
+Scale = Literal["smoke", "cpu", "paper"]
+
+
+class RecipeOptions(BaseModel):
+    """What every recipe takes; recipe-specific knobs go in `params` (set by its CLI flags)."""
+
+    model: str = DEFAULT_MODEL
+    scale: Scale = "smoke"
+    out: Path
+    seed: int = 0
+    paper_data: Path | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One research question: a grid of cells, how to run one cell, and how to summarize the rows."""
+
+    name: str
+    question: str  # e.g. "Q1-Q3: capacity vs rank"
+    cells: Callable[[RecipeOptions], list[dict]]  # each cell: JSON-able params with a unique "cell" id
+    run_cell: Callable[[dict, RecipeOptions], dict]
+    summarize: Callable[[list[dict], RecipeOptions], dict]  # writes tables/plots under opts.out, returns summary
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill mid-write: that cell reruns
+    return rows
+
+
+def append_row(path: Path, row: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run_recipe(recipe: Recipe, opts: RecipeOptions, executor: str = "local", address: str | None = None,
+               results_file: str = "results.jsonl") -> dict:
+    """Run every unfinished cell of `recipe`, then summarize all its rows. Returns the summary."""
+    opts.out.mkdir(parents=True, exist_ok=True)
+    path = opts.out / results_file
+    cells = recipe.cells(opts)
+    ids = [c["cell"] for c in cells]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"recipe {recipe.name} has duplicate cell ids")
+    done = {r["cell"] for r in read_rows(path) if r.get("recipe") == recipe.name and r.get("status") == "ok"}
+    todo = [c for c in cells if c["cell"] not in done]
+    if executor == "ray":
+        from loramem.experiments.ray_executor import run_cells_ray
+
+        for row in run_cells_ray(recipe, todo, opts, address):
+            append_row(path, row)
+    elif executor == "local":
+        with _CellProgress(recipe.name, len(cells), len(cells) - len(todo), opts.progress) as bar:
+            for cell in todo:
+                bar.start(cell["cell"])
+                append_row(path, run_one(recipe, cell, opts))
+                bar.advance()
+    else:
+        raise UserError(f"unknown executor '{executor}'; use local or ray")
+    rows = [r for r in read_rows(path) if r.get("recipe") == recipe.name]
+    ok = _latest_ok(rows)
+    summary = recipe.summarize(ok, opts) if ok else {}
+    failed = sorted({r["cell"] for r in rows if r.get("status") == "error"} - {r["cell"] for r in ok})
+    summary = {**summary, "recipe": recipe.name, "cells": len(cells), "ok": len(ok), "failed": failed}
+    (opts.out / f"summary_{recipe.name}.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def run_one(recipe: Recipe, cell: dict, opts: RecipeOptions) -> dict:
+    """One cell as a result row; an exception becomes a row with status 'error'."""
+    t0 = time.time()
+    try:
+        row = {**cell, **recipe.run_cell(cell, opts), "status": "ok"}
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # recorded, and the grid goes on
+        row = {**cell, "status": "error", "error": f"{type(exc).__name__}: {exc}",
+               "traceback": traceback.format_exc(limit=8)}
+    row.update(recipe=recipe.name, model=opts.model, scale=opts.scale, seed=opts.seed,
+               seconds=round(time.time() - t0, 2), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return row
+
+
+def _latest_ok(rows: list[dict]) -> list[dict]:
+    by_cell: dict[str, dict] = {}
+    for r in rows:
+        if r.get("status") == "ok":
+            by_cell[r["cell"]] = r
+    return list(by_cell.values())
+
+
+class _CellProgress:
+    def __init__(self, name: str, total: int, done: int, enabled: bool) -> None:
+        self.enabled = enabled and total > 0
+        if self.enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn(f"[bold]{name}[/bold]"), BarColumn(),
+                                TextColumn("{task.completed}/{task.total} cells"), TextColumn("{task.fields[cell]}"),
+                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+            self.task = self.bar.add_task(name, total=total, completed=done, cell="")
+
+    def __enter__(self):
+        if self.enabled:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.__exit__(*exc)
+
+    def start(self, cell: str) -> None:
+        if self.enabled:
+            self.bar.update(self.task, cell=cell)
+
+    def advance(self) -> None:
+        if self.enabled:
+            self.bar.advance(self.task)

@@ -1,0 +1,40 @@
+"""Shared fixtures: the tiny random base model, the paper's release folder, a CLI runner over real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ROOT.parent / "shared" / "data" / "paper-release"
+
+
+@pytest.fixture(scope="session")
+def tiny_base():
+    from loramem.models import load_base
+
+    return load_base("tiny-random")
+
+
+@pytest.fixture(scope="session")
+def real_base():
+    from loramem.models import load_base
+
+    return load_base("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def paper_dir() -> Path:
+    if not PAPER.is_dir():
+        pytest.skip("the paper's release data (../shared/data/paper-release) is not beside this checkout")
+    return PAPER
+
+
+def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `loramem ARGS` as a user would, in a real process."""
+    return subprocess.run([sys.executable, "-m", "loramem.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=ROOT)
