@@ -134,6 +134,30 @@ def eval_cmd(
             f" (generation: {result['exact_match_generate']:.4f})" if generate else ""))
 
 
+@app.command("datasheet")
+def datasheet_cmd(
+    out: Path = typer.Option(..., help="report folder"),
+    model: str = typer.Option("smollm2-135m", help="base model to audit"),
+    scale: str = typer.Option("smoke", help="smoke (minutes on a CPU), cpu (hours), paper (the paper's grid, GPUs)"),
+    only: str | None = typer.Option(None, help="comma list of recipes, e.g. capacity,routing"),
+    executor: str = typer.Option("local", help="local or ray"),
+    address: str | None = typer.Option(None, help="Ray cluster address (with --executor ray)"),
+    seed: int = typer.Option(0),
+    paper_data: Path | None = typer.Option(None, help="the paper's release folder, where recipes can use it"),
+) -> None:
+    """Run the paper's audit on a base model and write report.html, report.md, results.jsonl, findings.json."""
+    from loramem.datasheet import run_datasheet
+
+    if scale not in ("smoke", "cpu", "paper"):
+        raise UserError(f"unknown scale '{scale}'; use smoke, cpu or paper")
+    res = run_datasheet(model, scale, out, only=only, executor=executor, address=address, seed=seed,
+                        paper_data=paper_data)
+    for f in res["findings"]:
+        mark = {True: "agrees", False: "DISAGREES", None: "not measured"}[f["agrees"]]
+        print(f"{mark:13s} {f['finding']}")
+    print(f"report: {Path(out) / 'report.html'}")
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2, never a traceback."""
     import logging

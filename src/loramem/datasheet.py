@@ -1,0 +1,170 @@
+"""`loramem datasheet`: run the paper's research questions on one base model and write a report.
+
+Each recipe runs into DIR/<recipe>/ (its own results.jsonl, so a rerun resumes and skips finished cells);
+DIR/results.jsonl gathers every recipe's rows, DIR/findings.json holds the verdicts, and DIR/report.md and
+DIR/report.html (self-contained, plots embedded) are rendered from those files alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from loramem import experiments, findings
+from loramem.experiments.runner import RecipeOptions, read_rows, run_recipe
+
+console = Console(stderr=True)
+
+# In the paper's order: capacity, internalization, multi-module, complementarity.
+ORDER = ["capacity", "formats", "mixes", "model-scale", "generators", "multi-lora", "routing", "merging",
+         "n-modules", "rag-icl", "counterfact"]
+
+
+def recipe_names(only: str | None = None) -> list[str]:
+    """Recipes to run: all registered ones in the paper's order, or the comma list given."""
+    known = [n for n in ORDER if n in experiments.MODULES] + [n for n in experiments.MODULES if n not in ORDER]
+    if not only:
+        return known
+    wanted = [w.strip() for w in only.split(",") if w.strip()]
+    for w in wanted:
+        experiments.get(w)  # raises UserError naming the choices
+    return [n for n in known if n in wanted]
+
+
+def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, executor: str = "local",
+                  address: str | None = None, seed: int = 0, paper_data: Path | None = None,
+                  progress: bool = True) -> dict:
+    """Run the recipes, gather rows, compute findings, write the report. Returns the findings and paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = recipe_names(only)
+    status: dict[str, dict] = {}
+    t0 = time.time()
+    for i, name in enumerate(names, start=1):
+        recipe = experiments.get(name)
+        elapsed = time.time() - t0
+        eta = f", about {elapsed / (i - 1) * (len(names) - i + 1) / 60:.0f} min left" if i > 1 else ""
+        console.rule(f"[{i}/{len(names)}] {name}: {recipe.question}{eta}")
+        opts = RecipeOptions(model=model, scale=scale, out=out / name, seed=seed, paper_data=paper_data,
+                             progress=progress)
+        t = time.time()
+        try:
+            summary = run_recipe(recipe, opts, executor=executor, address=address)
+            status[name] = {"ok": summary.get("ok", 0), "cells": summary.get("cells", 0),
+                            "failed": summary.get("failed", []), "seconds": round(time.time() - t, 1)}
+        except Exception as exc:  # a recipe that cannot even list its cells is reported, the rest go on
+            status[name] = {"error": f"{type(exc).__name__}: {exc}", "seconds": round(time.time() - t, 1)}
+            console.print(f"[red]{name} failed:[/red] {exc}")
+        gather_rows(out, names)
+    rows = gather_rows(out, names)
+    verdicts = findings.evaluate({n: [r for r in rows if r.get("recipe") == n and r.get("status") == "ok"]
+                                  for n in names})
+    (out / "findings.json").write_text(json.dumps(verdicts, indent=2, default=str))
+    info = environment(model)
+    info.update(scale=scale, recipes=status, wall_s=round(time.time() - t0, 1))
+    (out / "run.json").write_text(json.dumps(info, indent=2, default=str))
+    md = render_markdown(out, names, verdicts, info)
+    (out / "report.md").write_text(md)
+    (out / "report.html").write_text(render_html(md, out))
+    return {"findings": verdicts, "out": str(out), "recipes": status}
+
+
+def gather_rows(out: Path, names: list[str]) -> list[dict]:
+    """All recipes' rows into DIR/results.jsonl (rewritten whole, so it is always consistent)."""
+    rows = [r for n in names for r in read_rows(out / n / "results.jsonl") if r.get("recipe") == n]
+    tmp = out / "results.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    os.replace(tmp, out / "results.jsonl")
+    return rows
+
+
+def environment(model: str) -> dict:
+    """Versions, hardware and the base model's identity, for the report's first section."""
+    import torch
+
+    from loramem.models import load_base
+    from loramem.writer import package_versions
+
+    base = load_base(model)
+    mem_gib = None
+    try:
+        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    return {
+        "model": model, "model_source": base.source, "model_fingerprint": base.fingerprint,
+        "model_params": sum(p.numel() for p in base.model.parameters()),
+        "packages": package_versions(), "python": platform.python_version(),
+        "cpu": _cpu_name(), "cores": os.cpu_count(), "memory_gib": mem_gib,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _verdict(a) -> str:
+    return {True: "agrees", False: "disagrees", None: "not measured"}[a]
+
+
+def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dict) -> str:
+    """The report as Markdown, built only from files in `out`."""
+    lines = [f"# loramem datasheet: {info['model']}", "",
+             f"Scale `{info['scale']}`, {info['date']}, {info['wall_s'] / 60:.1f} min.", "", "## Environment", "",
+             "| item | value |", "|---|---|"]
+    env_items = {"model source": info["model_source"], "model fingerprint": info["model_fingerprint"],
+                 "model parameters": f"{info['model_params']:,}", "cpu": info["cpu"], "cores": info["cores"],
+                 "memory (GiB)": info["memory_gib"], "gpu": info["gpu"] or "none", "python": info["python"],
+                 **{k: v for k, v in info["packages"].items()}}
+    lines += [f"| {k} | {v} |" for k, v in env_items.items()]
+    lines += ["", "## Findings of the paper, checked on this run", "", "| finding | verdict | evidence |",
+              "|---|---|---|"]
+    for v in verdicts:
+        ev = json.dumps(v["evidence"], default=str).replace("|", "\\|")
+        lines.append(f"| {v['finding']} ({v['recipe']}) | **{_verdict(v['agrees'])}** | `{ev}` |")
+    for name in names:
+        recipe = experiments.get(name)
+        st = info["recipes"].get(name, {})
+        lines += ["", f"## {name}: {recipe.question}", ""]
+        if "error" in st:
+            lines += [f"This recipe failed: `{st['error']}`"]
+            continue
+        lines.append(f"{st.get('ok', 0)}/{st.get('cells', 0)} cells finished in {st.get('seconds', 0):.0f} s."
+                     + (f" Failed cells: {', '.join(st['failed'])}." if st.get("failed") else ""))
+        folder = out / name
+        for md in sorted(folder.glob("*.md")):
+            lines += ["", md.read_text().strip()]
+        for png in sorted(folder.glob("*.png")):
+            lines += ["", f"![{png.stem}]({name}/{png.name})"]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(md: str, out: Path) -> str:
+    """Self-contained HTML: the Markdown rendered, every image embedded as base64."""
+    import markdown
+
+    body = markdown.markdown(md, extensions=["tables", "fenced_code"])
+    for png in out.glob("*/*.png"):
+        ref = f'src="{png.parent.name}/{png.name}"'
+        if ref in body:
+            data = base64.b64encode(png.read_bytes()).decode()
+            body = body.replace(ref, f'src="data:image/png;base64,{data}"')
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "vertical-align:top;font-size:14px}img{max-width:100%}code{font-size:12px;word-break:break-word}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>loramem datasheet</title>"
+            f"<style>{style}</style></head><body>{body}</body></html>")

@@ -1,0 +1,27 @@
+"""A tiny pure-Python recipe for testing the runner without training anything."""
+
+from __future__ import annotations
+
+import time
+
+from loramem.experiments.runner import Recipe, RecipeOptions
+
+
+def _cells(opts: RecipeOptions) -> list[dict]:
+    return [{"cell": f"x={x}", "x": x} for x in range(opts.params.get("n", 4))]
+
+
+def _run(cell: dict, opts: RecipeOptions) -> dict:
+    time.sleep(opts.params.get("sleep", 0))
+    if cell["x"] in opts.params.get("fail", []):
+        raise RuntimeError(f"cell {cell['x']} broke on purpose")
+    return {"y": cell["x"] ** 2}
+
+
+def _summarize(rows: list[dict], opts: RecipeOptions) -> dict:
+    (opts.out / "squares.md").write_text("| x | y |\n|---|---|\n" + "".join(
+        f"| {r['x']} | {r['y']} |\n" for r in sorted(rows, key=lambda r: r["x"])))
+    return {"sum_y": sum(r["y"] for r in rows)}
+
+
+SQUARES = Recipe("squares", "test: squares", _cells, _run, _summarize)
