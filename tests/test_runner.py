@@ -56,4 +56,4 @@ def test_resume_after_killed_run(tmp_path):
     after = read_rows(results)
     assert len(after) == 50  # each cell exactly once: none redone, none lost
     assert sorted(r["x"] for r in after) == list(range(50))
-    assert json.loads((tmp_path / "summary_squares.json").read_text())["ok"] == 50
+    assert json.loads((tmp_path / "summary.json").read_text())["ok"] == 50

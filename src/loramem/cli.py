@@ -134,6 +134,71 @@ def eval_cmd(
             f" (generation: {result['exact_match_generate']:.4f})" if generate else ""))
 
 
+def run_bench(name: str, out: Path, model: str, scale: str, seed: int = 0, paper_data: Path | None = None,
+              params: dict | None = None, executor: str = "local") -> dict:
+    """Shared body of every `loramem bench NAME`: run the recipe into OUT, print where the results are."""
+    from loramem import experiments
+    from loramem.experiments.runner import RecipeOptions, run_recipe
+
+    if scale not in ("smoke", "cpu", "paper"):
+        raise UserError(f"unknown scale '{scale}'; use smoke, cpu or paper")
+    recipe = experiments.get(name)
+    opts = RecipeOptions(model=model, scale=scale, out=out, seed=seed, paper_data=paper_data, params=params or {})
+    summary = run_recipe(recipe, opts, executor=executor)
+    console.print(f"{name}: {summary.get('ok', 0)}/{summary.get('cells', 0)} cells ok"
+                  + (f", failed: {', '.join(summary['failed'])}" if summary.get("failed") else "")
+                  + f"; results in {out}/results.jsonl, summary in {out}/summary.json")
+    return summary
+
+
+def csv_list(text: str | None, kind=str, what: str = "list") -> list | None:
+    """'1,2,4' -> [1, 2, 4]; a bad item is a one-line UserError."""
+    if text is None:
+        return None
+    try:
+        return [kind(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"could not read {what} '{text}'; give a comma list such as 1,2,4") from None
+
+
+@bench_app.command("capacity")
+def bench_capacity(
+    out: Path = typer.Option(..., help="results folder"),
+    model: str = typer.Option("smollm2-135m", help="base model"),
+    scale: str = typer.Option("smoke", help="smoke, cpu or paper (sets the default grid and writer)"),
+    ranks: str | None = typer.Option(None, help="comma list of LoRA ranks, e.g. 1,2,4"),
+    sizes: str | None = typer.Option(None, help="knowledge sizes in tokens (K = 1000), e.g. 1K,2K,4K"),
+    entries: str | None = typer.Option(None, help="sizes in PhoneBook entries instead, e.g. 50,100"),
+    paper_sizes: str | None = typer.Option(None, help="use the paper's files instead, e.g. 1K,2K (needs --paper-data)"),
+    tau: float = typer.Option(0.9, help="accuracy threshold for T_max"),
+    targets: str | None = typer.Option(None, help="LoRA targets (default per scale)"),
+    layers: str | None = typer.Option(None, help="LoRA layer range (default per scale)"),
+    lr: float | None = typer.Option(None), epochs: float | None = typer.Option(None),
+    steps: int | None = typer.Option(None),
+    seed: int = typer.Option(0),
+    paper_data: Path | None = typer.Option(None, help="the paper's release folder"),
+    executor: str = typer.Option("local", help="local or ray"),
+) -> None:
+    """Q1-Q3: PhoneBook capacity per rank, T_max and Efficiency = T_max / N_params."""
+    from loramem.data.phonebook import parse_size
+
+    if sizes and entries:
+        raise UserError("give --sizes (tokens) or --entries, not both")
+    if not 0 < tau <= 1:
+        raise UserError(f"--tau must be in (0, 1], got {tau}")
+    rank_list = csv_list(ranks, int, "--ranks")
+    if rank_list and min(rank_list) < 1:
+        raise UserError("ranks must be >= 1 (e.g. --ranks 1,2,4)")
+    params = {"ranks": rank_list, "tau": tau,
+              "sizes": [parse_size(s) for s in csv_list(sizes, str)] if sizes else None,
+              "entries": csv_list(entries, int, "--entries"), "paper_sizes": csv_list(paper_sizes, str),
+              "writer": {"targets": targets, "layers": layers, "lr": lr, "epochs": epochs, "steps": steps}}
+    summary = run_bench("capacity", out, model, scale, seed, paper_data, params, executor)
+    for rank, v in summary.get("per_rank", {}).items():
+        print(f"rank {rank:>4}: T_max {v['t_max']:>6} tokens, {v['n_params']:>8,} params, "
+              f"efficiency {v['efficiency']:.4f} tokens/param")
+
+
 @app.command("datasheet")
 def datasheet_cmd(
     out: Path = typer.Option(..., help="report folder"),
@@ -156,6 +221,20 @@ def datasheet_cmd(
         mark = {True: "agrees", False: "DISAGREES", None: "not measured"}[f["agrees"]]
         print(f"{mark:13s} {f['finding']}")
     print(f"report: {Path(out) / 'report.html'}")
+
+
+def _load_command_modules() -> None:
+    """Other verbs live in loramem/commands/*.py; each registers itself on `app` / `bench_app` when imported."""
+    import importlib
+    import pkgutil
+
+    import loramem.commands as pkg
+
+    for mod in sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)):
+        importlib.import_module(f"loramem.commands.{mod}")
+
+
+_load_command_modules()
 
 
 def main() -> None:

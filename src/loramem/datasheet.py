@@ -28,7 +28,8 @@ ORDER = ["capacity", "formats", "mixes", "model-scale", "generators", "multi-lor
 
 def recipe_names(only: str | None = None) -> list[str]:
     """Recipes to run: all registered ones in the paper's order, or the comma list given."""
-    known = [n for n in ORDER if n in experiments.MODULES] + [n for n in experiments.MODULES if n not in ORDER]
+    have = experiments.available()
+    known = [n for n in ORDER if n in have] + [n for n in have if n not in ORDER]
     if not only:
         return known
     wanted = [w.strip() for w in only.split(",") if w.strip()]

@@ -75,11 +75,40 @@ def efficiency_peaks_low(rows: list[dict]) -> tuple[bool | None, dict]:
                              "peak_rank": best}
 
 
+def delegated(module: str, func: str) -> Callable[[list[dict]], tuple[bool | None, dict]]:
+    """A check that lives beside its recipe: loramem.experiments.<module>.<func>(rows) -> (agrees, evidence)."""
+
+    def check(rows: list[dict]) -> tuple[bool | None, dict]:
+        import importlib
+
+        try:
+            fn = getattr(importlib.import_module(f"loramem.experiments.{module}"), func)
+        except (ImportError, AttributeError):
+            return None, {"why": f"check {module}.{func} is not available in this version"}
+        return fn(rows)
+
+    return check
+
+
 FINDINGS: list[Finding] = [
     Finding("capacity-saturates", "Capacity saturates: at a fixed rank accuracy falls as knowledge grows, "
             "and a larger rank stores more", "capacity", capacity_saturates),
     Finding("efficiency-low-rank", "Efficiency (T_max / N_params) peaks at low rank", "capacity",
             efficiency_peaks_low),
+    Finding("qa-beats-raw", "QA supervision beats summary/rewrite, which beat raw text, at equal tokens",
+            "formats", delegated("formats", "finding_qa_best")),
+    Finding("mixes-beat-single", "Multi-view mixes beat single views", "mixes",
+            delegated("mixes", "finding_mixes_beat_single")),
+    Finding("oracle-multi-beats-single", "With oracle routing, N small LoRAs beat one large LoRA of the same "
+            "parameter budget", "multi-lora", delegated("multi_lora", "finding_oracle_beats_single")),
+    Finding("embed-routing-can-fall-below", "Embedding routing can fall below a single LoRA", "routing",
+            delegated("routing", "finding_embed_can_fall_below")),
+    Finding("ties-most-robust", "TIES is the most robust merge method", "merging",
+            delegated("merging", "finding_ties_most_robust")),
+    Finding("merge-n-degrades", "Accuracy falls as the number N of merged modules grows", "n-modules",
+            delegated("n_modules", "finding_accuracy_falls_with_n")),
+    Finding("lora-plus-rag-icl", "Open-book, LoRA + RAG/ICL beats each alone", "rag-icl",
+            delegated("rag_icl", "finding_lora_plus_context_best")),
 ]
 
 

@@ -93,7 +93,7 @@ def run_recipe(recipe: Recipe, opts: RecipeOptions, executor: str = "local", add
     summary = recipe.summarize(ok, opts) if ok else {}
     failed = sorted({r["cell"] for r in rows if r.get("status") == "error"} - {r["cell"] for r in ok})
     summary = {**summary, "recipe": recipe.name, "cells": len(cells), "ok": len(ok), "failed": failed}
-    (opts.out / f"summary_{recipe.name}.json").write_text(json.dumps(summary, indent=2, default=str))
+    (opts.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 

@@ -1,0 +1,79 @@
+"""Results rows -> Markdown tables and PNG plots. Pure helpers that recipes and the datasheet reuse."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str], headers: Sequence[str] | None = None,
+                   fmt: dict[str, str] | None = None) -> str:
+    """A Markdown table of `columns` from `rows` (fmt: column -> format spec, e.g. {'accuracy': '.3f'})."""
+    fmt = fmt or {}
+    head = list(headers or columns)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = []
+        for c in columns:
+            v = r.get(c, "")
+            cells.append(format(v, fmt[c]) if c in fmt and isinstance(v, (int, float)) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def line_plot(path: Path, series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str, xlabel: str,
+              ylabel: str, logx: bool = False, logy: bool = False, hline: float | None = None,
+              hline_label: str | None = None) -> Path:
+    """One PNG with a line per series (name -> (xs, ys))."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for name, (xs, ys) in series.items():
+        ax.plot(list(xs), list(ys), marker="o", label=str(name))
+    if hline is not None:
+        ax.axhline(hline, color="grey", linestyle="--", linewidth=1, label=hline_label)
+    if logx:
+        ax.set_xscale("log", base=2)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if len(series) > 1 or hline_label:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def bar_plot(path: Path, labels: Sequence[str], values: Sequence[float], title: str, ylabel: str,
+             reference: Sequence[float] | None = None, reference_label: str = "paper") -> Path:
+    """One PNG bar chart (optionally with a second bar per label, e.g. the paper's numbers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    xs = range(len(labels))
+    w = 0.4 if reference is not None else 0.7
+    ax.bar([x - (w / 2 if reference is not None else 0) for x in xs], list(values), width=w, label="this run")
+    if reference is not None:
+        ax.bar([x + w / 2 for x in xs], list(reference), width=w, label=reference_label, alpha=0.7)
+        ax.legend(fontsize=8)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([str(label) for label in labels], rotation=20, ha="right", fontsize=8)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
