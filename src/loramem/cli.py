@@ -223,6 +223,23 @@ def datasheet_cmd(
     print(f"report: {Path(out) / 'report.html'}")
 
 
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("runs/demo"), help="where the report goes"),
+    model: str = typer.Option("smollm2-135m", help="base model"),
+    only: str | None = typer.Option(None, help="comma list of recipes (default: all)"),
+) -> None:
+    """The main job on the embedded default model: the datasheet at smoke scale (a CPU, minutes)."""
+    from loramem.datasheet import run_datasheet
+
+    console.print(f"loramem demo: the paper's audit at smoke scale on {model}; outputs go to {out}/")
+    res = run_datasheet(model, "smoke", out, only=only)
+    for f in res["findings"]:
+        mark = {True: "agrees", False: "DISAGREES", None: "not measured"}[f["agrees"]]
+        print(f"{mark:13s} {f['finding']}")
+    print(f"demo outputs in {out}/: report.html, report.md, results.jsonl, findings.json, one folder per recipe")
+
+
 def _load_command_modules() -> None:
     """Other verbs live in loramem/commands/*.py; each registers itself on `app` / `bench_app` when imported."""
     import importlib

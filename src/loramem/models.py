@@ -75,10 +75,11 @@ def bf16_supported(device: torch.device) -> bool:
     return False
 
 
-def load_base(name: str, device: str = "auto", seed: int = 0) -> Base:
-    """Load a base model by registry name, local folder or Hugging Face id (cached per process)."""
+def load_base(name: str, device: str = "auto", seed: int = 0, cache: bool = True) -> Base:
+    """Load a base model by registry name, local folder or Hugging Face id (cached per process unless
+    cache=False, which gives a fresh copy)."""
     key = (name, str(device), seed)
-    if key in _LOADED:
+    if cache and key in _LOADED:
         return _LOADED[key]
     dev = pick_device(device)
     if name == "smollm2-135m":
@@ -94,7 +95,8 @@ def load_base(name: str, device: str = "auto", seed: int = 0) -> Base:
             f"unknown model '{name}': use one of {', '.join(REGISTRY)}, a local model folder, "
             "or a Hugging Face id like 'Qwen/Qwen3-0.6B' (see `loramem models`)"
         )
-    _LOADED[key] = base
+    if cache:
+        _LOADED[key] = base
     return base
 
 
@@ -223,7 +225,7 @@ def _tiny_random(seed: int, dev: torch.device) -> Base:
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+        pad_token_id=tok.pad_token_id, initializer_range=0.2,  # larger than the default 0.02: learns in tests
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).to(dev).eval()

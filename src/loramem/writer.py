@@ -206,6 +206,7 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
     history: list[list[float]] = []
     best = {"em": -1.0, "state": None, "step": 0}
     tokens_seen, step, stopped, loss_val, eval_s = 0, 0, "steps", float("nan"), 0.0
+    first_loss = float("nan")
     queue: list[list[int]] = []
     progress = _Progress(total, enabled=cfg.progress)
     train_t0 = time.time()
@@ -244,6 +245,8 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
                 step += 1
                 tokens_seen += b.tokens
                 loss_val = loss.item()
+                if step == 1:
+                    first_loss = loss_val
                 em = None
                 if cfg.target_em is not None and (step % eval_every == 0 or step == total):
                     em = check(step)
@@ -281,6 +284,7 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
         "stopped": stopped,
         "exact_match": final_em,
         "em_history": history,
+        "first_loss": first_loss,
         "final_loss": loss_val,
         "n_params": sum(p.numel() for p in params),
         "precision": "bf16-autocast" if autocast is not contextlib.nullcontext else "fp32",

@@ -15,16 +15,19 @@ from loramem.report import line_plot, markdown_table
 
 BITS_PER_PARAM_LIMIT = 2.0  # published knowledge-capacity limit of language models (Allen-Zhu & Li, 2024)
 
-# Writer settings per scale. smoke/cpu put small LoRAs on the top layers so the prefix cache applies and the
-# grid fits a CPU; paper is the authors' grid (all-linear, ranks 2..1024, 1K..20K tokens) for GPUs.
+# Writer settings per scale. Like the paper, every cell trains a fixed number of steps whatever its size (early
+# stop once all facts are recalled). smoke/cpu put small LoRAs on the top layers so the prefix cache applies and
+# the grid fits a CPU; paper is the authors' grid and recipe (ranks 2..1024, 1K..20K tokens) for GPUs.
 SCALES: dict[str, dict] = {
-    "smoke": {"ranks": [1, 2, 4], "sizes": [250, 500, 1000, 2000],
-              "writer": {"targets": "v_proj", "layers": "27-29", "lr": 1e-2, "epochs": 60, "batch_size": 16}},
+    "smoke": {"ranks": [1, 2, 4], "sizes": [500, 1500, 4000],
+              "writer": {"targets": "all-linear", "layers": "27-29", "lr": 1e-2, "steps": 100, "batch_size": 16,
+                         "eval_every": 25}},
     "cpu": {"ranks": [1, 2, 4, 8, 16], "sizes": [500, 1000, 2000, 4000, 8000],
-            "writer": {"targets": "q_proj,v_proj", "layers": "20-29", "lr": 5e-3, "epochs": 150, "batch_size": 16}},
+            "writer": {"targets": "all-linear", "layers": "24-29", "lr": 5e-3, "steps": 400, "batch_size": 16,
+                       "eval_every": 50}},
     "paper": {"ranks": [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
               "sizes": [1000, 2000, 4000, 8000, 12000, 16000, 20000],
-              "writer": {"targets": "all-linear", "lr": 1e-3, "epochs": 200, "batch_size": 8}},
+              "writer": {"recipe": "paper", "targets": "all-linear"}},
 }
 
 
@@ -33,8 +36,8 @@ def _grid(opts: RecipeOptions) -> dict:
     p = opts.params
     given = {k: v for k, v in p.get("writer", {}).items() if v is not None}
     writer = {**scale["writer"], **given}
-    if "steps" in given:  # steps given on the command line replace the scale's epochs
-        writer.pop("epochs", None)
+    if "epochs" in given:  # epochs given on the command line replace the scale's fixed step count
+        writer.pop("steps", None)
     return {"ranks": p.get("ranks") or scale["ranks"], "sizes": p.get("sizes"), "entries": p.get("entries"),
             "paper_sizes": p.get("paper_sizes"), "tau": p.get("tau", 0.9), "writer": writer,
             "default_sizes": scale["sizes"]}
@@ -69,7 +72,9 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
 
     base = load_base(opts.model)
     entries = _entries(cell, opts, base.tokenizer)
-    cfg = WriterConfig(rank=cell["rank"], seed=opts.seed, progress=False, **cell["writer"])
+    writer = dict(cell["writer"])
+    cfg = WriterConfig.recipe(writer.pop("recipe", "fast"), rank=cell["rank"], seed=opts.seed, progress=False,
+                              **writer)
     adapter = "capacity_cell"
     res = write_module([e.example() for e in entries], base, cfg, adapter=adapter)
     rec = res.record

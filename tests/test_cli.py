@@ -1,0 +1,81 @@
+"""The CLI as users run it: bad input exits 2 with one line naming the fix, never a traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+def _one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr + proc.stdout
+    err = proc.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+
+
+def test_missing_training_file(tmp_path):
+    _one_line_error(run_cli("write", str(tmp_path / "none.csv"), "--model", "tiny-random", "--out", str(tmp_path / "m")),
+                    "not found")
+
+
+def test_wrong_columns(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("who,phone_no\nA,1\n")
+    _one_line_error(run_cli("write", str(bad), "--model", "tiny-random", "--out", str(tmp_path / "m")),
+                    "columns", "Name,Phone")
+
+
+def test_rank_zero(tmp_path):
+    pb = tmp_path / "pb.csv"
+    assert run_cli("phonebook", "make", "--entries", "3", "--out", str(pb)).returncode == 0
+    _one_line_error(run_cli("write", str(pb), "--model", "tiny-random", "--rank", "0", "--out", str(tmp_path / "m")),
+                    "rank")
+
+
+def test_unknown_model(tmp_path):
+    pb = tmp_path / "pb.csv"
+    run_cli("phonebook", "make", "--entries", "3", "--out", str(pb))
+    _one_line_error(run_cli("write", str(pb), "--model", "no-such-model", "--out", str(tmp_path / "m")),
+                    "unknown model", "loramem models")
+
+
+def test_bad_bench_arguments(tmp_path):
+    _one_line_error(run_cli("bench", "capacity", "--model", "tiny-random", "--ranks", "1,x", "--out", str(tmp_path)),
+                    "--ranks")
+    _one_line_error(run_cli("bench", "capacity", "--model", "tiny-random", "--sizes", "1K", "--entries", "5",
+                            "--out", str(tmp_path)), "not both")
+
+
+def test_phonebook_make_writes_the_papers_format(tmp_path):
+    out = tmp_path / "pb.csv"
+    proc = run_cli("phonebook", "make", "--entries", "5", "--seed", "4", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    lines = out.read_text().splitlines()
+    assert lines[0] == "text" and len(lines) == 6
+    assert lines[1].startswith("Question: What is the phone number of ") and "? Answer: " in lines[1]
+    again = tmp_path / "pb2.csv"
+    run_cli("phonebook", "make", "--entries", "5", "--seed", "4", "--out", str(again))
+    assert again.read_text() == out.read_text()
+
+
+def test_write_then_eval_json_on_tiny_random(tmp_path):
+    pb = tmp_path / "pb.csv"
+    run_cli("phonebook", "make", "--entries", "4", "--out", str(pb))
+    mod = tmp_path / "mod"
+    proc = run_cli("write", str(pb), "--model", "tiny-random", "--rank", "4", "--steps", "3", "--out", str(mod))
+    assert proc.returncode == 0, proc.stderr
+    assert (mod / "adapter_model.safetensors").is_file()
+    proc = run_cli("eval", str(mod), "--data", str(pb), "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["n"] == 4 and 0.0 <= res["exact_match"] <= 1.0
+
+
+@pytest.mark.parametrize("args", [["eval", "/nonexistent/module", "--data", "x.csv"]])
+def test_eval_missing_module(args):
+    proc = run_cli(*args)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
