@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
+from conftest import run_cli
 
 from loramem.data import phonebook
-from tests.conftest import run_cli
 
 pytestmark = pytest.mark.real
 
