@@ -40,7 +40,7 @@ def recipe_names(only: str | None = None) -> list[str]:
 
 def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, executor: str = "local",
                   address: str | None = None, seed: int = 0, paper_data: Path | None = None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, params: dict[str, dict] | None = None) -> dict:
     """Run the recipes, gather rows, compute findings, write the report. Returns the findings and paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -53,7 +53,7 @@ def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, ex
         eta = f", about {elapsed / (i - 1) * (len(names) - i + 1) / 60:.0f} min left" if i > 1 else ""
         console.rule(f"[{i}/{len(names)}] {name}: {recipe.question}{eta}")
         opts = RecipeOptions(model=model, scale=scale, out=out / name, seed=seed, paper_data=paper_data,
-                             progress=progress)
+                             progress=progress, params=(params or {}).get(name, {}))
         t = time.time()
         try:
             summary = run_recipe(recipe, opts, executor=executor, address=address)

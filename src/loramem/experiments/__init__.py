@@ -20,13 +20,25 @@ MODULES: dict[str, str] = {
 }
 
 
+# Recipes registered at run time (your own research questions), by name.
+CUSTOM: dict = {}
+
+
+def register(recipe) -> None:
+    """Add your own Recipe: `loramem datasheet` and `run_recipe` then treat it like the built-in ones."""
+    CUSTOM[recipe.name] = recipe
+
+
 def available() -> list[str]:
-    """Registered recipe names whose module exists."""
-    return [n for n, m in MODULES.items() if importlib.util.find_spec(f"loramem.experiments.{m}") is not None]
+    """Registered recipe names whose module exists, then custom ones."""
+    built_in = [n for n, m in MODULES.items() if importlib.util.find_spec(f"loramem.experiments.{m}") is not None]
+    return built_in + [n for n in CUSTOM if n not in built_in]
 
 
 def get(name: str):
     """The Recipe registered under `name`."""
+    if name in CUSTOM:
+        return CUSTOM[name]
     if name not in available():
         raise UserError(f"unknown recipe '{name}'; choose from {', '.join(available())}")
     return importlib.import_module(f"loramem.experiments.{MODULES[name]}").RECIPE
