@@ -44,6 +44,7 @@ def write_part(part: Part, bank: MemoryBank, name: str, base: Base, cfg: WriterC
         shutil.rmtree(staging, ignore_errors=True)
         raise
     res.model.delete_adapter(ADAPTER)
-    sources = {str(part.source): file_sha256(part.source)}
+    # a generated knowledge set has no file: its data hash stands in
+    sources = {str(part.source): file_sha256(part.source) if part.source.is_file() else res.record["data_hash"]}
     return bank.add_folder(staging, name, record=res.record, key_text=part.key_text, keys=part.keys,
                            sources=sources, view_mix=view_mix or {"qa": 1.0}, move=True)
