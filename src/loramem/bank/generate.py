@@ -46,6 +46,9 @@ def generate_rows(host, base: Base, questions: list[str], adapter_names: list[st
         ids[row, T - len(p):] = torch.tensor(p)
         att[row, T - len(p):] = 1
     kw = {} if adapter_names is None else {"adapter_names": list(adapter_names)}
+    real = [a for a in adapter_names or [] if a != BASE]
+    if real:  # PEFT reads the active adapter's config even for mixed batches; it may have been deleted
+        host.set_adapter(real[0])
     host.eval()
     out = host.generate(input_ids=ids.to(base.device), attention_mask=att.to(base.device),
                         max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(stop_ids),
