@@ -121,3 +121,15 @@ def test_mixed_ranks_need_cat_or_svd(bank, res, tiny_base, tmp_path):
     r.clear()
     with pytest.raises(ValueError):
         merge_adapters(res.host, [], [], "x", MergeConfig(method="none"))
+
+
+def test_fast_switch_gives_the_same_outputs_as_peft_set_adapter(bank, res):
+    names = [res.ensure(bank.get(n)) for n in ("people-00", "people-01", "people-02")]
+    for n in names + names[::-1]:
+        res.activate(n)
+        assert res.host.active_adapter == n
+        with torch.no_grad():
+            fast = res.host(input_ids=IDS).logits
+        assert torch.allclose(fast, logits(res.host, n), atol=0)  # logits() uses PEFT's own set_adapter
+    res.activate(names[0])
+    assert not torch.allclose(res.host(input_ids=IDS).logits, logits(res.host, names[1]), atol=1e-5)

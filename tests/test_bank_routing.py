@@ -93,3 +93,15 @@ def test_modules_of_another_base_are_refused_at_load(bank):
     other = load_base("tiny-random", seed=7)
     with pytest.raises(UserError, match="--model tiny-random"):
         Resident(bank, other).ensure(bank.get("people-00"))
+
+
+def test_batched_embed_routing_matches_one_at_a_time(bank):
+    from loramem.bank.routing import route_many
+
+    router = build_router("embed", bank.list())
+    qs = [q for q, _ in gold_pairs()]
+    many = route_many(router, qs, 2)
+    for q, got in zip(qs, many, strict=True):
+        one = router.route(q, 2)
+        assert [s.module.name for s in got] == [s.module.name for s in one]
+        assert [s.score for s in got] == pytest.approx([s.score for s in one], abs=1e-5)

@@ -34,6 +34,8 @@ class Resident:
         self.lru: OrderedDict[str, str] = OrderedDict()  # cache key -> adapter name
         self.loads = 0
         self.merges = 0
+        self._layers: list | None = None  # the host's LoRA layers (fixed once PEFT wrapped the base)
+        self._layers_of = None
 
     @property
     def host(self):
@@ -97,10 +99,27 @@ class Resident:
             self.host.delete_adapter(self.lru.pop(victim))
 
     def activate(self, name: str | None):
-        """Make one adapter answer (None: the base model alone); returns the host model."""
+        """Make one resident adapter answer; returns the host model.
+
+        For inference only: PEFT's `set_adapter` walks every module and toggles requires_grad of every resident
+        adapter (slow with many resident); here only the LoRA layers' active-adapter pointers change."""
         host = self.host
-        if name is not None:
-            host.set_adapter(name)
+        if name is None:
+            return host
+        if name not in host.peft_config:
+            raise KeyError(f"adapter {name} is not loaded")
+        if self._layers is None or self._layers_of is not host:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            self._layers = [m for m in host.modules() if isinstance(m, BaseTunerLayer)]
+            self._layers_of = host
+        if any(getattr(m, "merged", False) for m in self._layers[:1]):
+            host.set_adapter(name)  # weights merged into the base: let PEFT unmerge
+            return host
+        for m in self._layers:
+            m._active_adapter = [name]
+        host.base_model.active_adapter = name
+        host.active_adapter = name
         return host
 
     def clear(self) -> None:

@@ -125,6 +125,11 @@ class EmbedRouter:
         q = Embedder.encode([question])[0]
         return _top(self.modules, self.matrix @ q, k)
 
+    def route_many(self, questions: list[str], k: int = 1) -> list[list[Scored]]:
+        """Route a batch of questions with one encoder call (much cheaper per question than one at a time)."""
+        scores = Embedder.encode(questions) @ self.matrix.T
+        return [_top(self.modules, row, k) for row in scores]
+
 
 class BM25Router:
     """Top-k by BM25 between the question and each module's key text."""
@@ -174,6 +179,12 @@ class LoraRouter:
         conf = answer_confidence(self.resident.host, self.resident.base, question, adapters,
                                  pool[0].format, self.max_new_tokens)
         return _top(pool, np.asarray(conf), k)
+
+
+def route_many(router: Router, questions: list[str], k: int = 1) -> list[list[Scored]]:
+    """Route many questions: batched where the router can (embed), else one by one."""
+    many = getattr(router, "route_many", None)
+    return many(questions, k) if many is not None else [router.route(q, k) for q in questions]
 
 
 def build_router(kind: str, modules: list[ModuleInfo], resident=None, on_new_embeddings=None, **kw) -> Router:

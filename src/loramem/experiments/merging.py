@@ -12,7 +12,7 @@ import time
 from statistics import mean
 
 from loramem.bank.merging import METHODS, merge_weights
-from loramem.bank.routing import build_router
+from loramem.bank.routing import build_router, route_many
 from loramem.config import MergeConfig
 from loramem.experiments.partitioned import eval_groups, exact_match, grid, questions, setup
 from loramem.experiments.runner import Recipe, RecipeOptions
@@ -33,8 +33,8 @@ def candidate_sets(s, k: int) -> list[tuple[int, ...]]:
     """Per fact: the gold part and the k-1 other parts the embedding router ranks highest (sorted tuple)."""
     router = build_router("embed", s.parts)
     sets = []
-    for q, gold in zip(questions(s), s.gold, strict=True):
-        ranked = [s.parts.index(x.module) for x in router.route(q, len(s.parts))]
+    for routed, gold in zip(route_many(router, questions(s), len(s.parts)), s.gold, strict=True):
+        ranked = [s.parts.index(x.module) for x in routed]
         sets.append(tuple(sorted([gold] + [p for p in ranked if p != gold][: k - 1])))
     return sets
 
