@@ -67,8 +67,22 @@ def test_write_ls_verify_rollback_ask(cli_bank, capsys, monkeypatch):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out["modules"]) == 2 and {"answer", "route_ms", "merge_ms", "generate_ms"} <= out.keys()
+    shown = json.loads(run("bank", "show", "people-00", "--bank", bank, "--json").stdout)
+    assert [v["version"] for v in shown] == [1, 2] and shown[0]["head"] and not shown[1]["head"]
     r = run("bank", "export", str(cli_bank / "exported"), "--bank", bank)
     assert r.returncode == 0 and (cli_bank / "exported" / "people-01" / "adapter_model.safetensors").is_file()
+
+
+def test_rm_removes_every_version(cli_bank, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    bank = tmp_path / "bank"
+    shutil.copytree(cli_bank / "bank", bank)
+    r = run_main(capsys, monkeypatch, "bank", "rm", "people-01", "--bank", str(bank))
+    assert r.returncode == 0 and not (bank / "modules" / "people-01").exists()
+    ls = json.loads(run_main(capsys, monkeypatch, "bank", "ls", "--bank", str(bank), "--json").stdout)
+    assert [m["name"] for m in ls] == ["people-00"]
+    assert run_main(capsys, monkeypatch, "bank", "verify", "--bank", str(bank)).returncode == 0
 
 
 def test_verify_exits_1_with_a_report_on_a_flipped_byte(cli_bank, tmp_path):

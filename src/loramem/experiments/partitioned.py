@@ -24,13 +24,13 @@ from loramem.experiments.runner import RecipeOptions
 from loramem.formats import Example
 from loramem.models import Base, load_base
 
-# Smoke: 64 facts over 4 rank-1 modules on v_proj of the top 3 layers vs one rank-4 module on the same layers
-# (same parameter count, same epochs); each small module holds its 16 facts sooner than the single one all 64.
+# Smoke: 48 facts over 4 rank-1 all-linear modules on the top 6 layers vs one rank-4 module on the same layers
+# (same parameter count, same epochs). Small batches: more updates per token, so facts stick within minutes.
 SCALES: dict[str, dict] = {
-    "smoke": {"facts": 64, "modules": 4, "small_rank": 1, "top_k": 3, "icl_questions": 32,
-              "writer": {"targets": "v_proj", "layers": "27-29", "lr": 1e-2, "epochs": 40, "batch_size": 16}},
-    "cpu": {"facts": 480, "modules": 8, "small_rank": 2, "top_k": 3, "icl_questions": 48,
-            "writer": {"targets": "q_proj,v_proj", "layers": "22-29", "lr": 5e-3, "epochs": 120, "batch_size": 16}},
+    "smoke": {"facts": 48, "modules": 4, "small_rank": 1, "top_k": 3, "icl_questions": 48,
+              "writer": {"targets": "all-linear", "layers": "24-29", "lr": 5e-3, "epochs": 30, "batch_size": 4}},
+    "cpu": {"facts": 400, "modules": 8, "small_rank": 2, "top_k": 3, "icl_questions": 100,
+            "writer": {"targets": "all-linear", "layers": "20-29", "lr": 5e-3, "epochs": 40, "batch_size": 4}},
     # the paper's 128K PhoneBook in its 16 released sectors (needs --paper-data), all-linear modules
     "paper": {"facts": None, "modules": 16, "small_rank": 16, "top_k": 3, "icl_questions": 200,
               "writer": {"targets": "all-linear", "lr": 1e-3, "epochs": 100, "batch_size": 8}},
