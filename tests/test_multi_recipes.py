@@ -19,6 +19,9 @@ def test_finding_oracle_beats_single():
     rows[1]["accuracy"] = 0.3
     assert finding_oracle_beats_single(rows)[0] is False
     assert finding_oracle_beats_single(rows[2:])[0] is None
+    unsaturated = [{"system": "single", "accuracy": 1.0}, {"system": "multi-oracle", "accuracy": 1.0}]
+    agrees, ev = finding_oracle_beats_single(unsaturated)
+    assert agrees is None and "saturate" in ev["why"]
 
 
 def test_finding_embed_can_fall_below():

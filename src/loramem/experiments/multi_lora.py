@@ -93,6 +93,8 @@ def finding_oracle_beats_single(rows: list[dict]) -> tuple[bool | None, dict]:
     if not {"single", "multi-oracle"} <= acc.keys():
         return None, {"why": "needs the single and multi-oracle cells"}
     ev = {k: round(v, 4) for k, v in acc.items()}
+    if acc["single"] >= 0.99:  # the finding is about a single LoRA past its capacity
+        return None, {**ev, "why": "the single LoRA did not saturate (accuracy >= 0.99); run with more --facts"}
     return acc["multi-oracle"] > acc["single"], ev
 
 
