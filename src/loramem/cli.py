@@ -67,7 +67,10 @@ def phonebook_make(
 @app.command("write")
 def write_cmd(
     train_file: Path = typer.Argument(..., help="PhoneBook CSV/JSON or JSONL rows"),
-    out: Path = typer.Option(..., help="module folder to write (a standard PEFT adapter folder)"),
+    out: Path | None = typer.Option(None, help="module folder to write (a standard PEFT adapter folder)"),
+    bank: Path | None = typer.Option(None, help="bank folder to add the module to (instead of --out)"),
+    name: str | None = typer.Option(None, help="module name in the bank (a new version if it exists)"),
+    partition: int | None = typer.Option(None, help="split the facts into N modules NAME-00.. (with --bank)"),
     model: str = typer.Option("smollm2-135m", help="base model: registry name, HF id or local folder"),
     recipe: str = typer.Option("fast", help="preset: fast (loramem defaults) or paper (authors' settings)"),
     rank: int | None = typer.Option(None), alpha: float | None = typer.Option(None),
@@ -93,6 +96,12 @@ def write_cmd(
                          dropout=dropout, lr=lr, schedule=schedule, steps=steps, epochs=epochs,
                          batch_size=batch_size, seed=seed, loss=loss, format=format, target_em=target_em,
                          max_seconds=max_seconds)
+    if bank is not None or name is not None or partition is not None:
+        from loramem.commands.bank import write_bank_cmd
+
+        return write_bank_cmd(train_file, out, bank, name, partition, model, cfg, limit)
+    if out is None:
+        raise UserError("give --out FOLDER, or --bank DIR --name NAME to add the module to a bank")
     examples = read_examples(train_file)[:limit]
     base = load_base(model)
     res = write_module(examples, base, cfg, out=out)
@@ -290,4 +299,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the imported module's app: plugin modules in loramem/commands register on `loramem.cli.app`,
+    # which under `python -m loramem.cli` is a different object from this __main__ module's.
+    import loramem.cli as _cli
+
+    _cli.main()

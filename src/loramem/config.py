@@ -119,3 +119,27 @@ class WriterConfig(BaseModel):
         if name == "paper" and values.get("alpha") is None:
             values["alpha"] = float(values.get("rank", cls.model_fields["rank"].default))
         return cls(**values)
+
+
+class MergeConfig(BaseModel):
+    """How routed modules become one adapter (`--merge`); see loramem.bank.merging."""
+
+    method: Literal["none", "linear", "cat", "ties", "dare_linear", "dare_ties", "svd", "magnitude_prune"] = "none"
+    weights: Literal["auto", "mean", "sum", "score"] | list[float] = Field(
+        "auto", description="auto: 1 each for ties/dare_ties, 1/k for the rest; score: softmax of routing scores")
+    density: float = Field(0.5, gt=0, le=1, description="fraction kept by ties/dare/magnitude_prune")
+    majority_sign: Literal["total", "frequency"] = "total"
+    svd_rank: int | None = Field(None, description="rank of the svd merge; default the largest input rank")
+    temperature: float = Field(1.0, description="softmax temperature of score weights")
+    seed: int = Field(0, description="DARE's random drop")
+
+
+class AskConfig(BaseModel):
+    """One question against a bank (`loramem ask`, the server): route, merge, generate."""
+
+    route: Literal["oracle", "embed", "bm25", "lora"] = "embed"
+    top_k: int = Field(1, ge=1, le=64)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    max_new_tokens: int = Field(32, ge=1, le=4096)
+    lora_candidates: int = Field(8, ge=1, description="modules the lora router asks (prefiltered by bm25)")
+    resident: int = Field(64, ge=2, description="modules and merged adapters kept loaded (LRU)")

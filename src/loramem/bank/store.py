@@ -1,0 +1,380 @@
+"""The memory bank on disk: a folder of standard PEFT adapter folders (one per module version) and a SQLite
+manifest that says which versions exist and which one each name serves.
+
+    bank = MemoryBank("my-bank")
+    bank.add_folder("tmp/module", name="people", keys=[...], key_text="...")   # or `loramem write --bank`
+    bank.list(); bank.versions("people"); bank.rollback("people"); bank.verify(); bank.export("out")
+
+Safety: a new version is staged in a temporary folder, renamed into place and recorded in one manifest
+transaction while holding the bank's file lock, so a killed writer leaves the bank as it was and two writers
+never interleave. Names are checked so none can escape the folder; modules of another base model are refused;
+only safetensors adapter files are accepted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from filelock import FileLock
+
+from loramem.bank.manifest import SELECT, ModuleInfo, connect, info_to_row, row_to_info
+from loramem.errors import UserError
+
+MANIFEST = "manifest.sqlite"
+LOCK = ".lock"
+STAGING = ".staging"
+MODULES = "modules"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def check_name(name: str) -> str:
+    """A module name that is safe as a folder name inside the bank (no separators, no '..', no hidden files)."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        raise UserError(f"bad module name '{name}': use letters, digits, '.', '_' or '-' (up to 100), "
+                        "starting with a letter or digit, e.g. --name people-2024")
+    return name
+
+
+def folder_checksum(folder: Path) -> str:
+    """sha256 over the names and bytes of every file in a module folder."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_adapter_folder(folder: Path) -> None:
+    """Refuse anything but a PEFT LoRA folder with safetensors weights (pickled .bin files can run code)."""
+    if not (folder / "adapter_config.json").is_file():
+        raise UserError(f"{folder} is not a PEFT adapter folder (no adapter_config.json)")
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise UserError(f"{folder} has no adapter_model.safetensors; only safetensors modules are accepted "
+                        "(re-save the adapter with safe_serialization=True)")
+    bad = [p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
+    if bad:
+        raise UserError(f"{folder} holds pickled weight files {bad}; only safetensors are accepted, remove them")
+
+
+@dataclass
+class VerifyReport:
+    """What `bank verify` found: problems make the bank unsound; notes are harmless leftovers."""
+
+    checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class MemoryBank:
+    """A folder of LoRA memory modules with a SQLite manifest (created on first write)."""
+
+    def __init__(self, root: str | Path, create: bool = True) -> None:
+        self.root = Path(root).expanduser()
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"bank path {self.root} is a file; pass a folder")
+        if not create and not (self.root / MANIFEST).is_file():
+            raise UserError(f"no bank at {self.root} (no {MANIFEST}); write a module first with "
+                            f"`loramem write FILE --bank {self.root} --name NAME`")
+        self._lock = FileLock(str(self.root / LOCK))
+
+    @property
+    def lock(self) -> FileLock:
+        """The bank's writer lock (held while the manifest and module folders change)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self._lock
+
+    # -- reading -------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _db(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        con = connect(self.root / MANIFEST)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def exists(self) -> bool:
+        return (self.root / MANIFEST).is_file()
+
+    def base(self) -> tuple[str, str] | None:
+        """(name, fingerprint) of the base model this bank serves, once a module was added."""
+        if not self.exists():
+            return None
+        with self._db() as con:
+            got = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('base_name','base_fingerprint')"))
+        return (got["base_name"], got["base_fingerprint"]) if "base_fingerprint" in got else None
+
+    def list(self) -> list[ModuleInfo]:
+        """The serving (head) version of every module, by name."""
+        if not self.exists():
+            return []
+        with self._db() as con:
+            rows = con.execute(f"{SELECT} JOIN heads h ON h.name = m.name AND h.version = m.version "
+                               "ORDER BY m.name").fetchall()
+        return [row_to_info(r) for r in rows]
+
+    def versions(self, name: str) -> list[ModuleInfo]:
+        check_name(name)
+        with self._db() as con:
+            rows = con.execute(f"{SELECT} WHERE m.name = ? ORDER BY m.version", (name,)).fetchall()
+        return [row_to_info(r) for r in rows]
+
+    def head(self, name: str) -> int | None:
+        with self._db() as con:
+            got = con.execute("SELECT version FROM heads WHERE name = ?", (name,)).fetchone()
+        return got[0] if got else None
+
+    def get(self, name: str, version: int | None = None) -> ModuleInfo:
+        """One module version (default: the one the name serves)."""
+        check_name(name)
+        version = version if version is not None else self.head(name)
+        if version is None:
+            raise UserError(f"no module '{name}' in bank {self.root}; see `loramem bank ls --bank {self.root}`")
+        with self._db() as con:
+            row = con.execute(f"{SELECT} WHERE m.name = ? AND m.version = ?", (name, version)).fetchone()
+        if row is None:
+            have = [v.version for v in self.versions(name)]
+            raise UserError(f"module '{name}' has no version {version}; versions: {have}")
+        return row_to_info(row)
+
+    def path(self, info: ModuleInfo) -> Path:
+        return self.root / info.path
+
+    # -- writing -------------------------------------------------------------------------------------------
+    def new_staging(self) -> Path:
+        """A fresh private folder inside the bank to save a module into before `add_folder(..., move=True)`."""
+        staging = self.root / STAGING / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True)
+        return staging
+
+    def add_folder(self, folder: str | Path, name: str, record: dict | None = None, key_text: str = "",
+                   keys: list[str] | None = None, sources: dict | None = None, view_mix: dict | None = None,
+                   move: bool = False) -> ModuleInfo:
+        """Add a saved PEFT module folder as the next version of `name` (atomic; serialized by the bank lock)."""
+        check_name(name)
+        folder = Path(folder)
+        check_adapter_folder(folder)
+        record = record if record is not None else _read_json(folder / "loramem.json")
+        base = record.get("base") or {}
+        if not base.get("fingerprint"):
+            raise UserError(f"{folder} does not record its base model (no loramem.json); write it with `loramem write`")
+        conf = _read_json(folder / "adapter_config.json")
+        if move and folder.resolve().parent == (self.root / STAGING).resolve():
+            staging = folder
+        else:
+            staging = self.new_staging()
+            shutil.copytree(folder, staging, dirs_exist_ok=True)
+            if move:
+                shutil.rmtree(folder)
+        try:
+            _fsync_tree(staging)
+            checksum = folder_checksum(staging)
+            with self.lock:
+                return self._commit(staging, name, record, conf, checksum, key_text, keys or [], sources or {},
+                                    view_mix or {})
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _commit(self, staging: Path, name: str, record: dict, conf: dict, checksum: str, key_text: str,
+                keys: list[str], sources: dict, view_mix: dict) -> ModuleInfo:
+        base = record["base"]
+        with self._db() as con:
+            known = dict(con.execute("SELECT key, value FROM meta"))
+            if "base_fingerprint" in known and known["base_fingerprint"] != base["fingerprint"]:
+                raise UserError(
+                    f"bank {self.root} holds modules for base model '{known['base_name']}' "
+                    f"(weights {known['base_fingerprint']}); this module was trained for '{base.get('name')}' "
+                    f"(weights {base['fingerprint']}): write it with --model {known['base_name']} or use another bank")
+            last = con.execute("SELECT MAX(version) FROM modules WHERE name = ?", (name,)).fetchone()[0] or 0
+            version = last + 1
+            rel = f"{MODULES}/{name}/v{version}"
+            target = self.root / rel
+            if target.exists():  # left by a writer killed after the rename, before its commit: not in the manifest
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            targets = conf.get("target_modules") or []
+            info = ModuleInfo(
+                name=name, version=version, path=rel, base_name=str(base.get("name")),
+                base_fingerprint=base["fingerprint"], rank=int(conf.get("r", 0)),
+                targets=sorted({t.split(".")[-1] for t in targets}) if isinstance(targets, list) else [str(targets)],
+                n_params=int(record.get("n_params", 0)), sources=sources, view_mix=view_mix,
+                tokens=int(record.get("knowledge_tokens", 0)), record=record, key_text=key_text, keys=keys,
+                checksum=checksum, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.execute(f"INSERT INTO modules VALUES ({', '.join('?' * 18)})", info_to_row(info))
+                con.execute("INSERT OR REPLACE INTO heads VALUES (?, ?)", (name, version))
+                con.execute("INSERT OR IGNORE INTO meta VALUES ('base_name', ?)", (info.base_name,))
+                con.execute("INSERT OR IGNORE INTO meta VALUES ('base_fingerprint', ?)", (info.base_fingerprint,))
+                os.replace(staging, target)
+                _fsync_dir(target.parent)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                if target.exists() and not staging.exists():
+                    shutil.rmtree(target, ignore_errors=True)
+                raise
+        return info
+
+    def rollback(self, name: str, to: int | None = None) -> ModuleInfo:
+        """Serve an earlier version of `name` (default: the one before the current head)."""
+        check_name(name)
+        with self.lock:
+            have = [v.version for v in self.versions(name)]
+            head = self.head(name)
+            if not have or head is None:
+                raise UserError(f"no module '{name}' in bank {self.root}; see `loramem bank ls --bank {self.root}`")
+            if to is None:
+                older = [v for v in have if v < head]
+                if not older:
+                    raise UserError(f"module '{name}' serves v{head}, its oldest version; nothing to roll back to")
+                to = older[-1]
+            if to not in have:
+                raise UserError(f"module '{name}' has no version {to}; versions: {have}")
+            with self._db() as con:
+                con.execute("BEGIN IMMEDIATE")
+                con.execute("UPDATE heads SET version = ? WHERE name = ?", (to, name))
+                con.execute("COMMIT")
+        return self.get(name, to)
+
+    def remove(self, name: str) -> list[int]:
+        """Remove a module and all its versions (manifest first, then files)."""
+        check_name(name)
+        with self.lock:
+            versions = [v.version for v in self.versions(name)]
+            if not versions:
+                raise UserError(f"no module '{name}' in bank {self.root}; see `loramem bank ls --bank {self.root}`")
+            with self._db() as con:
+                con.execute("BEGIN IMMEDIATE")
+                con.execute("DELETE FROM modules WHERE name = ?", (name,))
+                con.execute("DELETE FROM heads WHERE name = ?", (name,))
+                con.execute("COMMIT")
+            shutil.rmtree(self.root / MODULES / name, ignore_errors=True)
+        return versions
+
+    def set_embeddings(self, items: list[tuple[ModuleInfo, list[float]]], model: str) -> None:
+        """Store key embeddings (computed by the embedding router) in the manifest."""
+        import numpy as np
+
+        with self.lock, self._db() as con:
+            con.execute("BEGIN IMMEDIATE")
+            con.executemany("UPDATE modules SET key_embedding = ?, embed_model = ? WHERE name = ? AND version = ?",
+                            [(np.asarray(e, dtype=np.float32).tobytes(), model, i.name, i.version) for i, e in items])
+            con.execute("COMMIT")
+
+    # -- checking and exporting ----------------------------------------------------------------------------
+    def verify(self) -> VerifyReport:
+        """Check that every recorded version's files exist and match their checksums, and heads point at rows."""
+        rep = VerifyReport()
+        if not self.exists():
+            rep.problems.append(f"no manifest at {self.root / MANIFEST}")
+            return rep
+        try:
+            with self._db() as con:
+                ok = con.execute("PRAGMA integrity_check").fetchone()[0]
+                rows = [row_to_info(r) for r in con.execute(SELECT).fetchall()]
+                heads = dict(con.execute("SELECT name, version FROM heads").fetchall())
+        except Exception as exc:  # a damaged manifest is a finding, not a crash
+            rep.problems.append(f"manifest unreadable: {type(exc).__name__}: {exc}")
+            return rep
+        if ok != "ok":
+            rep.problems.append(f"manifest integrity check: {ok}")
+        recorded = set()
+        for info in rows:
+            rep.checked += 1
+            folder = self.path(info)
+            recorded.add(folder.resolve())
+            missing = [f for f in ADAPTER_FILES if not (folder / f).is_file()]
+            if missing:
+                rep.problems.append(f"{info.id}: missing {', '.join(missing)} in {folder}")
+                continue
+            got = folder_checksum(folder)
+            if got != info.checksum:
+                rep.problems.append(f"{info.id}: checksum mismatch in {folder} (recorded {info.checksum[:12]}, "
+                                    f"found {got[:12]}): files changed or corrupted")
+        versions = {(i.name, i.version) for i in rows}
+        for name, v in heads.items():
+            if (name, v) not in versions:
+                rep.problems.append(f"{name}: head points at v{v}, which the manifest does not hold")
+        mod_dir = self.root / MODULES
+        for vdir in sorted(mod_dir.glob("*/v*")) if mod_dir.is_dir() else []:
+            if vdir.resolve() not in recorded:
+                rep.notes.append(f"{vdir.relative_to(self.root)} is not in the manifest (left by an interrupted "
+                                 "write or remove); it is ignored")
+        stage = self.root / STAGING
+        if stage.is_dir() and any(stage.iterdir()):
+            rep.notes.append(f"{STAGING}/ holds unfinished writes; they are ignored")
+        return rep
+
+    def export(self, out: str | Path, names: list[str] | None = None) -> list[Path]:
+        """Copy the serving version of each module to OUT/NAME as a plain PEFT folder (for PEFT, vLLM, LoRAX)."""
+        out = Path(out).expanduser()
+        if out.resolve() == self.root.resolve() or self.root.resolve() in out.resolve().parents:
+            raise UserError(f"export folder {out} is inside the bank; pick a folder outside it")
+        mods = self.list()
+        if names:
+            known = {m.name for m in mods}
+            missing = [n for n in names if n not in known]
+            if missing:
+                raise UserError(f"no modules {missing} in bank {self.root}")
+            mods = [m for m in mods if m.name in names]
+        written = []
+        for m in mods:
+            dest = out / m.name
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in ADAPTER_FILES:
+                shutil.copy2(self.path(m) / f, dest / f)
+            written.append(dest)
+        index = [{"name": m.name, "version": m.version, "path": m.name, "base": m.base_name, "rank": m.rank,
+                  "key_text": m.key_text} for m in mods]
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "modules.json").write_text(json.dumps(index, indent=2))
+        return written
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        raise UserError(f"{path} is not valid JSON") from None
+
+
+def _fsync_tree(folder: Path) -> None:
+    for f in folder.rglob("*"):
+        if f.is_file():
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(str(folder), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

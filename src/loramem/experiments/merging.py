@@ -1,0 +1,99 @@
+"""Q10: merge methods over the top-k routed candidates, with the gold module among them.
+
+Per question the candidates are the gold module plus the k-1 other modules the embedding router ranks highest
+(the paper's set-up: routing returns several candidates and merging must keep the right one's knowledge).
+Facts with the same candidate set share one merged adapter. `none` (the gold module alone) and the single large
+LoRA are the references.
+"""
+
+from __future__ import annotations
+
+import time
+from statistics import mean
+
+from loramem.bank.merging import METHODS, merge_weights
+from loramem.bank.routing import build_router, route_many
+from loramem.config import MergeConfig
+from loramem.experiments.partitioned import eval_groups, exact_match, grid, questions, setup
+from loramem.experiments.runner import Recipe, RecipeOptions
+from loramem.report import bar_plot, markdown_table
+
+MERGES = [m for m in METHODS if m != "none"]
+
+
+def cells(opts: RecipeOptions) -> list[dict]:
+    g = grid(opts)
+    methods = opts.params.get("methods") or MERGES
+    refs = [{"cell": "single", "method": "single"}, {"cell": "gold-only", "method": "none"}]
+    return [{**c, "top_k": g["top_k"], "modules": g["modules"]} for c in refs + [
+        {"cell": f"merge-{m}", "method": m} for m in methods]]
+
+
+def candidate_sets(s, k: int) -> list[tuple[int, ...]]:
+    """Per fact: the gold part and the k-1 other parts the embedding router ranks highest (sorted tuple)."""
+    router = build_router("embed", s.parts)
+    sets = []
+    for routed, gold in zip(route_many(router, questions(s), len(s.parts)), s.gold, strict=True):
+        ranked = [s.parts.index(x.module) for x in routed]
+        sets.append(tuple(sorted([gold] + [p for p in ranked if p != gold][: k - 1])))
+    return sets
+
+
+def run_cell(cell: dict, opts: RecipeOptions) -> dict:
+    s = setup(opts)
+    n = len(s.entries)
+    if cell["method"] == "single":
+        return {"accuracy": mean(exact_match(s, s.resident.ensure(s.single), list(range(n)))), "n_eval": n,
+                "merge_ms": 0.0, "n_merges": 0}
+    if cell["method"] == "none":
+        groups: dict[tuple, list[int]] = {}
+        for i, g in enumerate(s.gold):
+            groups.setdefault((g,), []).append(i)
+        hits = eval_groups(s, groups, lambda key: s.resident.ensure(s.parts[key[0]]))
+        return {"accuracy": mean(hits.values()), "n_eval": n, "merge_ms": 0.0, "n_merges": 0}
+    cfg = MergeConfig(method=cell["method"], seed=opts.seed)
+    groups = {}
+    for i, key in enumerate(candidate_sets(s, cell["top_k"])):
+        groups.setdefault(key, []).append(i)
+    times = []
+
+    def activate(key: tuple) -> str:
+        mods = [s.parts[p] for p in key]
+        for m in mods:
+            s.resident.ensure(m)
+        t0 = time.perf_counter()
+        name, _ = s.resident.merged(mods, merge_weights(cfg, len(mods)), cfg)
+        times.append((time.perf_counter() - t0) * 1000)
+        return name
+
+    hits = eval_groups(s, groups, activate)
+    return {"accuracy": mean(hits.values()), "n_eval": n, "merge_ms": round(mean(times), 2),
+            "n_merges": len(groups)}
+
+
+def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
+    out = opts.out
+    rows = sorted(rows, key=lambda r: (r["method"] not in ("single", "none"), -r["accuracy"]))
+    acc = {r["method"]: r["accuracy"] for r in rows}
+    bar_plot(out / "merging.png", list(acc), list(acc.values()),
+             f"Q10: merge of the top-{rows[0]['top_k']} candidates (gold among them)", "exact match")
+    (out / "merging.md").write_text("### Q10: merge methods (gold module among the candidates)\n\n" + markdown_table(
+        rows, ["method", "accuracy", "merge_ms", "n_merges", "n_eval", "top_k", "modules"],
+        fmt={"accuracy": ".3f", "merge_ms": ".1f"}))
+    merged = {k: v for k, v in acc.items() if k not in ("single", "none")}
+    return {"accuracy": acc, "best_merge": max(merged, key=merged.get) if merged else None,
+            "merge_ms": {r["method"]: r["merge_ms"] for r in rows if r["method"] in merged}}
+
+
+def finding_ties_most_robust(rows: list[dict]) -> tuple[bool | None, dict]:
+    """TIES is the most robust merge: its accuracy is the best among the merge methods (within 0.01)."""
+    acc = {r["method"]: float(r["accuracy"]) for r in rows if r.get("method") not in (None, "single", "none")}
+    if "ties" not in acc or len(acc) < 2:
+        return None, {"why": "needs the ties cell and at least one other merge method"}
+    best = max(acc.values())
+    return acc["ties"] >= best - 0.01, {"accuracy": {k: round(v, 4) for k, v in sorted(acc.items())},
+                                         "best": max(acc, key=acc.get)}
+
+
+RECIPE = Recipe("merging", "Q10: merge methods over top-k routed modules (gold among them)", cells, run_cell,
+                summarize)

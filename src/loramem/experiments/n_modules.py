@@ -1,0 +1,78 @@
+"""Q11: how many modules to merge. With ground-truth routing, merge the gold module with 0..N-1 others
+(the next parts in a fixed cyclic order) and measure exact match against N."""
+
+from __future__ import annotations
+
+from statistics import mean
+
+from loramem.bank.merging import merge_weights
+from loramem.config import MergeConfig
+from loramem.experiments.partitioned import eval_groups, grid, setup
+from loramem.experiments.runner import Recipe, RecipeOptions
+from loramem.report import line_plot, markdown_table
+
+DEFAULT_METHODS = ("linear", "ties")
+
+
+def cells(opts: RecipeOptions) -> list[dict]:
+    g = grid(opts)
+    max_n = min(opts.params.get("max_n") or 5, g["modules"])
+    methods = [opts.params["method"]] if opts.params.get("method") else list(DEFAULT_METHODS)
+    return [{"cell": f"{m}-n{n}", "method": m, "n": n, "modules": g["modules"]}
+            for m in methods for n in range(1, max_n + 1)]
+
+
+def run_cell(cell: dict, opts: RecipeOptions) -> dict:
+    s = setup(opts)
+    k = len(s.parts)
+    cfg = MergeConfig(method=cell["method"], seed=opts.seed)
+    groups: dict[tuple, list[int]] = {}
+    for i, g in enumerate(s.gold):
+        groups.setdefault(tuple((g + j) % k for j in range(cell["n"])), []).append(i)
+
+    def activate(key: tuple) -> str:
+        mods = [s.parts[p] for p in key]
+        if len(mods) == 1:
+            return s.resident.ensure(mods[0])
+        return s.resident.merged(mods, merge_weights(cfg, len(mods)), cfg)[0]
+
+    hits = eval_groups(s, groups, activate)
+    return {"accuracy": mean(hits.values()), "n_eval": len(hits)}
+
+
+def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
+    out = opts.out
+    methods = sorted({r["method"] for r in rows})
+    curves, by = {}, {}
+    for m in methods:
+        rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["n"])
+        curves[m] = ([r["n"] for r in rs], [r["accuracy"] for r in rs])
+        by[m] = {str(r["n"]): r["accuracy"] for r in rs}
+    line_plot(out / "n_modules.png", curves, "Q11: exact match vs number of merged modules N (gold included)",
+              "N merged modules", "exact match")
+    (out / "n_modules.md").write_text("### Q11: accuracy vs N\n\n" + markdown_table(
+        sorted(rows, key=lambda r: (r["method"], r["n"])), ["method", "n", "accuracy", "n_eval", "modules"],
+        fmt={"accuracy": ".3f"}))
+    first = methods[0] if methods else None
+    return {"accuracy_by_method": by, "accuracy_by_n": by.get("ties", by.get(first, {})) if first else {}}
+
+
+def finding_accuracy_falls_with_n(rows: list[dict]) -> tuple[bool | None, dict]:
+    """Accuracy is highest at N = 1 and falls as N grows (for every merge method measured)."""
+    methods = sorted({r["method"] for r in rows if "method" in r and "n" in r})
+    ev, verdicts = {}, []
+    for m in methods:
+        acc = {int(r["n"]): float(r["accuracy"]) for r in rows if r.get("method") == m}
+        ns = sorted(acc)
+        if len(ns) < 2 or ns[0] != 1:
+            continue
+        falls = acc[1] >= max(acc.values()) and acc[ns[-1]] < acc[1] - 0.02
+        ev[m] = {str(n): round(acc[n], 4) for n in ns}
+        verdicts.append(falls)
+    if not verdicts:
+        return None, {"why": "needs N = 1 and a larger N for at least one method"}
+    return all(verdicts), {"accuracy_by_n": ev}
+
+
+RECIPE = Recipe("n-modules", "Q11: accuracy vs the number N of merged modules (gold included)", cells, run_cell,
+                summarize)

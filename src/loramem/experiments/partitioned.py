@@ -1,0 +1,144 @@
+"""The shared set-up of the multi-module recipes (Q8-Q11): one PhoneBook split into N small modules in a real
+bank, plus one large module of the same total parameter budget trained on all of it.
+
+The bank is cached under $LORAMEM_HOME/experiments/<hash of model, facts and writer>, so the four recipes (and a
+rerun) train it once; each module is written only if the bank lacks it, so an interrupted set-up resumes.
+Evaluation is teacher-forced exact match (the same verdict as greedy generation, one forward pass).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from loramem.bank.manifest import ModuleInfo
+from loramem.bank.partition import fact_key, key_text, split_even, suffixes
+from loramem.bank.resident import Resident
+from loramem.bank.store import MemoryBank
+from loramem.config import WriterConfig, loramem_home
+from loramem.data import phonebook
+from loramem.errors import UserError
+from loramem.experiments.runner import RecipeOptions
+from loramem.formats import Example
+from loramem.models import Base, load_base
+
+# Smoke: 48 facts over 4 rank-1 all-linear modules on the top 6 layers vs one rank-4 module on the same layers
+# (same parameter count, same epochs). Small batches: more updates per token, so facts stick within minutes.
+SCALES: dict[str, dict] = {
+    "smoke": {"facts": 48, "modules": 4, "small_rank": 1, "top_k": 3, "icl_questions": 48,
+              "writer": {"targets": "all-linear", "layers": "24-29", "lr": 5e-3, "epochs": 30, "batch_size": 4}},
+    "cpu": {"facts": 400, "modules": 8, "small_rank": 2, "top_k": 3, "icl_questions": 100,
+            "writer": {"targets": "all-linear", "layers": "20-29", "lr": 5e-3, "epochs": 40, "batch_size": 4}},
+    # the paper's 128K PhoneBook in its 16 released sectors (needs --paper-data), all-linear modules
+    "paper": {"facts": None, "modules": 16, "small_rank": 16, "top_k": 3, "icl_questions": 200,
+              "writer": {"targets": "all-linear", "lr": 1e-3, "epochs": 100, "batch_size": 8}},
+}
+
+
+@dataclass
+class Setup:
+    """A trained multi-module bank: the N part modules, the single large module, and every fact's gold part."""
+
+    bank: MemoryBank
+    base: Base
+    parts: list[ModuleInfo]
+    single: ModuleInfo
+    entries: list[phonebook.Entry]
+    gold: list[int]  # part index of each entry
+    grid: dict
+    resident: Resident
+
+    def examples(self, idx: list[int] | None = None) -> list[Example]:
+        idx = range(len(self.entries)) if idx is None else idx
+        return [self.entries[i].example() for i in idx]
+
+
+def grid(opts: RecipeOptions) -> dict:
+    """The scale's settings with the recipe's --modules/--facts/--top-k overrides."""
+    g = {**SCALES[opts.scale]}
+    g["writer"] = dict(g["writer"])
+    for k, v in (opts.params.get("writer") or {}).items():  # None removes a setting (e.g. layers: all layers)
+        if v is None:
+            g["writer"].pop(k, None)
+        else:
+            g["writer"][k] = v
+    for k in ("facts", "modules", "top_k", "small_rank"):
+        if opts.params.get(k) is not None:
+            g[k] = opts.params[k]
+    if g["modules"] < 2:
+        raise UserError("multi-module recipes need --modules 2 or more")
+    return g
+
+
+def _facts(g: dict, opts: RecipeOptions) -> tuple[list[phonebook.Entry], list[int]]:
+    if opts.scale == "paper" or (opts.paper_data is not None and g["facts"] is None):
+        if opts.paper_data is None:
+            raise UserError("the paper scale reads the 128K PhoneBook sectors: pass --paper-data RELEASE_DIR")
+        meta = Path(opts.paper_data) / "pb_cf" / "phonebook_qa_128K_routing_meta.json"
+        sectors = phonebook.read_sectors(meta)[: g["modules"]]
+        entries = [e for s in sectors for e in s.entries]
+        gold = [i for i, s in enumerate(sectors) for _ in s.entries]
+        return entries, gold
+    entries = phonebook.generate(int(g["facts"]), opts.seed)
+    gold = [0] * len(entries)
+    for i, r in enumerate(split_even(len(entries), g["modules"])):
+        for j in r:
+            gold[j] = i
+    return entries, gold
+
+
+def setup(opts: RecipeOptions) -> Setup:
+    """Build (or reuse) the bank of N small modules plus the single large module for these options."""
+    from loramem.bank.partition import Part
+    from loramem.bank.write import write_part
+
+    g = grid(opts)
+    base = load_base(opts.model)
+    entries, gold = _facts(g, opts)
+    recipe = {"model": base.fingerprint, "facts": [e.row() for e in entries[:3]], "n": len(entries), "grid": g,
+              "seed": opts.seed, "v": 1}
+    tag = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    bank = MemoryBank(loramem_home() / "experiments" / f"multi-{tag}")
+    have = {m.name for m in bank.list()}
+    wcfg = dict(g["writer"], seed=opts.seed, progress=False)
+    src = Path(f"phonebook-seed{opts.seed}") if opts.paper_data is None else Path(opts.paper_data)
+    names = [f"part{s or '-0'}" for s in suffixes(g["modules"])]
+    for i, name in enumerate(names):
+        if name not in have:
+            ex = [entries[j].example() for j in range(len(entries)) if gold[j] == i]
+            write_part(Part("", ex, key_text(ex), [fact_key(e) for e in ex], src), bank, name, base,
+                       WriterConfig(rank=g["small_rank"], **wcfg))
+    if "single" not in have:
+        ex = [e.example() for e in entries]
+        write_part(Part("", ex, key_text(ex), [fact_key(e) for e in ex], src), bank, "single", base,
+                   WriterConfig(rank=g["small_rank"] * g["modules"], **wcfg))
+    mods = {m.name: m for m in bank.list()}
+    return Setup(bank, base, [mods[n] for n in names], mods["single"], entries, gold, g,
+                 Resident(bank, base, capacity=64))
+
+
+def exact_match(s: Setup, adapter: str | None, idx: list[int]) -> list[bool]:
+    """Teacher-forced exact match of facts `idx` with one adapter active (None: the base model alone)."""
+    from loramem.evaluate import teacher_forced_em
+
+    host = s.resident.host
+    if adapter is None:
+        with host.disable_adapter():
+            return teacher_forced_em(host, s.base, s.examples(idx), s.parts[0].format)
+    host.set_adapter(adapter)
+    return teacher_forced_em(host, s.base, s.examples(idx), s.parts[0].format)
+
+
+def eval_groups(s: Setup, groups: dict[tuple, list[int]], activate) -> dict[int, bool]:
+    """Exact match per fact, where facts sharing a key share an adapter: activate(key) -> adapter name."""
+    hits: dict[int, bool] = {}
+    for key, idx in groups.items():
+        for i, ok in zip(idx, exact_match(s, activate(key), idx), strict=True):
+            hits[i] = ok
+    return hits
+
+
+def questions(s: Setup) -> list[str]:
+    return [e.question() + "?" for e in s.entries]

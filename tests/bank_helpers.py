@@ -1,0 +1,32 @@
+"""Tiny real banks for the bank tests: PhoneBook facts, modules trained on tiny-random, real SQLite files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from loramem.bank.store import MemoryBank
+from loramem.config import WriterConfig
+from loramem.data import phonebook
+
+QUICK = dict(rank=4, steps=2, progress=False, target_em=None, lr=1e-3)
+# enough for tiny-random to memorize a handful of facts (lr high, early stop at exact match 1.0)
+MEMORIZE = dict(rank=8, steps=400, progress=False, target_em=1.0, lr=2e-2, eval_every=20, batch_size=8)
+
+
+def phonebook_file(folder: Path, n: int = 9, seed: int = 0) -> Path:
+    return phonebook.write(phonebook.generate(n, seed), folder / f"pb{n}-{seed}.csv")
+
+
+def make_bank(root: Path, base, train: Path, name: str = "people", partition: int | None = 3,
+              cfg: dict | None = None) -> MemoryBank:
+    from loramem.bank.write import write_to_bank
+
+    bank = MemoryBank(root)
+    write_to_bank(train, bank, name, base, WriterConfig(**(cfg or QUICK)), partition)
+    return bank
+
+
+def copy_bank(src: MemoryBank, dest: Path) -> MemoryBank:
+    shutil.copytree(src.root, dest)
+    return MemoryBank(dest)

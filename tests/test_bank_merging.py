@@ -1,0 +1,135 @@
+"""Merging: a one-module merge is the module itself, cat is exactly the sum of updates, every method yields an
+adapter plain PEFT loads, merges are cached, and DARE is seeded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from bank_helpers import make_bank, phonebook_file
+
+from loramem.bank.merging import METHODS, merge_adapters, merge_weights
+from loramem.bank.resident import Resident
+from loramem.config import MergeConfig
+from loramem.errors import UserError
+
+IDS = torch.tensor([[1, 50, 60, 70, 80, 90]])
+MERGES = [m for m in METHODS if m != "none"]
+
+
+@pytest.fixture(scope="module")
+def bank(tiny_base, tmp_path_factory):
+    d = tmp_path_factory.mktemp("mbank")
+    # a few real steps so the updates are not zero; rsLoRA with alpha != rank exercises PEFT's scaling paths
+    return make_bank(d / "bank", tiny_base, phonebook_file(d, 9), partition=3,
+                     cfg=dict(rank=4, alpha=16, rslora=True, steps=5, lr=1e-2, progress=False, target_em=None))
+
+
+@pytest.fixture()
+def res(bank, tiny_base):
+    r = Resident(bank, tiny_base)
+    yield r
+    r.clear()
+
+
+def logits(host, adapter):
+    host.set_adapter(adapter)
+    with torch.no_grad():
+        return host(input_ids=IDS).logits
+
+
+@pytest.mark.parametrize("method", MERGES)
+def test_merging_one_module_with_weight_one_gives_its_own_outputs(bank, res, method):
+    m = bank.get("people-00")
+    own = res.ensure(m)
+    merged, cached = res.merged([m], [1.0], MergeConfig(method=method))
+    assert not cached
+    ref = logits(res.host, own)
+    with res.host.disable_adapter():
+        base = res.host(input_ids=IDS).logits
+    assert not torch.allclose(ref, base, atol=1e-4)  # the module does change outputs
+    assert torch.allclose(logits(res.host, merged), ref, atol=1e-5)
+
+
+def test_cat_is_exactly_the_sum_of_the_updates(bank, res):
+    a, b = bank.get("people-00"), bank.get("people-01")
+    na, nb = res.ensure(a), res.ensure(b)
+    merged, _ = res.merged([a, b], [1.0, 1.0], MergeConfig(method="cat"))
+    res.host.set_adapter(na)
+    res.host.base_model.set_adapter([na, nb])  # both active at once: base + dW_a + dW_b
+    with torch.no_grad():
+        both = res.host(input_ids=IDS).logits
+    assert torch.allclose(logits(res.host, merged), both, atol=1e-5)
+    linear, _ = res.merged([a, b], [1.0, 1.0], MergeConfig(method="linear"))
+    assert not torch.allclose(logits(res.host, linear), both, atol=1e-4)  # PEFT linear has cross terms
+
+
+@pytest.mark.parametrize("method", MERGES)
+def test_every_merge_method_yields_an_adapter_plain_peft_loads(bank, res, method, tmp_path):
+    from peft import PeftModel
+
+    from loramem.models import _tiny_random
+    from loramem.writer import save_adapter
+
+    mods = [bank.get(n) for n in ("people-00", "people-01", "people-02")]
+    cfg = MergeConfig(method=method, density=0.7)
+    name, _ = res.merged(mods, merge_weights(cfg, 3), cfg)
+    ours = logits(res.host, name)
+    save_adapter(res.host, name, tmp_path / method, {"base": {"source": "tiny-random"}})
+    plain = PeftModel.from_pretrained(_tiny_random(0, torch.device("cpu")).model, str(tmp_path / method)).eval()
+    with torch.no_grad():
+        assert torch.allclose(plain(input_ids=IDS).logits, ours, atol=1e-5)
+
+
+def test_merges_are_cached_and_dare_is_seeded(bank, res):
+    mods = [bank.get("people-00"), bank.get("people-01")]
+    cfg = MergeConfig(method="dare_linear", density=0.5, seed=3)
+    first, cached = res.merged(mods, [0.5, 0.5], cfg)
+    again, cached2 = res.merged(mods, [0.5, 0.5], cfg)
+    assert first == again and not cached and cached2 and res.merges == 1
+    out1 = logits(res.host, first)
+    res.clear()
+    redo, cached3 = res.merged(mods, [0.5, 0.5], cfg)
+    assert not cached3 and torch.allclose(logits(res.host, redo), out1, atol=1e-6)
+    other, _ = res.merged(mods, [0.5, 0.5], cfg.model_copy(update={"seed": 4}))
+    assert not torch.allclose(logits(res.host, other), out1, atol=1e-6)
+
+
+def test_merge_weights():
+    assert merge_weights(MergeConfig(method="ties"), 3) == [1.0, 1.0, 1.0]
+    assert merge_weights(MergeConfig(method="linear"), 4) == [0.25] * 4
+    w = merge_weights(MergeConfig(method="linear", weights="score"), 2, [2.0, 0.0])
+    assert w[0] > w[1] and abs(sum(w) - 1) < 1e-9
+    assert merge_weights(MergeConfig(method="cat", weights=[0.3, 0.7]), 2) == [0.3, 0.7]
+    with pytest.raises(UserError, match="one weight per module"):
+        merge_weights(MergeConfig(method="cat", weights=[1.0]), 2)
+
+
+def test_mixed_ranks_need_cat_or_svd(bank, res, tiny_base, tmp_path):
+    from loramem.bank.store import MemoryBank
+    from loramem.bank.write import write_to_bank
+    from loramem.config import WriterConfig
+
+    b = MemoryBank(tmp_path / "b")
+    write_to_bank(phonebook_file(tmp_path, 4), b, "r2", tiny_base, WriterConfig(rank=2, steps=1, progress=False))
+    write_to_bank(phonebook_file(tmp_path, 4), b, "r4", tiny_base, WriterConfig(rank=4, steps=1, progress=False))
+    r = Resident(b, tiny_base)
+    mods = b.list()
+    with pytest.raises(UserError, match="one rank"):
+        r.merged(mods, [0.5, 0.5], MergeConfig(method="ties"))
+    for method in ("cat", "svd"):
+        assert r.merged(mods, [0.5, 0.5], MergeConfig(method=method))[0]
+    r.clear()
+    with pytest.raises(ValueError):
+        merge_adapters(res.host, [], [], "x", MergeConfig(method="none"))
+
+
+def test_fast_switch_gives_the_same_outputs_as_peft_set_adapter(bank, res):
+    names = [res.ensure(bank.get(n)) for n in ("people-00", "people-01", "people-02")]
+    for n in names + names[::-1]:
+        res.activate(n)
+        assert res.host.active_adapter == n
+        with torch.no_grad():
+            fast = res.host(input_ids=IDS).logits
+        assert torch.allclose(fast, logits(res.host, n), atol=0)  # logits() uses PEFT's own set_adapter
+    res.activate(names[0])
+    assert not torch.allclose(res.host(input_ids=IDS).logits, logits(res.host, names[1]), atol=1e-5)

@@ -1,0 +1,107 @@
+"""Routers on a tiny bank of known PhoneBook parts, the LoRA-aware router's mixed-adapter scoring, and ask."""
+
+from __future__ import annotations
+
+import pytest
+from bank_helpers import make_bank, phonebook_file
+
+from loramem.bank.ask import ask, ask_batch, prepare
+from loramem.bank.generate import answer_confidence, generate_rows
+from loramem.bank.resident import Resident
+from loramem.bank.routing import build_router
+from loramem.data import phonebook
+from loramem.errors import UserError
+
+N_FACTS = 12
+
+
+@pytest.fixture(scope="module")
+def bank(tiny_base, tmp_path_factory):
+    d = tmp_path_factory.mktemp("rbank")
+    return make_bank(d / "bank", tiny_base, phonebook_file(d, N_FACTS), partition=3)
+
+
+def gold_pairs():
+    entries = phonebook.generate(N_FACTS, 0)
+    return [(e.question() + "?", f"people-0{i // 4}") for i, e in enumerate(entries)]
+
+
+@pytest.mark.parametrize("kind,least", [("oracle", 1.0), ("bm25", 1.0), ("embed", 0.75)])
+def test_routers_find_the_module_holding_the_fact(bank, kind, least):
+    router = build_router(kind, bank.list())
+    pairs = gold_pairs()
+    hits = [router.route(q, 1)[0].module.name == gold for q, gold in pairs]
+    assert sum(hits) / len(hits) >= least
+    top3 = router.route(pairs[0][0], 3)
+    assert len(top3) == 3 and len({s.module.name for s in top3}) == 3
+    assert top3[0].score >= top3[1].score >= top3[2].score
+
+
+def test_embed_router_stores_key_embeddings_in_the_manifest(bank):
+    build_router("embed", bank.list(), on_new_embeddings=bank.set_embeddings)
+    mods = bank.list()
+    assert all(m.key_embedding is not None and m.key_embedding.shape == (384,) for m in mods)
+    assert all(m.embed_model == "all-MiniLM-L6-v2" for m in mods)
+
+
+def test_oracle_refuses_an_unknown_question(bank):
+    with pytest.raises(UserError, match="oracle"):
+        build_router("oracle", bank.list()).route("Who wrote Hamlet?", 1)
+
+
+def test_lora_router_scores_every_candidate_in_one_mixed_batch(bank, tiny_base):
+    res = Resident(bank, tiny_base)
+    mods = bank.list()
+    names = [res.ensure(m) for m in mods]
+    q = gold_pairs()[0][0]
+    mixed = answer_confidence(res.host, tiny_base, q, names)
+    alone = []
+    for n in names:  # the same scores one adapter at a time
+        res.activate(n)
+        alone.append(generate_rows(res.host, tiny_base, [q], None, "plain", 16)[0].mean_logprob)
+    assert mixed == pytest.approx(alone, abs=1e-4)
+    assert len(set(round(x, 5) for x in mixed)) == 3  # the modules really differ
+    got = build_router("lora", mods, resident=res).route(q, 3)
+    assert [s.module.name for s in got] == [mods[i].name for i in sorted(range(3), key=lambda i: -mixed[i])]
+    res.clear()
+
+
+def test_prepare_activates_the_merged_adapter_and_ask_reports_timings(bank):
+    host, info = prepare(gold_pairs()[5][0], bank, route="bm25", top_k=2, merge="ties")
+    assert [m["name"] for m in info["modules"]][0] == "people-01" and len(info["modules"]) == 2
+    assert host.active_adapter == info["adapter"] and not info["merge_cached"]
+    out = ask(gold_pairs()[5][0], bank, route="bm25", top_k=2, merge="ties", max_new_tokens=4)
+    assert out["merge_cached"] and out["adapter"] == info["adapter"]
+    for k in ("answer", "route_ms", "merge_ms", "generate_ms", "prompt_tokens", "completion_tokens"):
+        assert k in out
+    assert out["completion_tokens"] <= 4 and out["route_ms"] >= 0
+    top1 = ask(gold_pairs()[0][0], bank, route="oracle", merge="none", max_new_tokens=4)
+    assert [m["name"] for m in top1["modules"]] == ["people-00"]
+
+
+def test_mixed_adapter_batch_matches_one_question_at_a_time(bank):
+    qs = [q for q, _ in gold_pairs()[::4]]
+    rows = ask_batch(qs, bank, route="oracle", max_new_tokens=6)
+    assert [r["modules"][0]["name"] for r in rows] == ["people-00", "people-01", "people-02"]
+    singles = [ask(q, bank, route="oracle", max_new_tokens=6)["answer"] for q in qs]
+    assert [r["answer"] for r in rows] == singles
+
+
+def test_modules_of_another_base_are_refused_at_load(bank):
+    from loramem.models import load_base
+
+    other = load_base("tiny-random", seed=7)
+    with pytest.raises(UserError, match="--model tiny-random"):
+        Resident(bank, other).ensure(bank.get("people-00"))
+
+
+def test_batched_embed_routing_matches_one_at_a_time(bank):
+    from loramem.bank.routing import route_many
+
+    router = build_router("embed", bank.list())
+    qs = [q for q, _ in gold_pairs()]
+    many = route_many(router, qs, 2)
+    for q, got in zip(qs, many, strict=True):
+        one = router.route(q, 2)
+        assert [s.module.name for s in got] == [s.module.name for s in one]
+        assert [s.score for s in got] == pytest.approx([s.score for s in one], abs=1e-5)
