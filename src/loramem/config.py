@@ -143,3 +143,17 @@ class AskConfig(BaseModel):
     max_new_tokens: int = Field(32, ge=1, le=4096)
     lora_candidates: int = Field(8, ge=1, description="modules the lora router asks (prefiltered by bm25)")
     resident: int = Field(64, ge=2, description="modules and merged adapters kept loaded (LRU)")
+
+
+class ServeConfig(BaseModel):
+    """`loramem serve`: an OpenAI-compatible HTTP API over a bank."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: str | None = Field(None, description="require `Authorization: Bearer KEY`; default $LORAMEM_API_KEY")
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+    max_tokens: int = Field(256, ge=1, description="largest max_tokens a request may ask for")
+    max_concurrent: int = Field(64, ge=1, description="requests in flight before 429")
+    max_batch: int = Field(16, ge=1, description="requests decoded together in one mixed-adapter batch")
+    batch_window_ms: float = Field(5.0, ge=0, description="how long the batcher waits for more requests")
+    ask: AskConfig = Field(default_factory=AskConfig)

@@ -1,0 +1,44 @@
+"""`loramem serve`: an OpenAI-compatible HTTP API over a bank."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from loramem.cli import app, console
+from loramem.errors import UserError
+
+
+@app.command("serve")
+def serve_cmd(
+    bank: Path = typer.Option(..., help="bank folder"),
+    host: str = typer.Option("127.0.0.1", help="address to bind (127.0.0.1 unless you mean otherwise)"),
+    port: int = typer.Option(8000),
+    api_key: str | None = typer.Option(None, help="require this Bearer key (default: $LORAMEM_API_KEY)"),
+    model: str | None = typer.Option(None, help="base model (default: the bank's)"),
+    route: str = typer.Option("embed", help="default router: oracle, embed, bm25 or lora"),
+    max_batch: int = typer.Option(16, help="requests decoded together in one mixed-adapter batch"),
+    max_tokens: int = typer.Option(256, help="largest max_tokens a request may ask for"),
+    max_concurrent: int = typer.Option(64, help="requests in flight before 429"),
+) -> None:
+    """Serve a bank until stopped: /v1/models, /v1/chat/completions (streaming too), /health."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from loramem.bank.store import MANIFEST
+    from loramem.config import AskConfig, ServeConfig, env
+    from loramem.serve import create_app
+
+    if not (bank / MANIFEST).is_file():
+        raise UserError(f"{bank} is not a bank (no {MANIFEST}); create one with `loramem write FILE --bank {bank} "
+                        "--name NAME`")
+    try:
+        cfg = ServeConfig(host=host, port=port, api_key=api_key or env("LORAMEM_API_KEY"), max_batch=max_batch,
+                          max_tokens=max_tokens, max_concurrent=max_concurrent, ask=AskConfig(route=route))
+    except ValidationError as exc:
+        raise UserError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+    application = create_app(bank, model, cfg)
+    console.print(f"serving {bank} on http://{host}:{port}/v1 (base {application.state.session.base.name}"
+                  f"{', API key required' if cfg.api_key else ''}); Ctrl-C stops")
+    uvicorn.run(application, host=host, port=port, log_level="warning")

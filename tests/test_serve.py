@@ -1,0 +1,138 @@
+"""The server, over a real bank, on a real uvicorn on 127.0.0.1, talked to with the official openai client."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+from bank_helpers import QUICK, make_bank
+
+from loramem.config import ServeConfig
+from loramem.data import phonebook
+
+KEY = "test-key-123"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_base):
+    import uvicorn
+
+    from loramem.serve import create_app
+
+    root = tmp_path_factory.mktemp("serve")
+    ann = phonebook.write([phonebook.Entry("Ann Lee", "111-222-3333")], root / "ann.csv")
+    bob = phonebook.write([phonebook.Entry("Bob Stone", "444-555-6666")], root / "bob.csv")
+    bank = make_bank(root / "bank", tiny_base, ann, name="ann", partition=None, cfg=QUICK)
+    make_bank(root / "bank", tiny_base, bob, name="bob", partition=None, cfg=QUICK)
+    port = _free_port()
+    app = create_app(bank.root, "tiny-random", ServeConfig(port=port, api_key=KEY, max_body_bytes=4096,
+                                                           max_tokens=64))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    deadline = time.time() + 60
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started
+    yield {"url": f"http://127.0.0.1:{port}", "bank": bank, "root": root, "app": app}
+    srv.should_exit = True
+    th.join(timeout=10)
+
+
+def _client(server, key=KEY):
+    return openai.OpenAI(base_url=server["url"] + "/v1", api_key=key, max_retries=0)
+
+
+def test_lists_routed_memory_and_each_module(server):
+    ids = [m.id for m in _client(server).models.list().data]
+    assert ids[0] == "loramem" and {"loramem:ann", "loramem:bob"} <= set(ids)
+
+
+def test_answer_matches_loramem_ask_and_routes_to_the_right_module(server):
+    from loramem.bank.ask import ask
+
+    c = _client(server)
+    for name, who in (("ann", "Ann Lee"), ("bob", "Bob Stone")):
+        q = f"What is the phone number of {who}?"
+        r = c.chat.completions.create(model="loramem", messages=[{"role": "user", "content": q}],
+                                      max_tokens=16, extra_body={"route": "bm25"})
+        extra = r.model_extra["loramem"]
+        assert extra["modules"][0]["name"] == name
+        same = ask(q, server["bank"], "tiny-random", route="bm25", max_new_tokens=16)
+        assert r.choices[0].message.content == same["answer"]
+        assert r.usage.prompt_tokens == same["prompt_tokens"]
+
+
+def test_streaming_gives_the_same_text(server):
+    c = _client(server)
+    msgs = [{"role": "user", "content": "What is the phone number of Ann Lee?"}]
+    whole = c.chat.completions.create(model="loramem:ann", messages=msgs, max_tokens=16).choices[0].message.content
+    parts = list(c.chat.completions.create(model="loramem:ann", messages=msgs, max_tokens=16, stream=True))
+    text = "".join(p.choices[0].delta.content or "" for p in parts if p.choices)
+    assert text == whole and len(parts) >= 3
+    assert parts[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_requests_for_different_modules_share_a_batch(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = _client(server)
+    batcher = server["app"].state.batcher
+    before = len(batcher.batches)
+
+    def one(i):
+        name = ("ann", "bob")[i % 2]
+        return c.chat.completions.create(model=f"loramem:{name}", max_tokens=8,
+                                         messages=[{"role": "user", "content": f"question {i}"}])
+
+    with ThreadPoolExecutor(8) as pool:
+        out = list(pool.map(one, range(8)))
+    assert len(out) == 8
+    assert max(batcher.batches[before:]) > 1  # at least one decode served several requests together
+
+
+def test_new_module_is_served_without_restart(server, tiny_base):
+    cara = phonebook.write([phonebook.Entry("Cara Moss", "777-888-9999")], server["root"] / "cara.csv")
+    make_bank(server["bank"].root, tiny_base, cara, name="cara", partition=None, cfg=QUICK)
+    assert "loramem:cara" in [m.id for m in _client(server).models.list().data]
+    r = _client(server).chat.completions.create(model="loramem:cara", max_tokens=4,
+                                                messages=[{"role": "user", "content": "hi"}])
+    assert r.model_extra["loramem"]["modules"][0]["name"] == "cara"
+
+
+def test_401_without_the_key(server):
+    with pytest.raises(openai.AuthenticationError):
+        _client(server, key="wrong").models.list()
+    assert httpx.get(server["url"] + "/v1/models").status_code == 401
+    assert httpx.get(server["url"] + "/health").status_code == 200
+
+
+@pytest.mark.parametrize("body,status", [
+    (b"{not json", 400),
+    (b'{"model": "loramem", "messages": []}', 422),
+    (b'{"model": "loramem", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', 422),
+    (b'{"model": "loramem", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000}', 400),
+    (b'{"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}', 400),
+    (b'{"model": "loramem:nobody", "messages": [{"role": "user", "content": "hi"}]}', 400),
+    (b'{"model": "loramem", "messages": [{"role": "user", "content": "' + b"x" * 8000 + b'"}]}', 413),
+])
+def test_bad_bodies_get_json_errors(server, body, status):
+    r = httpx.post(server["url"] + "/v1/chat/completions", content=body,
+                   headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["message"]
+
+
+def test_openai_client_sees_bad_request_errors(server):
+    with pytest.raises(openai.BadRequestError, match="unknown model"):
+        _client(server).chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
