@@ -273,4 +273,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m loramem.cli` runs this file as __main__, but loramem/commands/* register their verbs on the
+    # importable `loramem.cli` module's app: run that one.
+    from loramem.cli import main as _main
+
+    _main()

@@ -119,3 +119,35 @@ class WriterConfig(BaseModel):
         if name == "paper" and values.get("alpha") is None:
             values["alpha"] = float(values.get("rank", cls.model_fields["rank"].default))
         return cls(**values)
+
+
+class RetrievalConfig(BaseModel):
+    """Options of a RAG index (`loramem index`): how documents become chunks and how chunks are found."""
+
+    chunk_tokens: int = Field(128, description="chunk length in base-model tokens")
+    overlap: int = Field(32, description="tokens shared by consecutive chunks of a document")
+    method: Literal["bm25", "dense", "hybrid"] = Field(
+        "bm25", description="bm25 (bm25s), dense (all-MiniLM-L6-v2 cosine) or hybrid (reciprocal-rank fusion)")
+    k: int = Field(3, description="chunks put in the prompt per question")
+
+    @model_validator(mode="after")
+    def _check(self) -> RetrievalConfig:
+        if self.chunk_tokens < 1:
+            raise ValueError(f"chunk size must be >= 1 token (got {self.chunk_tokens})")
+        if not 0 <= self.overlap < self.chunk_tokens:
+            raise ValueError(f"overlap must be in [0, chunk size) (got {self.overlap} with size {self.chunk_tokens})")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1 (got {self.k})")
+        return self
+
+
+class AnswerConfig(BaseModel):
+    """Options of one answer (`loramem ask --mode`): prompt shape, context budget and generation length."""
+
+    template: Literal["qa", "completion"] = Field(
+        "qa", description="qa: 'Question: q? Answer:' (PhoneBook, PaperQA); completion: the text as is (CounterFact)")
+    max_new_tokens: int = 32
+    context_budget: int | None = Field(
+        None, description="max prompt tokens; default the model's context length minus max_new_tokens")
+    overflow: Literal["error", "truncate"] = Field(
+        "error", description="ICL/RAG context over budget: error (default) or truncate (keep the first tokens)")
