@@ -76,3 +76,44 @@ def retrieve_cmd(
     else:
         for r in rows:
             print(f"{r['rank']:>2} {r['chunk']:<24} {r['score']:.4f}  {r['text'][:100]!r}")
+
+
+@bench_app.command("counterfact")
+def bench_counterfact(
+    out: Path = typer.Option(..., help="results folder"),
+    model: str = typer.Option("smollm2-135m", help="base model"),
+    scale: str = typer.Option("smoke", help="smoke, cpu or paper (default grid and writer settings)"),
+    ranks: str | None = typer.Option(None, help="comma list of LoRA ranks, e.g. 4,16"),
+    sizes: str | None = typer.Option(None, help="the paper's edit files by size, e.g. 1K,5K"),
+    paper_data: Path | None = typer.Option(None, help="the paper's release folder (default: found beside the checkout)"),
+    data: Path | None = typer.Option(None, help="ROME's counterfact.json instead of the paper's files"),
+    limit: int | None = typer.Option(None, help="with --data: use the first N records"),
+    max_probes: int | None = typer.Option(None, help="evaluate at most N edit prompts per cell"),
+    targets: str | None = typer.Option(None, help="LoRA targets (default per scale)"),
+    layers: str | None = typer.Option(None, help="LoRA layer range (default per scale)"),
+    lr: float | None = typer.Option(None), epochs: float | None = typer.Option(None),
+    steps: int | None = typer.Option(None),
+    seed: int = typer.Option(0),
+) -> None:
+    """CounterFact: train edits into LoRA modules; efficacy, generation accuracy, locality, cost."""
+    from loramem.config import paper_release_dir
+
+    rank_list = csv_list(ranks, int, "--ranks")
+    if rank_list and min(rank_list) < 1:
+        raise UserError("ranks must be >= 1 (e.g. --ranks 4,16)")
+    if data is None:
+        paper_data = paper_data or paper_release_dir()
+        if paper_data is None:
+            raise UserError("the paper's release folder was not found; pass --paper-data DIR (or --data counterfact.json)")
+    elif not data.is_file():
+        raise UserError(f"{data} does not exist; pass ROME's counterfact.json")
+    params = {"ranks": rank_list, "sizes": csv_list(sizes, str, "--sizes"), "data": str(data) if data else None,
+              "limit": limit, "writer": {"targets": targets, "layers": layers, "lr": lr, "epochs": epochs,
+                                         "steps": steps}}
+    if max_probes is not None:
+        params["max_probes"] = max_probes
+    summary = run_bench("counterfact", out, model, scale, seed, paper_data, params)
+    for cell, v in summary.get("per_cell", {}).items():
+        eff = "-" if v["efficacy"] is None else f"{v['efficacy']:.3f}"
+        print(f"{cell}: efficacy {eff}, generation accuracy {v['generation_accuracy']:.3f}, "
+              f"known facts retained {v['known_retained']}, {v['train_s']:.0f} s")
