@@ -101,15 +101,22 @@ def gather_context(question: str, mode: str, index=None, documents=None, k: int 
     return [], []
 
 
+def memory_off(base: Base, host=None):
+    """(model, context manager) giving base-model behaviour, whatever adapters are loaded on the shared wrapper."""
+    host = host if host is not None else base.extra.get("peft")
+    if host is not None and getattr(host, "active_adapter", None) in getattr(host, "peft_config", {}):
+        return host, host.disable_adapter()
+    # no wrapper, or its active adapter was deleted: the injected LoRA layers hold nothing active
+    return base.model, contextlib.nullcontext()
+
+
 def _memory(mode: str, base: Base, host):
     """The model to generate with and a context manager that switches memory off when the mode has none."""
     if uses_lora(mode):
         if host is None:
             raise UserError(f"mode '{mode}' needs memory modules; pass --bank DIR (or a module) or use --mode base")
         return host, contextlib.nullcontext()
-    if host is not None and hasattr(host, "disable_adapter"):
-        return host, host.disable_adapter()
-    return base.model, contextlib.nullcontext()
+    return memory_off(base, host)
 
 
 @torch.no_grad()

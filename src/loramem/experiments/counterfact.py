@@ -57,14 +57,6 @@ def edit_set(cell: dict, opts: RecipeOptions) -> cf.EditSet:
     return cf.load_paper(cell["size"], opts.paper_data)
 
 
-def _memory_off(base):
-    """Context manager giving base-model behaviour while adapters may be loaded."""
-    import contextlib
-
-    host = base.extra.get("peft")
-    return (host, host.disable_adapter()) if host is not None else (base.model, contextlib.nullcontext())
-
-
 def probe_model(model, base, probes: list[cf.Probe], olds: list[str]) -> dict:
     """Log-probs of new and old objects and greedy continuations for probes; known-fact continuations."""
     from loramem.evaluate import generate_answers
@@ -113,10 +105,11 @@ _BEFORE: dict[tuple, tuple[dict, list[str]]] = {}
 def baseline(base, probes: list[cf.Probe]) -> tuple[dict, list[str]]:
     """Base-model probe results (cached per process) and the old objects to compare the new ones with."""
     from loramem.likelihood import answer_logprobs, first_words
+    from loramem.modes import memory_off
 
     key = (base.fingerprint, tuple(probes))
     if key not in _BEFORE:
-        model, off = _memory_off(base)
+        model, off = memory_off(base)
         with off:
             before = probe_model(model, base, probes, [])
             olds = [p.old if p.old is not None else first_words(g, len(p.new.split()))
