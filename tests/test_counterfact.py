@@ -6,8 +6,8 @@ import json
 import math
 
 import pytest
-
 from conftest import run_cli
+
 from loramem.config import WriterConfig
 from loramem.data import counterfact as cf
 from loramem.errors import UserError

@@ -75,3 +75,24 @@ def first_words(text: str, n: int = 3) -> str:
     while len(words) > n and words[0].lower() in ARTICLES:  # "the Russian Federation" -> "Russian"
         words = words[1:]
     return " ".join(words[:n])
+
+
+@torch.no_grad()
+def option_logprobs(model, base: Base, prompt_ids: Sequence[int], options: Sequence[str]) -> list[float]:
+    """Mean log-probability per token of each option continuing one prompt (multiple choice, one batch)."""
+    tok = base.tokenizer
+    seqs = [list(prompt_ids) + tok(" " + o.strip(), add_special_tokens=False).input_ids for o in options]
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), tok.pad_token_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), T), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s)] = torch.tensor(s)
+        att[row, : len(s)] = 1
+    model.eval()
+    logp = torch.log_softmax(model(input_ids=ids.to(base.device), attention_mask=att.to(base.device)).logits.float(), -1)
+    start = len(prompt_ids)
+    out = []
+    for row, s in enumerate(seqs):
+        targets = torch.tensor(s[start:], device=logp.device)
+        out.append(float(logp[row, start - 1 : len(s) - 1].gather(1, targets[:, None]).mean()))
+    return out

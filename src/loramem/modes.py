@@ -119,14 +119,31 @@ def _memory(mode: str, base: Base, host):
     return memory_off(base, host)
 
 
+_STOP_IDS: dict[int, list[int]] = {}
+
+
+def stop_ids(tok) -> list[int]:
+    """End-of-sequence plus every token whose text holds a newline (answers are one line); cached per tokenizer.
+    (generate's stop_strings rebuilds a vocabulary table on every call: ~0.5 s per answer.)"""
+    key = id(tok)
+    if key not in _STOP_IDS:
+        pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+        # newline as byte-level BPE ("Ċ"), SentencePiece byte ("<0x0A>") or itself; confirmed by decoding
+        maybe = [i for i, p in enumerate(pieces) if p and ("Ċ" in p or "<0x0A>" in p or "\n" in p)]
+        ids = {i for i in maybe if "\n" in tok.decode([i])}
+        if tok.eos_token_id is not None:
+            ids.add(tok.eos_token_id)
+        _STOP_IDS[key] = sorted(ids)
+    return _STOP_IDS[key]
+
+
 @torch.no_grad()
 def generate_ids(model, base: Base, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     """Greedy continuation of one prompt, stopped at end-of-sequence or a newline."""
     tok = base.tokenizer
     ids = torch.tensor([prompt_ids], device=base.device)
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                         stop_strings=["\n"], tokenizer=tok)
+                         do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=stop_ids(tok))
     return out[0, len(prompt_ids):].tolist()
 
 
@@ -144,9 +161,7 @@ def answer(question: str, base: Base, mode: str = "base", host=None, index=None,
     with memory:
         new = generate_ids(model, base, prompt_ids, cfg.max_new_tokens)
     latency_ms = (time.perf_counter() - t0) * 1000
-    stop = {base.tokenizer.eos_token_id, base.tokenizer.pad_token_id}
-    kept = [t for t in new if t not in stop]
-    text = base.tokenizer.decode(kept, skip_special_tokens=True).split("\n")[0].strip()
+    text = base.tokenizer.decode(new, skip_special_tokens=True).split("\n")[0].strip()
     return {"answer": text, "mode": mode, "question": question, "prompt_tokens": len(prompt_ids),
             "context_tokens": len(prompt_ids) - len(build_prompt(question, [], base, cfg)[0]),
             "generated_tokens": len(new), "latency_ms": round(latency_ms, 2), "truncated_tokens": cut,
@@ -156,3 +171,27 @@ def answer(question: str, base: Base, mode: str = "base", host=None, index=None,
 def answer_many(questions: Sequence[str], base: Base, mode: str = "base", **kw) -> list[dict]:
     """`answer` for each question (same options)."""
     return [answer(q, base, mode, **kw) for q in questions]
+
+
+def answer_choice(question: str, options: Sequence[str], base: Base, mode: str = "base", host=None, index=None,
+                  documents=None, cfg: AnswerConfig | None = None, k: int | None = None,
+                  method: str | None = None) -> dict:
+    """Multiple choice (QuALITY): the option the model finds most likely after the mode's prompt."""
+    from loramem.likelihood import option_logprobs
+
+    if mode not in MODES:
+        raise UserError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
+    if not options:
+        raise UserError("a multiple-choice question needs at least one option")
+    cfg = cfg or AnswerConfig()
+    t0 = time.perf_counter()
+    context, retrieved = gather_context(question, mode, index, documents, k, method)
+    prompt_ids, cut = build_prompt(question, context, base, cfg, mode)
+    model, memory = _memory(mode, base, host)
+    with memory:
+        scores = option_logprobs(model, base, prompt_ids, options)
+    best = max(range(len(options)), key=lambda i: scores[i])
+    return {"choice": best, "answer": options[best], "mode": mode, "question": question,
+            "prompt_tokens": len(prompt_ids), "generated_tokens": 0, "scores": [round(s, 4) for s in scores],
+            "latency_ms": round((time.perf_counter() - t0) * 1000, 2), "truncated_tokens": cut,
+            "retrieved": retrieved}

@@ -117,3 +117,45 @@ def bench_counterfact(
         eff = "-" if v["efficacy"] is None else f"{v['efficacy']:.3f}"
         print(f"{cell}: efficacy {eff}, generation accuracy {v['generation_accuracy']:.3f}, "
               f"known facts retained {v['known_retained']}, {v['train_s']:.0f} s")
+
+
+@bench_app.command("rag-icl")
+def bench_rag_icl(
+    out: Path = typer.Option(..., help="results folder (results.jsonl, rag_icl.md, plots)"),
+    model: str = typer.Option("smollm2-135m", help="base model"),
+    scale: str = typer.Option("smoke", help="smoke (minutes on a CPU), cpu or paper"),
+    benchmarks: str | None = typer.Option(None, help="comma list from phonebook,counterfact,paperqa (default all)"),
+    questions: int | None = typer.Option(None, help="questions per benchmark"),
+    paper_data: Path | None = typer.Option(None, help="the paper's release folder (default: found beside the checkout)"),
+    narrativeqa: Path | None = typer.Option(None, help="a NarrativeQA checkout (adds the narrativeqa benchmark)"),
+    quality: Path | None = typer.Option(None, help="a QuALITY JSONL file, e.g. QuALITY.v1.0.1.htmlstripped.dev"),
+    documents: int | None = typer.Option(None, help="long documents to use from NarrativeQA / QuALITY (default 1)"),
+    method: str | None = typer.Option(None, help="retrieval: bm25, dense or hybrid (default per scale)"),
+    overflow: str = typer.Option("truncate", help="ICL over the context budget: truncate (recorded) or error"),
+    rank: int | None = typer.Option(None), layers: str | None = typer.Option(None, help="LoRA layer range"),
+    targets: str | None = typer.Option(None), lr: float | None = typer.Option(None),
+    steps: int | None = typer.Option(None, help="training steps per module (default: epochs per benchmark)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """LoRA vs RAG vs ICL and hybrids on PhoneBook, CounterFact, PaperQA (+ long documents), with costs."""
+    from loramem.config import paper_release_dir
+
+    known = ("phonebook", "counterfact", "paperqa")
+    names = csv_list(benchmarks, str, "--benchmarks")
+    if names and set(names) - set(known):
+        raise UserError(f"unknown benchmark(s) {', '.join(sorted(set(names) - set(known)))}; choose from {', '.join(known)}")
+    if overflow not in ("truncate", "error"):
+        raise UserError("--overflow must be truncate or error")
+    if method not in (None, "bm25", "dense", "hybrid"):
+        raise UserError("--method must be bm25, dense or hybrid")
+    for path in (narrativeqa, quality):
+        if path is not None and not path.exists():
+            raise UserError(f"{path} does not exist")
+    params = {"benchmarks": names, "questions": questions, "method": method, "overflow": overflow,
+              "narrativeqa": str(narrativeqa) if narrativeqa else None, "quality": str(quality) if quality else None,
+              "documents": documents, "writer": {"rank": rank, "layers": layers, "targets": targets, "lr": lr, "steps": steps}}
+    summary = run_bench("rag-icl", out, model, scale, seed, paper_data or paper_release_dir(), params)
+    f = summary.get("finding_lora_plus_context_best", {})
+    verdict = {True: "agrees", False: "disagrees", None: "cannot tell"}[f.get("agrees")]
+    print(f"finding 'closed-book LoRA strong; open-book LoRA + RAG/ICL beats each alone': {verdict}; "
+          f"table in {out}/rag_icl.md")
