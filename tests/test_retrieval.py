@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from loramem.config import RetrievalConfig
@@ -91,3 +93,21 @@ def test_read_documents_from_files_folders_and_jsonl(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"no_text": 1}\n')
     with pytest.raises(UserError, match="'text' field"):
         read_documents([tmp_path / "bad.jsonl"])
+
+
+def test_index_and_retrieve_cli(tmp_path):
+    from conftest import run_cli
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, text in CORPUS.items():
+        (docs / f"{name}.txt").write_text(text)
+    r = run_cli("index", str(docs), "--bank", str(tmp_path / "bank"), "--model", "tiny-random", "--chunk-tokens", "32")
+    assert r.returncode == 0 and "index built" in r.stderr, r.stderr[-1500:]
+    again = run_cli("index", str(docs), "--bank", str(tmp_path / "bank"), "--model", "tiny-random",
+                    "--chunk-tokens", "32")
+    assert "up to date" in again.stderr
+    got = run_cli("retrieve", "Who plays the cello?", "--index", str(tmp_path / "bank" / "index"), "-k", "1", "--json")
+    assert got.returncode == 0 and json.loads(got.stdout)[0]["chunk"] == "cello.txt#0"
+    bad = run_cli("index", str(docs), "--out", str(tmp_path / "x"), "--overlap", "500")
+    assert bad.returncode == 2 and "overlap must be" in bad.stderr
