@@ -6,8 +6,8 @@ import csv
 import json
 
 import pytest
-
 from conftest import run_cli
+
 from loramem import findings
 from loramem.data.longdocs import read_narrativeqa, read_quality
 from loramem.errors import UserError

@@ -125,7 +125,7 @@ class RetrievalConfig(BaseModel):
     """Options of a RAG index (`loramem index`): how documents become chunks and how chunks are found."""
 
     chunk_tokens: int = Field(128, description="chunk length in base-model tokens")
-    overlap: int = Field(32, description="tokens shared by consecutive chunks of a document")
+    overlap: int | None = Field(None, description="tokens shared by consecutive chunks; default min(32, size // 4)")
     method: Literal["bm25", "dense", "hybrid"] = Field(
         "bm25", description="bm25 (bm25s), dense (all-MiniLM-L6-v2 cosine) or hybrid (reciprocal-rank fusion)")
     k: int = Field(3, description="chunks put in the prompt per question")
@@ -134,6 +134,8 @@ class RetrievalConfig(BaseModel):
     def _check(self) -> RetrievalConfig:
         if self.chunk_tokens < 1:
             raise ValueError(f"chunk size must be >= 1 token (got {self.chunk_tokens})")
+        if self.overlap is None:
+            self.overlap = min(32, self.chunk_tokens // 4)
         if not 0 <= self.overlap < self.chunk_tokens:
             raise ValueError(f"overlap must be in [0, chunk size) (got {self.overlap} with size {self.chunk_tokens})")
         if self.k < 1:
