@@ -111,3 +111,13 @@ def test_index_and_retrieve_cli(tmp_path):
     assert got.returncode == 0 and json.loads(got.stdout)[0]["chunk"] == "cello.txt#0"
     bad = run_cli("index", str(docs), "--out", str(tmp_path / "x"), "--overlap", "500")
     assert bad.returncode == 2 and "overlap must be" in bad.stderr
+
+
+def test_bank_index_is_found_beside_a_bank(tmp_path, tok):
+    from loramem.retrieval import bank_index
+
+    assert bank_index(tmp_path) is None
+    with pytest.raises(UserError, match="loramem index DOCS --bank"):
+        bank_index(tmp_path, required=True)
+    ensure_index(CORPUS, tmp_path / "index", RetrievalConfig(chunk_tokens=32), tok)
+    assert bank_index(tmp_path).search("cello", k=1)[0].chunk.doc == "cello"

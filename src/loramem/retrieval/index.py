@@ -43,6 +43,16 @@ def index_dir_for_bank(bank: str | Path) -> Path:
     return Path(bank) / BANK_INDEX_DIR
 
 
+def bank_index(bank: str | Path, required: bool = False) -> Index | None:
+    """The RAG index kept beside a bank (BANK/index), or None when it has none (a UserError if `required`)."""
+    folder = index_dir_for_bank(bank)
+    if (folder / INDEX_FILE).is_file():
+        return Index.load(folder)
+    if required:
+        raise UserError(f"bank {bank} has no RAG index; build one with `loramem index DOCS --bank {bank}`")
+    return None
+
+
 def tokenizer_id(tokenizer) -> str:
     """A cheap identity of a tokenizer (vocabulary size + how it splits a probe text), not of its path."""
     probe = "The quick brown fox, 0123-456; naïve café — Überprüfung 東京 🙂"
