@@ -46,6 +46,13 @@ class Task:
         return sum(len(tokenizer(t, add_special_tokens=False).input_ids) for t in self.documents.values())
 
 
+def release_dir(opts) -> Path | None:
+    """The paper's release folder: the recipe option, else where loramem.config finds it (e.g. for datasheets)."""
+    from loramem.config import paper_release_dir
+
+    return opts.paper_data or paper_release_dir()
+
+
 # ---- scoring (pure) ---------------------------------------------------------------------------------------
 
 def token_f1(prediction: str, gold: str) -> float:
@@ -96,7 +103,7 @@ def _phonebook(s: dict, opts, tokenizer) -> Task:
 def _counterfact(s: dict, opts, tokenizer) -> Task:
     from loramem.data import counterfact as cf
 
-    es = cf.load_paper("1K", opts.paper_data)
+    es = cf.load_paper("1K", release_dir(opts))
     edits = es.edits[: s["edits"]]
     kept = set(edits)
     qs = [Question(p.prompt, (p.new,)) for p in es.probes if f"{p.prompt} {p.new}" in kept][: s["questions"]]
@@ -116,7 +123,7 @@ def read_paperqa(path: str | Path) -> list[dict]:
 
 
 def _paperqa(s: dict, opts, tokenizer) -> Task:
-    root = Path(opts.paper_data)
+    root = Path(release_dir(opts))
     path = root / "paperqa" / "paperQA_public.json" if (root / "paperqa").is_dir() else root / "paperQA_public.json"
     papers = read_paperqa(path)[: s["papers"]]
     per_paper = max(1, s["questions"] // len(papers))

@@ -16,6 +16,7 @@ from pathlib import Path
 from loramem.config import WriterConfig
 from loramem.data import counterfact as cf
 from loramem.errors import UserError
+from loramem.experiments.context_tasks import release_dir
 from loramem.experiments.runner import Recipe, RecipeOptions
 from loramem.report import line_plot, markdown_table
 
@@ -42,7 +43,7 @@ def cells(opts: RecipeOptions) -> list[dict]:
     if p.get("writer", {}).get("steps") is not None:
         writer.pop("epochs", None)
     data = p.get("data")
-    if data is None and opts.paper_data is None:
+    if data is None and release_dir(opts) is None:
         raise UserError("CounterFact needs the paper's files (--paper-data DIR) or ROME's counterfact.json (--data)")
     sizes = [s.upper() for s in (p.get("sizes") or scale["sizes"])] if data is None else [str(p.get("limit") or "all")]
     max_probes = p.get("max_probes", scale["max_probes"])
@@ -54,7 +55,7 @@ def edit_set(cell: dict, opts: RecipeOptions) -> cf.EditSet:
     if cell["data"]:
         limit = None if cell["size"] == "all" else int(cell["size"])
         return cf.load_rome(cell["data"], limit)
-    return cf.load_paper(cell["size"], opts.paper_data)
+    return cf.load_paper(cell["size"], release_dir(opts))
 
 
 def probe_model(model, base, probes: list[cf.Probe], olds: list[str]) -> dict:

@@ -16,6 +16,7 @@ from pathlib import Path
 from loramem.config import AnswerConfig, RetrievalConfig, WriterConfig
 from loramem.errors import UserError
 from loramem.experiments import context_tasks as lc
+from loramem.experiments.context_tasks import release_dir
 from loramem.experiments.runner import Recipe, RecipeOptions
 from loramem.report import bar_plot, markdown_table
 
@@ -50,7 +51,7 @@ def cells(opts: RecipeOptions) -> list[dict]:
     s = _settings(opts)
     names = list(s["benchmarks"])
     names += [n for n in ("narrativeqa", "quality") if s.get(n) and n not in names]
-    if opts.paper_data is None and {"counterfact", "paperqa"} & set(names):
+    if release_dir(opts) is None and {"counterfact", "paperqa"} & set(names):
         raise UserError("CounterFact and PaperQA need the paper's release: pass --paper-data DIR "
                         "(or --benchmarks phonebook)")
     return [{"cell": n, "benchmark": n, "settings": s} for n in names]
