@@ -119,31 +119,45 @@ def _memory(mode: str, base: Base, host):
     return memory_off(base, host)
 
 
-_STOP_IDS: dict[int, list[int]] = {}
+_NEWLINE_IDS: dict[int, list[int]] = {}
 
 
-def stop_ids(tok) -> list[int]:
-    """End-of-sequence plus every token whose text holds a newline (answers are one line); cached per tokenizer.
+def newline_ids(tok) -> list[int]:
+    """Every token whose text holds a newline (answers are one line); cached per tokenizer.
     (generate's stop_strings rebuilds a vocabulary table on every call: ~0.5 s per answer.)"""
     key = id(tok)
-    if key not in _STOP_IDS:
+    if key not in _NEWLINE_IDS:
         pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
         # newline as byte-level BPE ("Ċ"), SentencePiece byte ("<0x0A>") or itself; confirmed by decoding
         maybe = [i for i, p in enumerate(pieces) if p and ("Ċ" in p or "<0x0A>" in p or "\n" in p)]
-        ids = {i for i in maybe if "\n" in tok.decode([i])}
-        if tok.eos_token_id is not None:
-            ids.add(tok.eos_token_id)
-        _STOP_IDS[key] = sorted(ids)
-    return _STOP_IDS[key]
+        _NEWLINE_IDS[key] = sorted(i for i in maybe if "\n" in tok.decode([i]))
+    return _NEWLINE_IDS[key]
+
+
+class _EndOfLine:
+    """Stop once a newline follows some answer text (leading newlines are skipped, not taken as the answer)."""
+
+    def __init__(self, start: int, ids: list[int], device) -> None:
+        self.start = start
+        self.ids = torch.tensor(ids, dtype=torch.long, device=device)
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kw) -> torch.Tensor:
+        gen = input_ids[:, self.start:]
+        is_nl = torch.isin(gen, self.ids)
+        return is_nl[:, -1] & (~is_nl[:, :-1]).any(dim=1)
 
 
 @torch.no_grad()
 def generate_ids(model, base: Base, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-    """Greedy continuation of one prompt, stopped at end-of-sequence or a newline."""
+    """Greedy continuation of one prompt, stopped at end-of-sequence or at the end of the first text line."""
+    from transformers import StoppingCriteriaList
+
     tok = base.tokenizer
     ids = torch.tensor([prompt_ids], device=base.device)
+    stop = StoppingCriteriaList([_EndOfLine(len(prompt_ids), newline_ids(tok), base.device)])
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=stop_ids(tok))
+                         do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                         stopping_criteria=stop)
     return out[0, len(prompt_ids):].tolist()
 
 
@@ -161,7 +175,7 @@ def answer(question: str, base: Base, mode: str = "base", host=None, index=None,
     with memory:
         new = generate_ids(model, base, prompt_ids, cfg.max_new_tokens)
     latency_ms = (time.perf_counter() - t0) * 1000
-    text = base.tokenizer.decode(new, skip_special_tokens=True).split("\n")[0].strip()
+    text = base.tokenizer.decode(new, skip_special_tokens=True).strip().split("\n")[0].strip()
     return {"answer": text, "mode": mode, "question": question, "prompt_tokens": len(prompt_ids),
             "context_tokens": len(prompt_ids) - len(build_prompt(question, [], base, cfg)[0]),
             "generated_tokens": len(new), "latency_ms": round(latency_ms, 2), "truncated_tokens": cut,
