@@ -74,9 +74,10 @@ def build_prompt(question: str, context: Sequence[str], base: Base, cfg: AnswerC
     if len(ctx_ids) <= room:
         return bos + ctx_ids + q_ids, 0
     if cfg.overflow == "error":
+        fix = "fewer or shorter chunks (k)" if context_kind(mode) == "rag" else "--mode rag or fewer documents"
         raise UserError(
             f"the {mode} context is {len(ctx_ids) + len(bos) + len(q_ids)} prompt tokens, over the budget of "
-            f"{budget}; use --mode rag, fewer documents, a larger --context-budget, or --overflow truncate")
+            f"{budget}; use {fix}, a larger --context-budget, or --overflow truncate")
     if room <= 0:
         raise UserError(f"the question alone is over the context budget of {budget} tokens; shorten it")
     return bos + ctx_ids[:room] + q_ids, len(ctx_ids) - room
