@@ -246,6 +246,7 @@ def _chunk_methods(task: Task, base, writer, index, answer_cfg, module_dir: Path
             o["latency_ms"] = (time.perf_counter() - t0) * 1000
             outs.append(o)
         out[mode] = _method_row(task, outs, storage + extra[0], train_s + extra[1], task.questions)
+    host.set_adapter("ragicl_whole")  # deleting the active adapter makes PEFT warn and pick one itself
     for name in pieces:
         host.delete_adapter(name)
     return out
