@@ -29,9 +29,14 @@ def real_base():
 
 @pytest.fixture(scope="session")
 def paper_dir() -> Path:
-    if not PAPER.is_dir():
+    if PAPER.is_dir():
+        return PAPER
+    from loramem.config import paper_release_dir  # a worktree: the release may sit further up
+
+    found = paper_release_dir()
+    if found is None or not found.is_dir():
         pytest.skip("the paper's release data (../shared/data/paper-release) is not beside this checkout")
-    return PAPER
+    return found
 
 
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:

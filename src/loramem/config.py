@@ -157,3 +157,37 @@ class ServeConfig(BaseModel):
     max_batch: int = Field(16, ge=1, description="requests decoded together in one mixed-adapter batch")
     batch_window_ms: float = Field(5.0, ge=0, description="how long the batcher waits for more requests")
     ask: AskConfig = Field(default_factory=AskConfig)
+
+
+class RetrievalConfig(BaseModel):
+    """Options of a RAG index (`loramem index`): how documents become chunks and how chunks are found."""
+
+    chunk_tokens: int = Field(128, description="chunk length in base-model tokens")
+    overlap: int | None = Field(None, description="tokens shared by consecutive chunks; default min(32, size // 4)")
+    method: Literal["bm25", "dense", "hybrid"] = Field(
+        "bm25", description="bm25 (bm25s), dense (all-MiniLM-L6-v2 cosine) or hybrid (reciprocal-rank fusion)")
+    k: int = Field(3, description="chunks put in the prompt per question")
+
+    @model_validator(mode="after")
+    def _check(self) -> RetrievalConfig:
+        if self.chunk_tokens < 1:
+            raise ValueError(f"chunk size must be >= 1 token (got {self.chunk_tokens})")
+        if self.overlap is None:
+            self.overlap = min(32, self.chunk_tokens // 4)
+        if not 0 <= self.overlap < self.chunk_tokens:
+            raise ValueError(f"overlap must be in [0, chunk size) (got {self.overlap} with size {self.chunk_tokens})")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1 (got {self.k})")
+        return self
+
+
+class AnswerConfig(BaseModel):
+    """Options of one answer (`loramem ask --mode`): prompt shape, context budget and generation length."""
+
+    template: Literal["qa", "completion"] = Field(
+        "qa", description="qa: 'Question: q? Answer:' (PhoneBook, PaperQA); completion: the text as is (CounterFact)")
+    max_new_tokens: int = 32
+    context_budget: int | None = Field(
+        None, description="max prompt tokens; default the model's context length minus max_new_tokens")
+    overflow: Literal["error", "truncate"] = Field(
+        "error", description="ICL/RAG context over budget: error (default) or truncate (keep the first tokens)")

@@ -1,0 +1,142 @@
+"""LoRA vs RAG vs ICL and their hybrids, with what each costs (the paper's complementarity results).
+
+One cell per benchmark (PhoneBook, CounterFact, PaperQA public papers; NarrativeQA / QuALITY when their local
+files are given). In a cell one LoRA module is trained on the benchmark's knowledge, one RAG index is built over
+its documents, and every question is answered in each mode: base, lora (closed-book), rag, icl, lora+rag,
+lora+icl; long documents add chunk-level modules (one module per chunk, routed top-1 by BM25 over chunk text),
+closed-book and with RAG. Per method: score, prompt tokens per question, latency, storage bytes, training time.
+
+The paper's finding to check: closed-book a single LoRA is strong; open-book LoRA + RAG/ICL beats each alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loramem.config import AnswerConfig, RetrievalConfig, WriterConfig
+from loramem.errors import UserError
+from loramem.experiments import context_tasks as lc
+from loramem.experiments.context_tasks import release_dir
+from loramem.experiments.runner import Recipe, RecipeOptions
+from loramem.report import bar_plot, markdown_table
+
+METHODS = ("base", "lora", "rag", "icl", "lora+rag", "lora+icl")
+CHUNK_METHODS = ("chunk-lora", "chunk-lora+rag")
+CLOSED = ("base", "lora", "chunk-lora")
+TIE = 0.02  # score differences this small are ties (a question or two at smoke scale)
+
+SCALES: dict[str, dict] = {
+    "smoke": {"benchmarks": ["phonebook", "counterfact", "paperqa"], "entries": 16, "questions": 8, "edits": 40,
+              "papers": 1, "level": 1, "chunk_modules": 3, "method": "bm25",
+              "writer": {"targets": "all-linear", "layers": "26-29", "rank": 8, "lr": 5e-3, "batch_size": 8}},
+    "cpu": {"benchmarks": ["phonebook", "counterfact", "paperqa"], "entries": 60, "questions": 30, "edits": 106,
+            "papers": 3, "level": None, "chunk_modules": 4, "method": "hybrid",
+            "writer": {"targets": "all-linear", "layers": "20-29", "rank": 16, "lr": 3e-3, "batch_size": 8}},
+    "paper": {"benchmarks": ["phonebook", "counterfact", "paperqa"], "entries": 400, "questions": 200,
+              "edits": 2154, "papers": 10, "level": None, "chunk_modules": 8, "method": "hybrid",
+              "writer": {"targets": "all-linear", "rank": 64, "lr": 1e-3, "batch_size": 8}},
+}
+
+
+def _settings(opts: RecipeOptions) -> dict:
+    p = opts.params
+    s = {**SCALES[opts.scale], **{k: v for k, v in p.items() if k != "writer" and v is not None}}
+    # writer settings: the scale's, then the benchmark's (Task.writer), then the user's flags, which win
+    s["writer"] = dict(SCALES[opts.scale]["writer"])
+    s["writer_user"] = {k: v for k, v in p.get("writer", {}).items() if v is not None}
+    return s
+
+
+def cells(opts: RecipeOptions) -> list[dict]:
+    s = _settings(opts)
+    names = list(s["benchmarks"])
+    names += [n for n in ("narrativeqa", "quality") if s.get(n) and n not in names]
+    if release_dir(opts) is None and {"counterfact", "paperqa"} & set(names):
+        raise UserError("CounterFact and PaperQA need the paper's release: pass --paper-data DIR "
+                        "(or --benchmarks phonebook)")
+    return [{"cell": n, "benchmark": n, "settings": s} for n in names]
+
+
+def run_cell(cell: dict, opts: RecipeOptions) -> dict:
+    from loramem.models import load_base
+
+    s = cell["settings"]
+    base = load_base(opts.model)
+    task = lc.build_task(cell["benchmark"], s, opts, base.tokenizer)
+    retrieval = RetrievalConfig(method=s["method"], **task.retrieval)
+    answer_cfg = AnswerConfig(template=task.template, max_new_tokens=task.max_new_tokens,
+                              overflow=s.get("overflow", "truncate"))
+    user = s.get("writer_user", {})
+    wanted = {**s["writer"], **task.writer, **user}
+    if "steps" in user:
+        wanted.pop("epochs", None)
+    writer = WriterConfig(seed=opts.seed, progress=False, **wanted)
+    results = lc.run_methods(task, base, writer, retrieval, answer_cfg, Path(opts.out) / "modules" / task.name,
+                             chunk_modules=s["chunk_modules"] if task.long else 0)
+    return {"metric": task.metric, "n_questions": len(task.questions), "n_documents": len(task.documents),
+            "knowledge_tokens": task.knowledge_tokens(base.tokenizer), **results}
+
+
+def finding_lora_plus_context_best(rows: list[dict]) -> tuple[bool | None, dict]:
+    """Closed-book a single LoRA is strong (lora > base); open-book LoRA + RAG/ICL beats each alone.
+
+    Per benchmark, the best hybrid (lora+rag, lora+icl) against the best single method (lora, rag, icl): beats,
+    ties (within TIE) or loses. Agrees when more benchmarks are beaten than lost; None when all tie or no rows."""
+    per, beats, loses = {}, 0, 0
+    for r in rows:
+        m = {k: v["score"] for k, v in r["methods"].items()}
+        hybrid = max(m["lora+rag"], m["lora+icl"])
+        single = max(m["lora"], m["rag"], m["icl"])
+        verdict = "beats" if hybrid > single + TIE else ("loses" if hybrid < single - TIE else "ties")
+        beats += verdict == "beats"
+        loses += verdict == "loses"
+        per[r["benchmark"]] = {"hybrid_best": hybrid, "single_best": single, "open_book": verdict,
+                               "lora": m["lora"], "base": m["base"], "closed_book_lora_beats_base":
+                               m["lora"] > m["base"] + TIE, **{k: m[k] for k in ("rag", "icl", "lora+rag", "lora+icl")}}
+    if not per:
+        return None, {"why": "no benchmark rows"}
+    evidence = {"benchmarks": per, "beats": beats, "loses": loses, "ties": len(per) - beats - loses,
+                "closed_book_lora_strong": sum(v["closed_book_lora_beats_base"] for v in per.values())}
+    if beats == 0 and loses == 0:
+        return None, {**evidence, "why": "every benchmark ties (ceiling or floor): cannot tell"}
+    return beats > loses, evidence
+
+
+def _flat(rows: list[dict]) -> list[dict]:
+    out = []
+    for r in rows:
+        for method, v in r["methods"].items():
+            out.append({"benchmark": r["benchmark"], "metric": r["metric"], "method": method, **v})
+    return out
+
+
+def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
+    out = Path(opts.out)
+    order = {m: i for i, m in enumerate(METHODS + CHUNK_METHODS)}
+    flat = sorted(_flat(rows), key=lambda r: (r["benchmark"], order.get(r["method"], 99)))
+    cols = ["benchmark", "metric", "method", "score", "prompt_tokens", "latency_ms", "storage_bytes", "train_s",
+            "truncated_tokens"]
+    table = markdown_table(flat, cols, headers=["benchmark", "metric", "method", "score", "prompt tokens / q",
+                                                "latency ms / q", "storage bytes", "training s", "ctx tokens cut / q"],
+                           fmt={"score": ".3f", "prompt_tokens": ".1f", "latency_ms": ".0f", "train_s": ".1f",
+                                "truncated_tokens": ".1f"})
+    agrees, evidence = finding_lora_plus_context_best(rows)
+    verdict = {True: "agrees", False: "disagrees", None: "cannot tell"}[agrees]
+    lines = [f"- {b}: closed-book lora {v['lora']:.3f} vs base {v['base']:.3f}; open-book best hybrid "
+             f"{v['hybrid_best']:.3f} vs best single {v['single_best']:.3f} ({v['open_book']})"
+             for b, v in evidence.get("benchmarks", {}).items()]
+    (out / "rag_icl.md").write_text(
+        "### LoRA vs RAG vs ICL (methods x benchmarks, with costs)\n\n" + table
+        + f"\n### Finding: closed-book a single LoRA is strong; open-book LoRA + RAG/ICL beats each alone\n\n"
+        f"This run **{verdict}** ({evidence.get('beats', 0)} benchmarks beaten, {evidence.get('ties', 0)} tied, "
+        f"{evidence.get('loses', 0)} lost by the best hybrid).\n\n" + "\n".join(lines) + "\n")
+    for r in rows:
+        ms = [m for m in METHODS + CHUNK_METHODS if m in r["methods"]]
+        bar_plot(out / f"scores_{r['benchmark']}.png", ms, [r["methods"][m]["score"] for m in ms],
+                 f"{r['benchmark']}: {r['metric']} by method", r["metric"])
+    return {"finding_lora_plus_context_best": {"agrees": agrees, **evidence},
+            "scores": {r["benchmark"]: {m: v["score"] for m, v in r["methods"].items()} for r in rows},
+            "prompt_tokens": {r["benchmark"]: {m: v["prompt_tokens"] for m, v in r["methods"].items()} for r in rows}}
+
+
+RECIPE = Recipe("rag-icl", "Q: LoRA vs RAG vs ICL and hybrids (complementarity, costs)", cells, run_cell, summarize)

@@ -1,0 +1,82 @@
+"""Answer modes end to end on tiny-random: every mode answers and records its cost; memory and context work."""
+
+from __future__ import annotations
+
+import pytest
+
+from loramem.config import AnswerConfig, RetrievalConfig, WriterConfig
+from loramem.errors import UserError
+from loramem.formats import Example, question_prompt
+from loramem.modes import MODES, answer, answer_many
+from loramem.retrieval import Index
+
+DOCS = {"anna": "Anna Smith can be reached at 603-555-1234 on weekdays.",
+        "bob": "Bob Jones has the phone number 212-555-9876 at his office.",
+        "cat": "The cat sat on the mat and looked at the garden for hours."}
+QUESTION = "What is Anna Smith's number"
+ANSWER = "Paris"
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_base):
+    from loramem.writer import write_module
+
+    index = Index.build(DOCS, RetrievalConfig(chunk_tokens=32, overlap=4, k=1), tiny_base.tokenizer)
+    # a random 2-layer model cannot learn to stop (its logits are too small for EOS to win), but greedy decoding
+    # starts with a short trained answer: "Paris Paris ..." is the module answering
+    fact = Example(question_prompt(QUESTION), ANSWER)
+    res = write_module([fact], tiny_base, WriterConfig(rank=8, steps=100, lr=3e-2, target_em=None, progress=False),
+                       adapter="modes_mem")
+    yield tiny_base, res.model, index
+    res.model.delete_adapter("modes_mem")
+
+
+def test_every_mode_answers_and_records_cost(setup):
+    base, host, index = setup
+    cfg = AnswerConfig(max_new_tokens=10)
+    rows = {m: answer(QUESTION, base, m, host=host, index=index, cfg=cfg) for m in MODES}
+    for m, r in rows.items():
+        assert r["mode"] == m and isinstance(r["answer"], str)
+        assert r["prompt_tokens"] > 0 and 0 < r["generated_tokens"] <= 10 and r["latency_ms"] > 0
+    assert rows["lora"]["answer"].startswith(ANSWER)  # the module answers closed-book
+    assert not rows["base"]["answer"].startswith(ANSWER)  # memory off: the random base model does not know
+    assert rows["base"]["prompt_tokens"] == rows["lora"]["prompt_tokens"]
+    assert rows["rag"]["retrieved"][0]["chunk"] == "anna#0"
+    assert rows["base"]["prompt_tokens"] < rows["rag"]["prompt_tokens"] < rows["icl"]["prompt_tokens"]
+    assert rows["rag"]["prompt_tokens"] == rows["lora+rag"]["prompt_tokens"]
+    assert rows["icl"]["context_tokens"] == rows["lora+icl"]["context_tokens"] > 0
+    # switching memory off for `base` must not leave the module off for the next question
+    assert answer(QUESTION, base, "lora", host=host, cfg=cfg)["answer"].startswith(ANSWER)
+
+
+def test_icl_uses_given_documents_and_completion_template(setup):
+    base, host, _ = setup
+    r = answer("Anna Smith can be reached at", base, "icl", documents=list(DOCS.values()),
+               cfg=AnswerConfig(template="completion", max_new_tokens=4))
+    assert r["context_tokens"] > 20 and r["generated_tokens"] <= 4
+    assert len(answer_many(["a", "b"], base, "base", cfg=AnswerConfig(max_new_tokens=2))) == 2
+
+
+def test_icl_over_budget_is_an_error_unless_truncation_is_asked(setup):
+    base, _, index = setup
+    with pytest.raises(UserError, match="over the budget of 40.*--overflow truncate"):
+        answer(QUESTION, base, "icl", index=index, cfg=AnswerConfig(context_budget=40))
+    r = answer(QUESTION, base, "icl", index=index,
+               cfg=AnswerConfig(context_budget=40, overflow="truncate", max_new_tokens=2))
+    assert r["prompt_tokens"] <= 40 and r["truncated_tokens"] > 0
+    # the model's own context length is the default budget
+    long_doc = {"long": "word " * 3000}
+    with pytest.raises(UserError, match="over the budget"):
+        answer(QUESTION, base, "icl", documents=long_doc)
+
+
+def test_modes_say_what_they_need(setup):
+    base, _, index = setup
+    with pytest.raises(UserError, match="needs memory modules"):
+        answer(QUESTION, base, "lora+rag", index=index)
+    with pytest.raises(UserError, match="needs a RAG index"):
+        answer(QUESTION, base, "rag")
+    with pytest.raises(UserError, match="needs documents"):
+        answer(QUESTION, base, "icl")
+    with pytest.raises(UserError, match="unknown mode"):
+        answer(QUESTION, base, "lora+everything")
