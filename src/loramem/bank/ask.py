@@ -140,6 +140,37 @@ def ask(question: str, bank, base: str | None = None, route: str | None = None, 
                                                                  + info["generate_ms"], 3)}
 
 
+def ask_mode(question: str, bank, mode: str = "lora", base: str | None = None, cfg: AskConfig | None = None,
+             rag_k: int | None = None, answer_cfg=None) -> dict:
+    """Answer in any mode of `loramem.modes` (base, icl, rag, lora, lora+rag, lora+icl) over a bank: memory
+    modes route and merge as `ask` does; context modes read the RAG index kept beside the bank (BANK/index,
+    built by `loramem index DOCS --bank BANK`), whose documents are also what `icl` puts in the prompt."""
+    from loramem.modes import MODES, answer, context_kind, uses_lora
+    from loramem.retrieval.index import bank_index
+
+    if mode not in MODES:
+        raise UserError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
+    if not question or not question.strip():
+        raise UserError("empty question; pass the question as the first argument, e.g. loramem ask \"Who ...?\"")
+    if mode == "lora" and answer_cfg is None:
+        res = ask(question, bank, base, cfg=cfg)
+        return {**res, "mode": mode, "latency_ms": res["total_ms"]}
+    kind = context_kind(mode)
+    index = bank_index(bank.root if isinstance(bank, MemoryBank) else bank, required=kind is not None)
+    host, info = None, {}
+    if uses_lora(mode):
+        host, info = prepare(question, bank, base, cfg=cfg)
+        s: Session = info.pop("session")
+    else:
+        s = open_session(bank, base, cfg)
+    res = answer(question, s.base, mode, host=host, index=index,
+                 documents=index.documents if (index is not None and kind == "icl") else None,
+                 cfg=answer_cfg, k=rag_k)
+    if uses_lora(mode):
+        res["latency_ms"] = round(res["latency_ms"] + info["route_ms"] + info["merge_ms"], 2)
+    return {**res, **{k: v for k, v in info.items() if k not in res}}
+
+
 def ask_batch(questions: list[str], bank, base: str | None = None, route: str = "embed",
               max_new_tokens: int = 32) -> list[dict]:
     """Top-1 routing with no merge for many questions at once: each row runs through its own module in one

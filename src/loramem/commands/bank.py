@@ -137,6 +137,9 @@ def ask_cmd(
     density: float = typer.Option(0.5, help="fraction kept by ties/dare/magnitude_prune"),
     model: str | None = typer.Option(None, help="base model (default: the bank's)"),
     max_new_tokens: int = typer.Option(32),
+    mode: str = typer.Option("lora", help="base, icl, rag, lora, lora+rag or lora+icl (context from BANK/index)"),
+    rag_k: int | None = typer.Option(None, "--rag", help="chunks retrieved for rag modes (default: the index's k)"),
+    overflow: str = typer.Option("error", help="icl/rag context over the budget: error or truncate"),
     timings: bool = typer.Option(False, "--timings", help="print route / merge / generate milliseconds"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -157,12 +160,22 @@ def ask_cmd(
                         merge=MergeConfig(method=merge, weights=w, density=density))
     except ValidationError as exc:
         raise UserError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
-    res = ask(question, _open(bank), model, cfg=cfg)
+    if overflow not in ("error", "truncate"):
+        raise UserError(f"unknown --overflow '{overflow}'; use error or truncate")
+    if mode == "lora" and overflow == "error":
+        res = {**ask(question, _open(bank), model, cfg=cfg), "mode": "lora"}
+        res["latency_ms"] = res["total_ms"]
+    else:
+        from loramem.bank.ask import ask_mode
+        from loramem.config import AnswerConfig
+
+        res = ask_mode(question, _open(bank), mode, model, cfg, rag_k,
+                       AnswerConfig(max_new_tokens=max_new_tokens, overflow=overflow))
     if as_json:
         print(json.dumps(res, default=str))
         return
     print(res["answer"])
-    if timings:
+    if timings and "route_ms" in res:
         mods = ", ".join(f"{m['name']}@v{m['version']} ({m['score']:.3f})" for m in res["modules"])
         console.print(f"modules: {mods}; route {res['route_ms']:.1f} ms, merge {res['merge_ms']:.1f} ms"
                       f"{' (cached)' if res['merge_cached'] else ''}, generate {res['generate_ms']:.1f} ms")
