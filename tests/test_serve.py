@@ -110,6 +110,24 @@ def test_new_module_is_served_without_restart(server, tiny_base):
     assert r.model_extra["loramem"]["modules"][0]["name"] == "cara"
 
 
+def test_rag_mode_needs_the_banks_index_then_answers(server, tiny_base):
+    from loramem.config import RetrievalConfig
+    from loramem.retrieval import ensure_index, index_dir_for_bank, read_documents
+
+    c = _client(server)
+    msgs = [{"role": "user", "content": "What is the phone number of Ann Lee?"}]
+    with pytest.raises(openai.BadRequestError, match="loramem index"):
+        c.chat.completions.create(model="loramem", messages=msgs, extra_body={"mode": "lora+rag"})
+    doc = server["root"] / "ann.txt"
+    doc.write_text("Ann Lee can be reached at 111-222-3333.")
+    ensure_index(read_documents([doc]), index_dir_for_bank(server["bank"].root), RetrievalConfig(k=1),
+                 tiny_base.tokenizer)
+    r = c.chat.completions.create(model="loramem", messages=msgs, max_tokens=8, extra_body={"mode": "lora+rag"})
+    base = c.chat.completions.create(model="loramem", messages=msgs, max_tokens=8, extra_body={"mode": "base"})
+    assert r.model_extra["loramem"]["mode"] == "lora+rag"
+    assert r.usage.prompt_tokens > base.usage.prompt_tokens  # the retrieved chunk is in the prompt
+
+
 def test_401_without_the_key(server):
     with pytest.raises(openai.AuthenticationError):
         _client(server, key="wrong").models.list()

@@ -43,7 +43,7 @@ class ChatRequest(BaseModel):
     route: Literal["oracle", "embed", "bm25", "lora"] | None = None
     top_k: int | None = Field(None, ge=1, le=64)
     merge: str | None = None
-    mode: Literal["lora", "base"] | None = None
+    mode: Literal["lora", "base", "rag", "icl", "lora+rag", "lora+icl"] | None = None
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:

@@ -24,11 +24,11 @@ class Job:
     route: str = "embed"
     top_k: int = 1
     merge: str = "none"
-    mode: str = "lora"  # lora (routed memory) or base (memory off)
+    mode: str = "lora"  # lora (routed memory), base (memory off), or rag/icl/lora+rag/lora+icl (BANK/index)
     future: Future = field(default_factory=Future)
 
     def batchable(self) -> bool:
-        return self.merge == "none" or self.top_k == 1 or self.module is not None
+        return self.mode in ("lora", "base") and (self.merge == "none" or self.top_k == 1 or self.module is not None)
 
 
 class Batcher:
@@ -120,6 +120,8 @@ class Batcher:
 
     def _merged(self, jobs: list[Job]) -> list[dict]:
         job = jobs[0]
+        if job.mode not in ("lora", "base"):
+            return [self._context(job)]
         t0 = time.perf_counter()
         scored = self.session.router(job.route).route(job.question, job.top_k)
         name, _ = activate(self.session, scored, MergeConfig(method=job.merge))
@@ -129,6 +131,21 @@ class Batcher:
         self.batches.append(1)
         return [self._result(job, row, [s.to_json() for s in scored], (t1 - t0) * 1000,
                              (time.perf_counter() - t1) * 1000, 1)]
+
+    def _context(self, job: Job) -> dict:
+        """A mode with retrieved chunks or whole documents in the prompt (loramem.modes over the bank's index)."""
+        from loramem.bank.ask import ask_mode
+        from loramem.config import AnswerConfig
+
+        cfg = self.session.cfg.model_copy(update={"route": job.route, "top_k": job.top_k,
+                                                  "merge": MergeConfig(method=job.merge)})
+        res = ask_mode(job.question, self.session.bank, job.mode, self.session.base.name, cfg,
+                       answer_cfg=AnswerConfig(max_new_tokens=job.max_tokens))
+        self.batches.append(1)
+        return {"text": res["answer"], "prompt_tokens": res["prompt_tokens"],
+                "completion_tokens": res["generated_tokens"], "modules": res.get("modules", []),
+                "route_merge_ms": round(res.get("route_ms", 0) + res.get("merge_ms", 0), 2),
+                "generate_ms": res["latency_ms"], "batch": 1, "mode": job.mode}
 
     def _result(self, job: Job, row, chosen, route_ms: float, gen_ms: float, batch: int) -> dict:
         text = row.text
