@@ -14,7 +14,7 @@ from statistics import mean
 from loramem.bank.merging import METHODS, merge_weights
 from loramem.bank.routing import build_router, route_many
 from loramem.config import MergeConfig
-from loramem.experiments.partitioned import eval_groups, exact_match, grid, questions, setup
+from loramem.experiments.partitioned import eval_groups_tokens, exact_match, grid, questions, setup
 from loramem.experiments.runner import Recipe, RecipeOptions
 from loramem.report import bar_plot, markdown_table
 
@@ -51,8 +51,8 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
         groups: dict[tuple, list[int]] = {}
         for i, g in enumerate(s.gold):
             groups.setdefault((g,), []).append(i)
-        hits = eval_groups(s, groups, lambda key: s.resident.ensure(s.parts[key[0]]))
-        return {"accuracy": mean(hits.values()), "n_eval": n, "merge_ms": 0.0, "n_merges": 0}
+        tok = eval_groups_tokens(s, groups, lambda key: s.resident.ensure(s.parts[key[0]]))
+        return {**_scores(tok), "n_eval": n, "merge_ms": 0.0, "n_merges": 0}
     cfg = MergeConfig(method=cell["method"], weights=cell.get("weights", "auto"), seed=opts.seed)
     groups = {}
     for i, key in enumerate(candidate_sets(s, cell["top_k"])):
@@ -68,9 +68,13 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
         times.append((time.perf_counter() - t0) * 1000)
         return name
 
-    hits = eval_groups(s, groups, activate)
-    return {"accuracy": mean(hits.values()), "n_eval": n, "merge_ms": round(mean(times), 2),
+    tok = eval_groups_tokens(s, groups, activate)
+    return {**_scores(tok), "n_eval": n, "merge_ms": round(mean(times), 2),
             "n_merges": len(groups)}
+
+
+def _scores(tok: dict[int, float]) -> dict:
+    return {"accuracy": mean(t == 1.0 for t in tok.values()), "token_accuracy": mean(tok.values())}
 
 
 def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
@@ -82,10 +86,11 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     bar_plot(out / "merging.png", list(acc), list(acc.values()),
              f"Q10: merge of the top-{rows[0]['top_k']} candidates (gold among them)", "exact match")
     (out / "merging.md").write_text("### Q10: merge methods (gold module among the candidates)\n\n" + markdown_table(
-        rows, ["variant", "accuracy", "merge_ms", "n_merges", "n_eval", "top_k", "modules"],
-        fmt={"accuracy": ".3f", "merge_ms": ".1f"}))
+        rows, ["variant", "accuracy", "token_accuracy", "merge_ms", "n_merges", "n_eval", "top_k", "modules"],
+        fmt={"accuracy": ".3f", "token_accuracy": ".3f", "merge_ms": ".1f"}))
     merged = {k: v for k, v in acc.items() if k not in ("single", "none")}
-    return {"accuracy": acc, "best_merge": max(merged, key=merged.get) if merged else None,
+    return {"accuracy": acc, "token_accuracy": {r["variant"]: r.get("token_accuracy") for r in rows},
+            "best_merge": max(merged, key=merged.get) if merged else None,
             "merge_ms": {r["variant"]: r["merge_ms"] for r in rows if r["variant"] in merged}}
 
 
