@@ -96,13 +96,17 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
 
 def finding_ties_most_robust(rows: list[dict]) -> tuple[bool | None, dict]:
     """TIES is the most robust merge: its accuracy is the best among the merge methods (within 0.01)."""
-    acc = {r["method"]: float(r["accuracy"]) for r in rows  # each method with its default weights
-           if r.get("method") not in (None, "single", "none") and r.get("weights", "auto") == "auto"}
+    merged = [r for r in rows  # each method with its default weights
+              if r.get("method") not in (None, "single", "none") and r.get("weights", "auto") == "auto"]
+    metric = "accuracy"
+    if len({r["accuracy"] for r in merged}) == 1 and all(r.get("token_accuracy") is not None for r in merged):
+        metric = "token_accuracy"  # exact match cannot tell the methods apart (e.g. all 0): compare partial recall
+    acc = {r["method"]: float(r[metric]) for r in merged}
     if "ties" not in acc or len(acc) < 2:
         return None, {"why": "needs the ties cell and at least one other merge method"}
     best = max(acc.values())
-    return acc["ties"] >= best - 0.01, {"accuracy": {k: round(v, 4) for k, v in sorted(acc.items())},
-                                         "best": max(acc, key=acc.get)}
+    return acc["ties"] >= best - 0.01, {metric: {k: round(v, 4) for k, v in sorted(acc.items())},
+                                         "metric": metric, "best": max(acc, key=acc.get)}
 
 
 RECIPE = Recipe("merging", "Q10: merge methods over top-k routed modules (gold among them)", cells, run_cell,
