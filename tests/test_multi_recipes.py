@@ -43,6 +43,11 @@ def test_finding_ties_most_robust():
     rows[2]["accuracy"] = 0.8
     assert finding_ties_most_robust(rows)[0] is False
     assert finding_ties_most_robust(rows[:2])[0] is None
+    flat = [{"method": m, "accuracy": 0.0, "token_accuracy": t} for m, t in [("ties", 0.6), ("cat", 0.5)]]
+    agrees, ev = finding_ties_most_robust(flat)
+    assert agrees is True and ev["metric"] == "token_accuracy"
+    flat[1]["token_accuracy"] = 0.7
+    assert finding_ties_most_robust(flat)[0] is False
 
 
 def test_finding_accuracy_falls_with_n():

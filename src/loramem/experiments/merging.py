@@ -14,7 +14,7 @@ from statistics import mean
 from loramem.bank.merging import METHODS, merge_weights
 from loramem.bank.routing import build_router, route_many
 from loramem.config import MergeConfig
-from loramem.experiments.partitioned import eval_groups, exact_match, grid, questions, setup
+from loramem.experiments.partitioned import eval_groups_tokens, exact_match, grid, questions, setup
 from loramem.experiments.runner import Recipe, RecipeOptions
 from loramem.report import bar_plot, markdown_table
 
@@ -25,8 +25,10 @@ def cells(opts: RecipeOptions) -> list[dict]:
     g = grid(opts)
     methods = opts.params.get("methods") or MERGES
     refs = [{"cell": "single", "method": "single"}, {"cell": "gold-only", "method": "none"}]
-    return [{**c, "top_k": g["top_k"], "modules": g["modules"]} for c in refs + [
-        {"cell": f"merge-{m}", "method": m} for m in methods]]
+    # each method with its default weights, and the additive ones also unscaled (weights 1: no dilution)
+    merged = [{"cell": f"merge-{m}", "method": m, "weights": "auto"} for m in methods] + [
+        {"cell": f"merge-{m}-sum", "method": m, "weights": "sum"} for m in methods if m not in ("ties", "dare_ties")]
+    return [{**c, "top_k": g["top_k"], "modules": g["modules"]} for c in refs + merged]
 
 
 def candidate_sets(s, k: int) -> list[tuple[int, ...]]:
@@ -49,9 +51,9 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
         groups: dict[tuple, list[int]] = {}
         for i, g in enumerate(s.gold):
             groups.setdefault((g,), []).append(i)
-        hits = eval_groups(s, groups, lambda key: s.resident.ensure(s.parts[key[0]]))
-        return {"accuracy": mean(hits.values()), "n_eval": n, "merge_ms": 0.0, "n_merges": 0}
-    cfg = MergeConfig(method=cell["method"], seed=opts.seed)
+        tok = eval_groups_tokens(s, groups, lambda key: s.resident.ensure(s.parts[key[0]]))
+        return {**_scores(tok), "n_eval": n, "merge_ms": 0.0, "n_merges": 0}
+    cfg = MergeConfig(method=cell["method"], weights=cell.get("weights", "auto"), seed=opts.seed)
     groups = {}
     for i, key in enumerate(candidate_sets(s, cell["top_k"])):
         groups.setdefault(key, []).append(i)
@@ -66,33 +68,45 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
         times.append((time.perf_counter() - t0) * 1000)
         return name
 
-    hits = eval_groups(s, groups, activate)
-    return {"accuracy": mean(hits.values()), "n_eval": n, "merge_ms": round(mean(times), 2),
+    tok = eval_groups_tokens(s, groups, activate)
+    return {**_scores(tok), "n_eval": n, "merge_ms": round(mean(times), 2),
             "n_merges": len(groups)}
+
+
+def _scores(tok: dict[int, float]) -> dict:
+    return {"accuracy": mean(t == 1.0 for t in tok.values()), "token_accuracy": mean(tok.values())}
 
 
 def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     out = opts.out
     rows = sorted(rows, key=lambda r: (r["method"] not in ("single", "none"), -r["accuracy"]))
-    acc = {r["method"]: r["accuracy"] for r in rows}
+    for r in rows:
+        r["variant"] = r["method"] + ("" if r.get("weights", "auto") == "auto" else f" ({r['weights']})")
+    acc = {r["variant"]: r["accuracy"] for r in rows}
     bar_plot(out / "merging.png", list(acc), list(acc.values()),
              f"Q10: merge of the top-{rows[0]['top_k']} candidates (gold among them)", "exact match")
     (out / "merging.md").write_text("### Q10: merge methods (gold module among the candidates)\n\n" + markdown_table(
-        rows, ["method", "accuracy", "merge_ms", "n_merges", "n_eval", "top_k", "modules"],
-        fmt={"accuracy": ".3f", "merge_ms": ".1f"}))
+        rows, ["variant", "accuracy", "token_accuracy", "merge_ms", "n_merges", "n_eval", "top_k", "modules"],
+        fmt={"accuracy": ".3f", "token_accuracy": ".3f", "merge_ms": ".1f"}))
     merged = {k: v for k, v in acc.items() if k not in ("single", "none")}
-    return {"accuracy": acc, "best_merge": max(merged, key=merged.get) if merged else None,
-            "merge_ms": {r["method"]: r["merge_ms"] for r in rows if r["method"] in merged}}
+    return {"accuracy": acc, "token_accuracy": {r["variant"]: r.get("token_accuracy") for r in rows},
+            "best_merge": max(merged, key=merged.get) if merged else None,
+            "merge_ms": {r["variant"]: r["merge_ms"] for r in rows if r["variant"] in merged}}
 
 
 def finding_ties_most_robust(rows: list[dict]) -> tuple[bool | None, dict]:
     """TIES is the most robust merge: its accuracy is the best among the merge methods (within 0.01)."""
-    acc = {r["method"]: float(r["accuracy"]) for r in rows if r.get("method") not in (None, "single", "none")}
+    merged = [r for r in rows  # each method with its default weights
+              if r.get("method") not in (None, "single", "none") and r.get("weights", "auto") == "auto"]
+    metric = "accuracy"
+    if len({r["accuracy"] for r in merged}) == 1 and all(r.get("token_accuracy") is not None for r in merged):
+        metric = "token_accuracy"  # exact match cannot tell the methods apart (e.g. all 0): compare partial recall
+    acc = {r["method"]: float(r[metric]) for r in merged}
     if "ties" not in acc or len(acc) < 2:
         return None, {"why": "needs the ties cell and at least one other merge method"}
     best = max(acc.values())
-    return acc["ties"] >= best - 0.01, {"accuracy": {k: round(v, 4) for k, v in sorted(acc.items())},
-                                         "best": max(acc, key=acc.get)}
+    return acc["ties"] >= best - 0.01, {metric: {k: round(v, 4) for k, v in sorted(acc.items())},
+                                         "metric": metric, "best": max(acc, key=acc.get)}
 
 
 RECIPE = Recipe("merging", "Q10: merge methods over top-k routed modules (gold among them)", cells, run_cell,

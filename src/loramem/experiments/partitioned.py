@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from loramem.bank.manifest import ModuleInfo
 from loramem.bank.partition import fact_key, key_text, split_even, suffixes
 from loramem.bank.resident import Resident
@@ -121,23 +123,43 @@ def setup(opts: RecipeOptions) -> Setup:
 
 def exact_match(s: Setup, adapter: str | None, idx: list[int]) -> list[bool]:
     """Teacher-forced exact match of facts `idx` with one adapter active (None: the base model alone)."""
-    from loramem.evaluate import teacher_forced_em
+    return [t == 1.0 for t in token_accuracy(s, adapter, idx)]
 
-    host = s.resident.host
-    if adapter is None:
-        with host.disable_adapter():
-            return teacher_forced_em(host, s.base, s.examples(idx), s.parts[0].format)
-    host.set_adapter(adapter)
-    return teacher_forced_em(host, s.base, s.examples(idx), s.parts[0].format)
+
+@torch.no_grad()
+def token_accuracy(s: Setup, adapter: str, idx: list[int]) -> list[float]:
+    """Per fact, the fraction of answer tokens (digits and terminator) the model predicts right under teacher
+    forcing; 1.0 is exact match. A softer read-out that shows partial damage (e.g. from merging)."""
+    from loramem.formats import render
+    from loramem.forward import collate, length_batches, logits_at
+
+    host = s.resident.activate(adapter)
+    host.eval()
+    items = [render(e, s.base.tokenizer, s.parts[0].format) for e in s.examples(idx)]
+    out = [0.0] * len(items)
+    for b_idx in length_batches(items, 64, None):
+        b = collate(items, b_idx, s.base.tokenizer.pad_token_id)
+        pred = logits_at(host, b, b.eval_mask).argmax(-1).cpu()
+        hit = (pred == b.input_ids[:, 1:][b.eval_mask[:, :-1]]).float()
+        pos = 0
+        for row, n in zip(b_idx, b.eval_mask.sum(1).tolist(), strict=True):
+            out[row] = hit[pos:pos + n].mean().item() if n else 0.0
+            pos += n
+    return out
 
 
 def eval_groups(s: Setup, groups: dict[tuple, list[int]], activate) -> dict[int, bool]:
     """Exact match per fact, where facts sharing a key share an adapter: activate(key) -> adapter name."""
-    hits: dict[int, bool] = {}
+    return {i: t == 1.0 for i, t in eval_groups_tokens(s, groups, activate).items()}
+
+
+def eval_groups_tokens(s: Setup, groups: dict[tuple, list[int]], activate) -> dict[int, float]:
+    """Token accuracy per fact (see token_accuracy), facts grouped by the adapter that answers them."""
+    acc: dict[int, float] = {}
     for key, idx in groups.items():
-        for i, ok in zip(idx, exact_match(s, activate(key), idx), strict=True):
-            hits[i] = ok
-    return hits
+        for i, t in zip(idx, token_accuracy(s, activate(key), idx), strict=True):
+            acc[i] = t
+    return acc
 
 
 def questions(s: Setup) -> list[str]:
