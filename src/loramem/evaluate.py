@@ -69,3 +69,38 @@ def generate_answers(model, base: Base, examples: Sequence[Example], fmt: Format
 def generated_em(model, base: Base, examples: Sequence[Example], fmt: Format = "plain") -> list[bool]:
     answers = generate_answers(model, base, examples, fmt)
     return [exact_match(a, e.answer) for a, e in zip(answers, examples, strict=True)]
+
+
+def evaluate_questions(model, base: Base, questions: Sequence, fmt: Format = "plain",
+                       metrics: Sequence[str] = ("em", "f1", "rougeL", "bleu"), judge=None,
+                       max_new_tokens: int = 64, batch_size: int = 16) -> dict:
+    """Generate an answer to each question (data.documents.Question) and score it: each metric overall and per
+    level, plus the judge's 0-10 score when `judge` is given (its name and prompt version are recorded)."""
+    from loramem.errors import UserError
+    from loramem.formats import question_prompt
+    from loramem.judges import JudgeItem
+    from loramem.metrics import METRICS, score_rows
+
+    unknown = [m for m in metrics if m not in METRICS and m != "judge"]
+    if unknown:
+        raise UserError(f"unknown metric(s) {unknown}; choose from {', '.join([*METRICS, 'judge'])}")
+    examples = [Example(question_prompt(q.question), q.answer) for q in questions]
+    answers = generate_answers(model, base, examples, fmt, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    rows = []
+    for q, a in zip(questions, answers, strict=True):
+        row = {"question": q.question, "gold": q.answer, "prediction": a, "level": q.level, "doc": q.doc}
+        row.update({m: METRICS[m](a, q.answer) for m in metrics if m in METRICS})
+        rows.append(row)
+    names = [m for m in metrics if m in METRICS]
+    result: dict = {}
+    if "judge" in metrics:
+        if judge is None:
+            raise UserError("metric 'judge' needs a judge; pass --judge embed|openai|local")
+        scores = judge.score([JudgeItem(q.question, q.answer, a, q.level) for q, a in zip(questions, answers,
+                                                                                         strict=True)])
+        for row, s in zip(rows, scores, strict=True):
+            row["judge"] = s
+        names.append("judge")
+        result["judge"] = {"name": judge.name, "prompt_version": judge.prompt_version, "scale": "0-10",
+                           "unparsed": sum(s is None for s in scores)}
+    return {**score_rows(rows, names), **result, "metrics": names, "rows": rows}
