@@ -148,7 +148,7 @@ class LocalChat:
         import contextlib
 
         host = self.base.extra.get("peft")
-        return host.disable_adapter() if host is not None else contextlib.nullcontext()
+        return host.disable_adapter() if host is not None and host.peft_config else contextlib.nullcontext()
 
 
 def chat_model(kind: str, model: str = DEFAULT_MODEL, endpoint: EndpointConfig | None = None,

@@ -99,7 +99,8 @@ def score_base(base, doc: Document, judge) -> dict:
     from loramem.evaluate import evaluate_questions
 
     host = base.extra.get("peft")
-    ctx = host.disable_adapter() if host is not None else contextlib.nullcontext()
+    # with no adapter left on the wrapper, the wrapped model already answers as the base model
+    ctx = host.disable_adapter() if host is not None and host.peft_config else contextlib.nullcontext()
     with ctx:
         res = evaluate_questions(base.model, base, doc.questions, "plain", METRICS, judge, max_new_tokens=48)
     return scores(res)
