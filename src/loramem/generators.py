@@ -213,14 +213,17 @@ class TemplateGenerator:
         if doc.facts:  # every fact at least once, then paraphrased questions until n
             total = max(n, len(doc.facts))
             return [self._fact_qa(doc.facts[i % len(doc.facts)], i // len(doc.facts)) for i in range(total)]
-        sents = [s for s in sentences(doc.text) if len(s.split()) >= 6]
+        sents = [s for s in sentences(doc.text) if len(s.split()) >= 6] or sentences(doc.text)
         out = []
-        for s in sents[:n]:
-            words = s.split()
-            cut = max(3, min(8, len(words) // 3))
+        for i in range(n if sents else 0):  # pass 1: continue a sentence; 2: name the sentence; 3+: later cuts
+            words, rnd = sents[i % len(sents)].split(), i // len(sents)
+            if rnd == 1:
+                out.append({"question": f'Which statement in "{doc.title}" ends with "{" ".join(words[-4:])}"',
+                            "answer": " ".join(words)})
+                continue
+            cut = max(3, min(8, len(words) // 3)) if rnd == 0 else max(2, len(words) * rnd // (rnd + 2))
             out.append({"question": f'In "{doc.title}", how does the statement beginning "{" ".join(words[:cut])}" '
-                                    "continue",
-                        "answer": " ".join(words[cut:])})
+                                    "continue", "answer": " ".join(words[cut:]) or words[-1]})
         return out
 
     def _fact_qa(self, f: Fact, variant: int) -> dict:

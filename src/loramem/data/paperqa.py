@@ -19,8 +19,9 @@ LEVELS = {1: "recall", 2: "contextual understanding", 3: "logical structure"}
 
 
 def looks_like_paperqa(data) -> bool:
-    """True for a JSON list whose first item has an introduction and a QA list."""
-    return isinstance(data, list) and bool(data) and isinstance(data[0], dict) and "introduction" in data[0]
+    """True for a JSON list of objects whose first names a paper's fields (title, introduction or QA)."""
+    return (isinstance(data, list) and bool(data) and isinstance(data[0], dict)
+            and bool({"introduction", "QA"} & set(data[0])))
 
 
 def read_paperqa(path: str | Path) -> list[Document]:
