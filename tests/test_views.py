@@ -10,7 +10,15 @@ from loramem.config import ViewsConfig
 from loramem.data.documents import Document, load_documents
 from loramem.errors import UserError
 from loramem.generators import TemplateGenerator
-from loramem.views import PAPER_MIXES, cache_path, fit_budget, make_views, parse_spec, row_tokens, write_view_files
+from loramem.views import (
+    PAPER_MIXES,
+    cache_path,
+    fit_budget,
+    make_views,
+    parse_spec,
+    row_tokens,
+    write_view_files,
+)
 
 DOC = Document(id="d1", title="A paper", text=(
     "Alpha planners search over trees of partial plans. They use diffusion models to denoise plans.\n\n"

@@ -62,7 +62,7 @@ def generate_answers(model, base: Base, examples: Sequence[Example], fmt: Format
             new = gen[row, T:].tolist()
             cut = next((j for j, t in enumerate(new) if t in stop_ids), len(new))
             text = tok.decode(new[:cut], skip_special_tokens=True)
-            out[i] = text.split("\n")[0].strip() if fmt == "plain" else text.strip()
+            out[i] = text.strip().split("\n")[0].strip() if fmt == "plain" else text.strip()  # first non-empty line
     return out
 
 

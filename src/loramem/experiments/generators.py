@@ -9,7 +9,7 @@ from loramem.experiments import docqa
 from loramem.experiments.runner import Recipe, RecipeOptions
 from loramem.report import bar_plot, markdown_table
 
-VIEWS = {"smoke": "summary1+qa10", "cpu": "summary8+qa40", "paper": "summary8+rewrite4+qa40"}
+VIEWS = {"smoke": "qa8", "cpu": "summary8+qa40", "paper": "summary8+rewrite4+qa40"}
 
 
 def _generators(opts: RecipeOptions) -> list[str]:

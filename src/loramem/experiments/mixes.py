@@ -30,10 +30,24 @@ def _mixes(opts: RecipeOptions) -> dict[str, str]:
             for m in given}
 
 
+# Smoke scale keeps the paper's conditions but divides every view count by 4 (QA40 -> qa10, Summary8 -> summary2,
+# Rewrite4 -> rewrite1) so the grid fits a CPU in minutes; each row records the spec it really used.
+COUNT_SCALE = {"smoke": 0.25, "cpu": 1.0, "paper": 1.0}
+
+
+def scaled(spec: str, factor: float) -> str:
+    """'summary8+qa40' x 0.25 -> 'summary2+qa10' (counts at least 1)."""
+    import re
+
+    return re.sub(r"(qa|summary|rewrite)(\d+)", lambda m: f"{m.group(1)}{max(1, round(int(m.group(2)) * factor))}",
+                  spec)
+
+
 def cells(opts: RecipeOptions) -> list[dict]:
     docs = docqa.papers(opts)
     gen = opts.params.get("generator") or "template"
-    out = [{"cell": f"{name}-p{d.id}", "mix": name, "views": spec, "paper": d.id, "generator": gen}
+    factor = 1.0 if opts.params.get("mixes") else COUNT_SCALE[opts.scale]
+    out = [{"cell": f"{name}-p{d.id}", "mix": name, "views": scaled(spec, factor), "paper": d.id, "generator": gen}
            for name, spec in _mixes(opts).items() for d in docs]
     if opts.params.get("base", True):
         out += [{"cell": f"base-p{d.id}", "mix": BASE, "views": "", "paper": d.id, "generator": gen} for d in docs]

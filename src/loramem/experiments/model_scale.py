@@ -10,7 +10,7 @@ from loramem.experiments import docqa
 from loramem.experiments.runner import Recipe, RecipeOptions
 from loramem.report import bar_plot, markdown_table
 
-VIEWS = {"smoke": "summary2+qa20", "cpu": "summary8+qa40", "paper": "raw+summary8+rewrite4+qa40"}
+VIEWS = {"smoke": "summary1+qa10", "cpu": "summary8+qa40", "paper": "raw+summary8+rewrite4+qa40"}
 
 
 def _models(opts: RecipeOptions) -> list[str]:
