@@ -49,10 +49,7 @@ class ViewSet:
     spec: str
     rows: list[dict] = field(default_factory=list)
     parts: dict[str, dict] = field(default_factory=dict)  # atomic view name -> record
-
-    @property
-    def tokens(self) -> int:
-        return sum(p["tokens"] for p in self.parts.values())
+    tokens: int = 0  # training tokens of `rows` (after any budget)
 
 
 def parse_spec(spec: str, cfg: ViewsConfig | None = None) -> list[ViewPart]:
@@ -98,6 +95,7 @@ def make_views(doc: Document, spec: str, generator: Generator, tokenizer, cfg: V
     if cfg.budget_tokens is not None:
         out.rows = fit_budget(out.rows, cfg.budget_tokens, tokenizer)
         out.parts = {k: {**v, "budget_tokens": cfg.budget_tokens} for k, v in out.parts.items()}
+    out.tokens = sum(row_tokens(r, tokenizer) for r in out.rows)
     return out
 
 
@@ -215,7 +213,7 @@ def write_view_files(docs: list[Document], spec: str, generator: Generator, toke
             for row in vs.rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         listing["documents"].append({"id": doc.id, "title": doc.title, "hash": doc.hash, "file": name,
-                                     "rows": len(vs.rows), "tokens": sum(row_tokens(r, tokenizer) for r in vs.rows),
+                                     "rows": len(vs.rows), "tokens": vs.tokens,
                                      "views": vs.parts})
     (out / "views.json").write_text(json.dumps(listing, indent=2))
     return listing
