@@ -35,8 +35,9 @@ def teacher_forced_em(model, base: Base, examples: Sequence[Example], fmt: Forma
 
 @torch.no_grad()
 def generate_answers(model, base: Base, examples: Sequence[Example], fmt: Format = "plain",
-                     max_new_tokens: int | None = None, batch_size: int = 16) -> list[str]:
-    """Greedy answers to each example's prompt, cut at the terminator (or a newline in plain format)."""
+                     max_new_tokens: int | None = None, batch_size: int = 16, min_new_tokens: int = 0) -> list[str]:
+    """Greedy answers to each example's prompt, cut at the terminator (or a newline in plain format).
+    min_new_tokens > 0 forbids stopping before that many tokens (free-text answers must not be empty)."""
     tok = base.tokenizer
     items = [render(e, tok, fmt) for e in examples]
     stop_ids = {items[0].ids[items[0].answer_end - 1]} if items else set()
@@ -57,7 +58,8 @@ def generate_answers(model, base: Base, examples: Sequence[Example], fmt: Format
             att[row, T - len(p):] = 1
         n_new = max_new_tokens or max(len(items[i].target_ids) for i in idx) + 8
         gen = model.generate(input_ids=ids.to(dev), attention_mask=att.to(dev), max_new_tokens=n_new,
-                             do_sample=False, eos_token_id=sorted(stop_ids), pad_token_id=tok.pad_token_id)
+                             do_sample=False, eos_token_id=sorted(stop_ids), pad_token_id=tok.pad_token_id,
+                             **({"min_new_tokens": min_new_tokens} if min_new_tokens else {}))
         for row, i in enumerate(idx):
             new = gen[row, T:].tolist()
             cut = next((j for j, t in enumerate(new) if t in stop_ids), len(new))
@@ -85,7 +87,9 @@ def evaluate_questions(model, base: Base, questions: Sequence, fmt: Format = "pl
     if unknown:
         raise UserError(f"unknown metric(s) {unknown}; choose from {', '.join([*METRICS, 'judge'])}")
     examples = [Example(question_prompt(q.question), q.answer) for q in questions]
-    answers = generate_answers(model, base, examples, fmt, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    # an instruct model often ends its turn at once after "Answer:"; a free-text answer must say something
+    answers = generate_answers(model, base, examples, fmt, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               min_new_tokens=3)
     rows = []
     for q, a in zip(questions, answers, strict=True):
         row = {"question": q.question, "gold": q.answer, "prediction": a, "level": q.level, "doc": q.doc}

@@ -19,7 +19,7 @@ SCORE_KEYS = ("judge", "f1", "rougeL", "bleu", "em")
 
 # Writer settings per scale: small LoRAs on the top layers (prefix cache) on CPU; all layers at paper scale.
 WRITERS: dict[str, dict] = {
-    "smoke": {"rank": 8, "targets": "all-linear", "top_layers": 3, "lr": 4e-3, "epochs": 4, "batch_size": 8},
+    "smoke": {"rank": 8, "targets": "all-linear", "top_layers": 3, "lr": 5e-3, "epochs": 6, "batch_size": 4},
     "cpu": {"rank": 16, "targets": "all-linear", "top_layers": 8, "lr": 2e-3, "epochs": 12, "batch_size": 8},
     "paper": {"rank": 32, "targets": "all-linear", "top_layers": None, "lr": 1e-4, "epochs": 20, "batch_size": 8},
 }
