@@ -39,3 +39,10 @@ def test_llm_judge_on_the_rubric_over_http():
     assert scores == [10.0, 2.0, 0.0]
     assert judge.name == "llm:openai:judge-model" and judge.prompt_version == RUBRIC_VERSION
     assert any("0 to 10" in p and "Question (information recall): What?" in p for p in prompts)
+
+
+def test_local_model_judge_runs_the_rubric(tiny_base):
+    judge = make_judge(JudgeConfig(kind="local", model="tiny-random"))
+    scores = judge.score([JudgeItem("What?", "Diffuser.", "Diffuser.", 1), JudgeItem("Who?", "Ann.", "", 2)])
+    assert judge.name == "llm:local:tiny-random" and judge.prompt_version == RUBRIC_VERSION
+    assert scores[1] == 0.0 and (scores[0] is None or 0.0 <= scores[0] <= 10.0)  # a random model rarely parses
