@@ -58,8 +58,6 @@ def test_views_make_without_an_endpoint_says_how_to_set_one(tmp_path, home):
     doc.write_text(DOC)
     res = run_cli("views", "make", str(doc), "--generator", "openai", "--out", str(tmp_path / "o"), env=home)
     assert res.returncode == 2 and "LORAMEM_OPENAI_BASE_URL" in res.stderr and "Traceback" not in res.stderr
-    res = run_cli("views", "make", str(doc), "--views", "qa4+poem", "--out", str(tmp_path / "o"), env=home)
-    assert res.returncode == 2 and "unknown view 'poem'" in res.stderr
 
 
 def test_eval_metrics_reports_each_metric_overall_and_per_level(tmp_path):
@@ -80,8 +78,6 @@ def test_eval_metrics_reports_each_metric_overall_and_per_level(tmp_path):
     assert len(out["answers"]) == 2 and {"prediction", "gold", "level", "f1"} <= set(out["answers"][0])
     plain = run_cli("eval", str(tmp_path / "mod"), "--data", str(train), "--json")  # the old contract holds
     assert plain.returncode == 0 and set(json.loads(plain.stdout)) >= {"exact_match", "n", "method"}
-    bad = run_cli("eval", str(tmp_path / "mod"), "--data", str(data), "--metrics", "em,meteor")
-    assert bad.returncode == 2 and "unknown metric" in bad.stderr
 
 
 def test_bench_formats_writes_results_table_and_plot(tmp_path, paper_dir):

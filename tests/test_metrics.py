@@ -63,3 +63,11 @@ def test_score_rows_reports_overall_and_per_level():
     s = score_rows(rows, ["em", "f1"])
     assert s["overall"] == {"n": 4, "em": 0.5, "f1": 0.625}
     assert s["by_level"] == {"1": {"n": 2, "em": 0.5, "f1": 0.75}, "3": {"n": 1, "em": 0.0, "f1": 0.0}}
+
+
+def test_unknown_metric_is_a_user_error(tiny_base):
+    from loramem.errors import UserError
+    from loramem.evaluate import evaluate_questions
+
+    with pytest.raises(UserError, match="unknown metric"):
+        evaluate_questions(tiny_base.model, tiny_base, [], "plain", ["em", "meteor"])
