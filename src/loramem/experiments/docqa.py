@@ -23,7 +23,7 @@ WRITERS: dict[str, dict] = {
     "cpu": {"rank": 16, "targets": "all-linear", "top_layers": 8, "lr": 2e-3, "epochs": 12, "batch_size": 8},
     "paper": {"rank": 32, "targets": "all-linear", "top_layers": None, "lr": 1e-4, "epochs": 20, "batch_size": 8},
 }
-PAPERS = {"smoke": 2, "cpu": 4, "paper": 10}
+PAPERS = {"smoke": 1, "cpu": 4, "paper": 10}  # smoke: 1 paper keeps each bench near 15 min on 2 busy cores
 QUESTIONS = {"smoke": 6, "cpu": 30, "paper": 30}
 
 
