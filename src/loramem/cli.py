@@ -119,8 +119,12 @@ def eval_cmd(
     model: str | None = typer.Option(None, help="base model (default: the one the module records)"),
     generate: bool = typer.Option(False, "--generate", help="also check by real greedy generation"),
     as_json: bool = typer.Option(False, "--json"),
+    metrics: str | None = typer.Option(None, help="generate answers and score them: em,f1,rougeL,bleu,judge"),
+    judge: str = typer.Option("embed", help="with --metrics ...judge: embed (offline), openai or local"),
+    max_new_tokens: int = typer.Option(64, help="with --metrics: answer length limit"),
 ) -> None:
-    """Exact match of a module on a set of facts (teacher-forced; --generate also decodes)."""
+    """Exact match of a module on a set of facts (teacher-forced; --generate also decodes; --metrics scores
+    generated answers overall and per question level)."""
     from loramem.data.examples import read_examples
     from loramem.evaluate import generated_em, teacher_forced_em
     from loramem.models import load_base
@@ -129,6 +133,11 @@ def eval_cmd(
     rec = read_record(module)
     base = load_base(model or rec.get("base", {}).get("name") or "smollm2-135m")
     fmt = rec.get("config", {}).get("format", "plain")
+    if metrics is not None:
+        from loramem.commands.docs import eval_metrics
+
+        return eval_metrics(module, data, base, fmt, csv_list(metrics, str, "--metrics"), judge, max_new_tokens,
+                            as_json)
     examples = read_examples(data)
     host = load_adapter(base, module, "module_eval")
     tf = teacher_forced_em(host, base, examples, fmt)

@@ -191,3 +191,72 @@ class AnswerConfig(BaseModel):
         None, description="max prompt tokens; default the model's context length minus max_new_tokens")
     overflow: Literal["error", "truncate"] = Field(
         "error", description="ICL/RAG context over budget: error (default) or truncate (keep the first tokens)")
+
+
+# ---- documents, views, generators, judges (issue 4) ----
+
+GeneratorKind = Literal["template", "local", "openai"]
+JudgeKind = Literal["embed", "openai", "local"]
+
+
+def _openai_env(name: str, default: str | None = None) -> str | None:
+    """LORAMEM_OPENAI_<NAME>, else the openai client's own OPENAI_<NAME>."""
+    return env(f"LORAMEM_OPENAI_{name}") or env(f"OPENAI_{name}") or default
+
+
+class EndpointConfig(BaseModel):
+    """An OpenAI-compatible chat-completions endpoint (hosted API, vLLM, loramem serve, ...)."""
+
+    base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1; env LORAMEM_OPENAI_BASE_URL")
+    model: str | None = Field(None, description="model name the server knows; env LORAMEM_OPENAI_MODEL")
+    api_key: str | None = Field(None, description="env LORAMEM_OPENAI_API_KEY or OPENAI_API_KEY")
+    max_retries: int = Field(4, description="retries after a failed request (5xx, 429, connection errors)")
+    backoff_s: float = Field(1.0, description="first retry waits this long; doubles each retry")
+    concurrency: int = Field(4, description="requests in flight at once")
+    timeout_s: float = 120.0
+    json_mode: bool = Field(True, description="ask for response_format=json_object where a JSON answer is wanted")
+
+    @classmethod
+    def from_env(cls, **given) -> EndpointConfig:
+        """Fill what is not given from the environment."""
+        values = {"base_url": _openai_env("BASE_URL"), "model": _openai_env("MODEL"),
+                  "api_key": _openai_env("API_KEY")}
+        values.update({k: v for k, v in given.items() if v is not None})
+        return cls(**values)
+
+
+class GeneratorConfig(BaseModel):
+    """Which generator writes synthetic views, and how."""
+
+    kind: GeneratorKind = "template"
+    model: str = Field(DEFAULT_MODEL, description="local HF model (kind=local)")
+    endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
+    temperature: float = 0.0
+    max_new_tokens: int = 384
+    batch_size: int = Field(8, description="prompts per local generate() call")
+    chunk_tokens: int = Field(320, description="documents are cut into sections of about this many tokens")
+    seed: int = 0
+
+
+class ViewsConfig(BaseModel):
+    """How documents become training rows."""
+
+    qa: int = Field(40, description="QA pairs when a view says just 'qa'")
+    summary: int = Field(8, description="summaries when a view says just 'summary'")
+    rewrite: int = Field(4, description="rewrites when a view says just 'rewrite'")
+    raw_chunk_tokens: int = Field(256, description="raw text is cut into rows of at most this many tokens")
+    budget_tokens: int | None = Field(None, description="fix every view's training tokens (equal-token comparisons)")
+    cache_dir: Path | None = Field(None, description="view cache; default $LORAMEM_HOME/views")
+    refresh: bool = Field(False, description="regenerate even when cached")
+
+    def cache_root(self) -> Path:
+        return self.cache_dir or loramem_home() / "views"
+
+
+class JudgeConfig(BaseModel):
+    """Who scores free-text answers on the paper's 0-10 rubric."""
+
+    kind: JudgeKind = "embed"
+    model: str = Field(DEFAULT_MODEL, description="local judge model (kind=local)")
+    endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
+    batch_size: int = 8

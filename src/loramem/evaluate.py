@@ -35,8 +35,9 @@ def teacher_forced_em(model, base: Base, examples: Sequence[Example], fmt: Forma
 
 @torch.no_grad()
 def generate_answers(model, base: Base, examples: Sequence[Example], fmt: Format = "plain",
-                     max_new_tokens: int | None = None, batch_size: int = 16) -> list[str]:
-    """Greedy answers to each example's prompt, cut at the terminator (or a newline in plain format)."""
+                     max_new_tokens: int | None = None, batch_size: int = 16, min_new_tokens: int = 0) -> list[str]:
+    """Greedy answers to each example's prompt, cut at the terminator (or a newline in plain format).
+    min_new_tokens > 0 forbids stopping before that many tokens (free-text answers must not be empty)."""
     tok = base.tokenizer
     items = [render(e, tok, fmt) for e in examples]
     stop_ids = {items[0].ids[items[0].answer_end - 1]} if items else set()
@@ -57,15 +58,53 @@ def generate_answers(model, base: Base, examples: Sequence[Example], fmt: Format
             att[row, T - len(p):] = 1
         n_new = max_new_tokens or max(len(items[i].target_ids) for i in idx) + 8
         gen = model.generate(input_ids=ids.to(dev), attention_mask=att.to(dev), max_new_tokens=n_new,
-                             do_sample=False, eos_token_id=sorted(stop_ids), pad_token_id=tok.pad_token_id)
+                             do_sample=False, eos_token_id=sorted(stop_ids), pad_token_id=tok.pad_token_id,
+                             **({"min_new_tokens": min_new_tokens} if min_new_tokens else {}))
         for row, i in enumerate(idx):
             new = gen[row, T:].tolist()
             cut = next((j for j, t in enumerate(new) if t in stop_ids), len(new))
             text = tok.decode(new[:cut], skip_special_tokens=True)
-            out[i] = text.split("\n")[0].strip() if fmt == "plain" else text.strip()
+            out[i] = text.strip().split("\n")[0].strip() if fmt == "plain" else text.strip()  # first non-empty line
     return out
 
 
 def generated_em(model, base: Base, examples: Sequence[Example], fmt: Format = "plain") -> list[bool]:
     answers = generate_answers(model, base, examples, fmt)
     return [exact_match(a, e.answer) for a, e in zip(answers, examples, strict=True)]
+
+
+def evaluate_questions(model, base: Base, questions: Sequence, fmt: Format = "plain",
+                       metrics: Sequence[str] = ("em", "f1", "rougeL", "bleu"), judge=None,
+                       max_new_tokens: int = 64, batch_size: int = 16) -> dict:
+    """Generate an answer to each question (data.documents.Question) and score it: each metric overall and per
+    level, plus the judge's 0-10 score when `judge` is given (its name and prompt version are recorded)."""
+    from loramem.errors import UserError
+    from loramem.formats import question_prompt
+    from loramem.judges import JudgeItem
+    from loramem.metrics import METRICS, score_rows
+
+    unknown = [m for m in metrics if m not in METRICS and m != "judge"]
+    if unknown:
+        raise UserError(f"unknown metric(s) {unknown}; choose from {', '.join([*METRICS, 'judge'])}")
+    examples = [Example(question_prompt(q.question), q.answer) for q in questions]
+    # an instruct model often ends its turn at once after "Answer:"; a free-text answer must say something
+    answers = generate_answers(model, base, examples, fmt, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               min_new_tokens=3)
+    rows = []
+    for q, a in zip(questions, answers, strict=True):
+        row = {"question": q.question, "gold": q.answer, "prediction": a, "level": q.level, "doc": q.doc}
+        row.update({m: METRICS[m](a, q.answer) for m in metrics if m in METRICS})
+        rows.append(row)
+    names = [m for m in metrics if m in METRICS]
+    result: dict = {}
+    if "judge" in metrics:
+        if judge is None:
+            raise UserError("metric 'judge' needs a judge; pass --judge embed|openai|local")
+        scores = judge.score([JudgeItem(q.question, q.answer, a, q.level) for q, a in zip(questions, answers,
+                                                                                         strict=True)])
+        for row, s in zip(rows, scores, strict=True):
+            row["judge"] = s
+        names.append("judge")
+        result["judge"] = {"name": judge.name, "prompt_version": judge.prompt_version, "scale": "0-10",
+                           "unparsed": sum(s is None for s in scores)}
+    return {**score_rows(rows, names), **result, "metrics": names, "rows": rows}

@@ -1,0 +1,161 @@
+"""Chat models that write text for loramem: an OpenAI-compatible HTTP endpoint, or a local Hugging Face model.
+
+Both take a list of conversations (lists of {"role", "content"} messages) and return one reply per conversation:
+
+    llm = OpenAIChat(EndpointConfig.from_env())          # hosted API, vLLM, `loramem serve`, ...
+    llm = LocalChat("smollm2-135m")                       # the model's own chat template, batched
+    replies = llm.chat([[{"role": "user", "content": "Summarize: ..."}]], max_tokens=200)
+
+View generators (generators.py) and LLM judges (judges.py) are built on these.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+from loramem.config import DEFAULT_MODEL, EndpointConfig
+from loramem.errors import UserError
+
+Messages = list[dict]
+
+
+class ChatModel(Protocol):
+    name: str  # recorded with everything it writes, e.g. "openai:gpt-4.1" or "local:smollm2-135m"
+
+    def chat(self, conversations: list[Messages], max_tokens: int = 256, temperature: float = 0.0,
+             json_mode: bool = False) -> list[str]: ...
+
+
+class OpenAIChat:
+    """Chat completions over HTTP with retries (exponential backoff) and a concurrency limit."""
+
+    def __init__(self, cfg: EndpointConfig) -> None:
+        if not cfg.base_url and not cfg.api_key:
+            raise UserError("no OpenAI-compatible endpoint configured; set LORAMEM_OPENAI_BASE_URL (e.g. "
+                            "http://127.0.0.1:8000/v1) or OPENAI_API_KEY, and LORAMEM_OPENAI_MODEL")
+        if not cfg.model:
+            raise UserError("no model name for the OpenAI-compatible endpoint; set LORAMEM_OPENAI_MODEL "
+                            "(e.g. gpt-4.1) or pass --endpoint-model")
+        from openai import OpenAI
+
+        self.cfg = cfg
+        self.name = f"openai:{cfg.model}"
+        # Retries are ours (counted, with backoff we control), so the client's own are off.
+        self.client = OpenAI(base_url=cfg.base_url, api_key=cfg.api_key or "not-needed", max_retries=0,
+                             timeout=cfg.timeout_s)
+        self.retries = 0
+        self.requests = 0
+
+    def chat(self, conversations: list[Messages], max_tokens: int = 256, temperature: float = 0.0,
+             json_mode: bool = False) -> list[str]:
+        """One reply per conversation, at most `concurrency` requests in flight."""
+        if not conversations:
+            return []
+        with ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency)) as pool:
+            return list(pool.map(lambda m: self._one(m, max_tokens, temperature, json_mode), conversations))
+
+    def _one(self, messages: Messages, max_tokens: int, temperature: float, json_mode: bool) -> str:
+        import openai
+
+        use_json = json_mode and self.cfg.json_mode
+        last: Exception | None = None
+        for attempt in range(self.cfg.max_retries + 1):
+            if attempt:
+                self.retries += 1
+                time.sleep(self.cfg.backoff_s * 2 ** (attempt - 1))
+            kw = {"response_format": {"type": "json_object"}} if use_json else {}
+            try:
+                self.requests += 1
+                resp = self.client.chat.completions.create(model=self.cfg.model, messages=messages,
+                                                           max_tokens=max_tokens, temperature=temperature, **kw)
+                return resp.choices[0].message.content or ""
+            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as exc:
+                last = exc  # transient: back off and retry (APITimeoutError is an APIConnectionError)
+            except openai.BadRequestError as exc:
+                if use_json:  # servers without JSON mode: ask again in plain text, parse robustly
+                    use_json, last = False, exc
+                    continue
+                raise UserError(f"{self.name} refused the request: {_short(exc)}") from None
+            except openai.AuthenticationError:
+                raise UserError(f"{self.name} at {self.cfg.base_url or 'api.openai.com'} rejected the API key; "
+                                "set LORAMEM_OPENAI_API_KEY") from None
+            except openai.APIStatusError as exc:
+                if exc.status_code >= 500:
+                    last = exc
+                    continue
+                raise UserError(f"{self.name} answered HTTP {exc.status_code}: {_short(exc)}") from None
+        if isinstance(last, openai.APIConnectionError):
+            raise UserError(f"cannot reach the OpenAI-compatible endpoint at {self.cfg.base_url or 'api.openai.com'} "
+                            f"after {self.cfg.max_retries + 1} tries ({_short(last)}); start the server or set "
+                            "LORAMEM_OPENAI_BASE_URL") from None
+        raise UserError(f"{self.name} kept failing after {self.cfg.max_retries + 1} tries: {_short(last)}") from None
+
+
+def _short(exc: Exception | None) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+class LocalChat:
+    """A local causal LM answering through its chat template; greedy (or sampled) and batched, left-padded."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 8, seed: int = 0) -> None:
+        from loramem.models import load_base
+
+        self.base = load_base(model)
+        if getattr(self.base.tokenizer, "chat_template", None) is None:
+            raise UserError(f"model '{model}' has no chat template; use an instruct model or --generator openai")
+        self.name = f"local:{model}"
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def chat(self, conversations: list[Messages], max_tokens: int = 256, temperature: float = 0.0,
+             json_mode: bool = False) -> list[str]:
+        import torch
+
+        tok = self.base.tokenizer
+        prompts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in conversations]
+        ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = [""] * len(ids)
+        model = self._model()
+        torch.manual_seed(self.seed)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        for k in range(0, len(order), self.batch_size):
+            idx = order[k:k + self.batch_size]
+            T = max(len(ids[i]) for i in idx)
+            x = torch.full((len(idx), T), pad, dtype=torch.long)
+            att = torch.zeros_like(x)
+            for row, i in enumerate(idx):
+                x[row, T - len(ids[i]):] = torch.tensor(ids[i])
+                att[row, T - len(ids[i]):] = 1
+            sample = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {
+                "do_sample": False}
+            with torch.no_grad(), self._base_only():
+                gen = model.generate(input_ids=x.to(self.base.device), attention_mask=att.to(self.base.device),
+                                     max_new_tokens=max_tokens, pad_token_id=pad, repetition_penalty=1.1,
+                                     **sample)
+            for row, i in enumerate(idx):
+                out[i] = tok.decode(gen[row, T:], skip_special_tokens=True).strip()
+        return out
+
+    def _model(self):
+        return self.base.model
+
+    def _base_only(self):
+        """Switch any loramem adapter off while generating: a generator must not read from memory."""
+        import contextlib
+
+        host = self.base.extra.get("peft")
+        return host.disable_adapter() if host is not None and host.peft_config else contextlib.nullcontext()
+
+
+def chat_model(kind: str, model: str = DEFAULT_MODEL, endpoint: EndpointConfig | None = None,
+               batch_size: int = 8, seed: int = 0) -> ChatModel:
+    """A chat model by kind: 'openai' (endpoint from config/env) or 'local' (a model name)."""
+    if kind == "openai":
+        return OpenAIChat(endpoint or EndpointConfig.from_env())
+    if kind == "local":
+        return LocalChat(model, batch_size, seed)
+    raise UserError(f"unknown chat model kind '{kind}'; use local or openai")

@@ -1,0 +1,138 @@
+"""Shared steps of the document recipes (Q4-Q7): pick PaperQA papers and questions, write one module per paper from
+its view rows, answer the paper's questions with it, and score the answers (metrics + judge).
+
+Each paper gets its own module, as in the paper; every cell records the writer settings, view records
+(generator, prompt version, rows, tokens) and the judge's name and prompt version next to the scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loramem.config import JudgeConfig, WriterConfig
+from loramem.data.documents import Document
+from loramem.errors import UserError
+from loramem.experiments.runner import RecipeOptions
+
+METRICS = ("em", "f1", "rougeL", "bleu", "judge")
+SCORE_KEYS = ("judge", "f1", "rougeL", "bleu", "em")
+
+# Writer settings per scale: small LoRAs on the top layers (prefix cache) on CPU; all layers at paper scale.
+WRITERS: dict[str, dict] = {
+    "smoke": {"rank": 8, "targets": "all-linear", "top_layers": 3, "lr": 5e-3, "epochs": 6, "batch_size": 4},
+    "cpu": {"rank": 16, "targets": "all-linear", "top_layers": 8, "lr": 2e-3, "epochs": 12, "batch_size": 8},
+    "paper": {"rank": 32, "targets": "all-linear", "top_layers": None, "lr": 1e-4, "epochs": 20, "batch_size": 8},
+}
+PAPERS = {"smoke": 1, "cpu": 4, "paper": 10}  # smoke: 1 paper keeps each bench near 15 min on 2 busy cores
+QUESTIONS = {"smoke": 6, "cpu": 30, "paper": 30}
+
+
+def paperqa_file(opts: RecipeOptions) -> Path:
+    from loramem.config import paper_release_dir
+
+    root = opts.paper_data or paper_release_dir()
+    f = Path(opts.params.get("paperqa") or (root / "paperqa" / "paperQA_public.json" if root else ""))
+    if not f.is_file():
+        raise UserError("PaperQA file not found; pass --paper-data pointing at the paper's release folder "
+                        "(with paperqa/paperQA_public.json)")
+    return f
+
+
+def papers(opts: RecipeOptions) -> list[Document]:
+    """The first N papers of the PaperQA file, each with a level-balanced subset of its questions."""
+    from loramem.data.paperqa import read_paperqa
+
+    n = opts.params.get("papers") or PAPERS[opts.scale]
+    k = opts.params.get("questions") or QUESTIONS[opts.scale]
+    docs = read_paperqa(paperqa_file(opts))[:n]
+    for d in docs:
+        d.questions = balanced(d.questions, k)
+    return docs
+
+
+def balanced(questions: list, k: int) -> list:
+    """Up to k questions taking levels in turn (1, 2, 3, 1, ...), in file order within a level."""
+    by_level: dict = {}
+    for q in questions:
+        by_level.setdefault(q.level, []).append(q)
+    out, levels = [], sorted(by_level, key=lambda x: (x is None, x))
+    while len(out) < min(k, len(questions)):
+        for lv in levels:
+            if by_level[lv] and len(out) < k:
+                out.append(by_level[lv].pop(0))
+    return out
+
+
+def writer_config(opts: RecipeOptions, n_layers: int) -> WriterConfig:
+    w = {**WRITERS[opts.scale], **{k: v for k, v in opts.params.get("writer", {}).items() if v is not None}}
+    top = w.pop("top_layers", None)
+    if top and "layers" not in w:
+        top = min(int(top), n_layers)
+        w["layers"] = f"{n_layers - top}-{n_layers - 1}"
+    # fixed epochs, no early stop: tokens seen are then equal for equal training tokens
+    return WriterConfig(seed=opts.seed, progress=False, target_em=None, loss="answer", format="plain", **w)
+
+
+def judge_for(opts: RecipeOptions):
+    from loramem.config import EndpointConfig
+    from loramem.judges import make_judge
+
+    return make_judge(JudgeConfig(kind=opts.params.get("judge") or "embed", endpoint=EndpointConfig.from_env()))
+
+
+def scores(result: dict) -> dict:
+    """Flat score columns of an evaluate_questions result: overall and per level."""
+    out = {k: result["overall"].get(k) for k in SCORE_KEYS if k in result["overall"]}
+    for lv, vals in result["by_level"].items():
+        out.update({f"{k}_l{lv}": vals.get(k) for k in SCORE_KEYS if k in vals})
+    out["n_questions"] = result["overall"]["n"]
+    if "judge" in result:
+        out["judge_name"] = result["judge"]["name"]
+        out["judge_prompt_version"] = result["judge"]["prompt_version"]
+    return out
+
+
+def score_base(base, doc: Document, judge) -> dict:
+    """Scores of the base model alone (no module), closed-book."""
+    import contextlib
+
+    from loramem.evaluate import evaluate_questions
+
+    host = base.extra.get("peft")
+    # with no adapter left on the wrapper, the wrapped model already answers as the base model
+    ctx = host.disable_adapter() if host is not None and host.peft_config else contextlib.nullcontext()
+    with ctx:
+        res = evaluate_questions(base.model, base, doc.questions, "plain", METRICS, judge, max_new_tokens=48)
+    return scores(res)
+
+
+def write_and_score(base, doc: Document, rows: list[dict], cfg: WriterConfig, judge, adapter: str = "docqa") -> dict:
+    """Train a module on `rows`, answer the document's questions with it, score; the adapter is deleted after."""
+    from loramem.data.examples import row_to_example
+    from loramem.evaluate import evaluate_questions
+    from loramem.writer import write_module
+
+    res = write_module([row_to_example(r) for r in rows], base, cfg, adapter=adapter)
+    try:
+        ev = evaluate_questions(res.model, base, doc.questions, "plain", METRICS, judge, max_new_tokens=48)
+    finally:
+        res.model.delete_adapter(adapter)
+    rec = res.record
+    return {**scores(ev), "train_tokens": rec["knowledge_tokens"], "tokens_seen": rec["tokens_seen"],
+            "steps": rec["steps"], "n_params": rec["n_params"], "train_s": rec["train_s"],
+            "rows": len(rows), "layers": cfg.layers, "rank": cfg.rank, "lr": cfg.lr,
+            "sample_answers": [r["prediction"] for r in ev["rows"][:2]]}
+
+
+def mean_by(rows: list[dict], key: str, value: str) -> dict:
+    """Mean of `value` per distinct `key` (rows without the value are skipped), in first-seen order."""
+    groups: dict = {}
+    for r in rows:
+        if r.get(value) is not None and r.get(key) is not None:
+            groups.setdefault(r[key], []).append(float(r[value]))
+    return {k: sum(v) / len(v) for k, v in groups.items()}
+
+
+def score_key(rows: list[dict]) -> str:
+    """The judge score when the rows have it, else token F1."""
+    return "judge" if any(r.get("judge") is not None for r in rows) else "f1"

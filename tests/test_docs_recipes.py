@@ -1,0 +1,59 @@
+"""The Q4-Q7 recipes: findings on hand-made rows (agree, disagree, undecided), rank agreement, level balance."""
+
+from __future__ import annotations
+
+import pytest
+
+from loramem.data.documents import Question
+from loramem.experiments import docqa
+from loramem.experiments.formats import finding_qa_best
+from loramem.experiments.mixes import BASE, finding_mixes_beat_single, spearman
+
+
+def rows(key: str, values: dict, metric: str = "judge") -> list[dict]:
+    # two papers per condition, scores v - 0.1 and v + 0.1 (mean v)
+    return [{key: k, metric: v + d, "paper": str(i)} for k, v in values.items() for i, d in enumerate((-0.1, 0.1))]
+
+
+def test_formats_finding_agrees_when_qa_best_and_synthetic_above_raw():
+    ok, ev = finding_qa_best(rows("format", {"raw": 1.0, "qa": 4.0, "summary": 3.0, "rewrite": 2.0}))
+    assert ok is True and ev["by_format"]["qa"] == pytest.approx(4.0) and ev["metric"] == "judge"
+
+
+@pytest.mark.parametrize("values", [
+    {"raw": 1.0, "qa": 2.0, "summary": 3.0},   # summary beats qa
+    {"raw": 2.5, "qa": 4.0, "rewrite": 2.0},   # rewrite below raw
+])
+def test_formats_finding_disagrees(values):
+    assert finding_qa_best(rows("format", values))[0] is False
+
+
+def test_formats_finding_undecided_without_raw_or_qa_and_falls_back_to_f1():
+    assert finding_qa_best(rows("format", {"qa": 4.0, "summary": 3.0}))[0] is None
+    ok, ev = finding_qa_best(rows("format", {"raw": 0.1, "qa": 0.3}, metric="f1"))
+    assert ok is True and ev["metric"] == "f1"
+
+
+def test_mixes_finding_agrees_and_disagrees():
+    paper_like = {"Original": 3.187, "QA40": 5.893, "Original+QA40": 6.3, "Summary8+QA40": 6.38,
+                  "Rewrite4+QA40": 6.65, "All mixed": 6.822}
+    ok, ev = finding_mixes_beat_single(rows("mix", paper_like) + rows("mix", {BASE: 9.0}))
+    assert ok is True and ev["best_single"] == pytest.approx(5.893)  # the base row is not a view
+    worse = dict(paper_like, **{"Summary8+QA40": 5.0})
+    ok, ev = finding_mixes_beat_single(rows("mix", worse))
+    assert ok is False and ev["mix_beats_best_single"]["Summary8+QA40"] is False
+    assert finding_mixes_beat_single(rows("mix", {"QA40": 1.0}))[0] is None
+
+
+def test_spearman_rank_agreement():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(0.8660254)
+    assert spearman([1, 2], [1, 2]) is None
+
+
+def test_questions_are_balanced_over_levels():
+    qs = [Question(f"q{i}", "a", lv) for i, lv in enumerate([1, 1, 1, 1, 2, 2, 3, 3])]
+    picked = docqa.balanced(qs, 5)
+    assert [q.level for q in picked] == [1, 2, 3, 1, 2]
+    assert len(docqa.balanced(qs, 50)) == 8
