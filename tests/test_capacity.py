@@ -1,0 +1,44 @@
+"""`loramem bench capacity`: the contract files, with numbers computed from the cells."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from conftest import run_cli
+
+from loramem.experiments.capacity import summarize
+from loramem.experiments.runner import RecipeOptions, read_rows
+
+
+def test_bench_capacity_writes_the_contract_files(tmp_path):
+    proc = run_cli("bench", "capacity", "--model", "tiny-random", "--ranks", "1,2", "--entries", "2,4",
+                   "--layers", "0-1", "--steps", "2", "--tau", "0.9", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = read_rows(tmp_path / "results.jsonl")
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    for r in rows:
+        assert {"rank", "size_tokens", "entries", "accuracy", "n_params", "bits", "bits_per_param", "seconds"} <= set(r)
+        assert math.isclose(r["bits_per_param"], r["bits"] / r["n_params"], rel_tol=1e-3)
+    assert {r["entries"] for r in rows} == {2, 4}
+    n1 = next(r["n_params"] for r in rows if r["rank"] == 1)
+    assert next(r["n_params"] for r in rows if r["rank"] == 2) == 2 * n1  # LoRA params grow linearly with rank
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["per_rank"]) == {"1", "2"} and "efficiency" in summary["per_rank"]["1"]
+    for png in ("accuracy_vs_size", "tmax_vs_rank", "efficiency_vs_rank"):
+        assert (tmp_path / f"{png}.png").stat().st_size > 1000
+    assert (tmp_path / "results.csv").read_text().startswith("rank,size_tokens,entries,accuracy")
+
+
+def test_tmax_and_efficiency_follow_the_papers_definition(tmp_path):
+    rows = [{"rank": 1, "size_tokens": s, "entries": s // 25, "accuracy": a, "n_params": 1000, "bits": 0,
+             "bits_per_param": b, "tau": 0.9, "steps": 1, "seconds": 1}
+            for s, a, b in ((500, 1.0, 0.5), (1000, 0.95, 0.9), (2000, 0.4, 0.7))]
+    rows += [{"rank": 4, "size_tokens": s, "entries": s // 25, "accuracy": a, "n_params": 4000, "bits": 0,
+              "bits_per_param": 0.2, "tau": 0.9, "steps": 1, "seconds": 1}
+             for s, a in ((500, 1.0), (1000, 1.0), (2000, 0.92))]
+    s = summarize(rows, RecipeOptions(out=tmp_path))
+    assert s["per_rank"]["1"]["t_max"] == 1000 and s["per_rank"]["4"]["t_max"] == 2000
+    assert s["per_rank"]["1"]["efficiency"] == 1000 / 1000 and s["per_rank"]["4"]["efficiency"] == 2000 / 4000
+    assert s["peak_efficiency_rank"] == "1"
+    assert "| 1 | 1000 |" in (tmp_path / "capacity.md").read_text()
