@@ -28,6 +28,9 @@ def test_cli_memorizes_twenty_entries(memorized):
     out, book = memorized
     rec = json.loads((out / "loramem.json").read_text())
     assert rec["exact_match"] == 1.0 and rec["n_examples"] == 20
+    # the fast path was taken: a shared token prefix, and full checks only once the running estimate said 1.0
+    assert rec["stopped"] == "target_em" and rec["shared_prefix"] is True
+    assert len(rec["em_history"]) < rec["epochs"] / 2, (rec["em_history"], rec["epochs"])
     first20 = out.parent / "first20.csv"
     phonebook.write(book[:20], first20)
     proc = run_cli("eval", str(out), "--data", str(first20), "--json")

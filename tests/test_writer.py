@@ -102,3 +102,52 @@ def test_paper_recipe_is_the_authors_settings():
     assert (cfg.alpha, cfg.dropout, cfg.lr, cfg.schedule, cfg.batch_size, cfg.steps, cfg.loss, cfg.format) == (
         16, 0.1, 5e-5, "cosine", 8, 1500, "sequence", "chat-user")
     assert cfg.target_em is None
+
+
+def test_shared_prefix_forward_equals_the_full_pass(tiny_base):
+    """Running the batch's common prefix once gives the same logits and the same LoRA gradients."""
+    from loramem.forward import collate, logits_at, shared_prefix_len
+    from loramem.formats import render
+    from loramem.writer import adapter_params, attach, lora_config
+
+    facts = [e.example() for e in phonebook.generate(8, seed=5)]
+    items = [render(e, tiny_base.tokenizer, "plain") for e in facts]
+    host = attach(tiny_base, lora_config(WriterConfig(rank=4), tiny_base), "wshare")
+    params = adapter_params(host, "wshare")
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0, 0.05)  # lora_B starts at zero; make the adapter matter
+    b = collate(items, list(range(8)), tiny_base.tokenizer.pad_token_id)
+    mask = b.labels != -100
+    assert shared_prefix_len(b, mask) >= 8  # "Question: What is the phone number of"
+
+    def run(share):
+        for p in params:
+            p.grad = None
+        logits = logits_at(host, b, mask, share_prefix=share)
+        torch.nn.functional.cross_entropy(logits, b.labels[mask]).backward()
+        return logits.detach(), [p.grad.clone() for p in params]
+
+    try:
+        full, g_full = run(False)
+        part, g_part = run(True)
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+        host.delete_adapter("wshare")
+    assert full.shape == part.shape
+    assert torch.allclose(full, part, atol=1e-4, rtol=1e-4)
+    for a, c in zip(g_full, g_part):
+        assert torch.allclose(a, c, atol=1e-5 + 1e-3 * a.abs().max().item(), rtol=0)
+
+
+def test_running_estimate_replaces_per_epoch_checks(tiny_base):
+    """Without eval_every, exact match is estimated from the training passes; the full teacher-forced check runs only
+    when the estimate reaches the target (never, for tiny-random here) and once at the end."""
+    res = write_module(FACTS, tiny_base, _cfg(steps=12, batch_size=3, eval_every=None, target_em=1.0),
+                       adapter="wonline")
+    rec = res.record
+    assert rec["stopped"] == "steps" and rec["em_history"] == [[12, rec["exact_match"]]]
+    assert [s for s, _ in rec["em_running"]] == [2, 4, 6, 8, 10, 12]  # one estimate per epoch of 2 batches
+    assert all(0.0 <= em <= 1.0 for _, em in rec["em_running"])
+    res.model.delete_adapter("wonline")

@@ -1,8 +1,13 @@
 """The fast forward pass shared by training and teacher-forced evaluation.
 
-Two tricks, both exact:
+Four tricks, all exact:
 - logits only where a label is supervised: the LM head (vocab x hidden) is the largest single matmul of a small
   model, and a fact's answer is a few tokens of a longer row;
+- a shared prefix: rows of a batch that start with the same tokens ("Question: What is the phone number of", a chat
+  template's system turn) have identical states there under causal attention, so that prefix runs once, as one row,
+  and the batch continues from its key/value cache (gradients flow back through the cache to the prefix);
+- no work after the last wanted position: a row's final token (the answer's terminator) predicts nothing that is
+  supervised, and under causal attention no earlier position sees it, so it is not fed;
 - a prefix cache: when LoRA sits only on layers >= L, the hidden states entering layer L never change during
   training, so they are computed once and each step runs only layers L..end (forward and backward).
 """
@@ -85,13 +90,51 @@ def _softcap(model, logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+# a shared prefix pays when it saves at least this many token positions (the one-row prefix pass reads every weight)
+MIN_SHARED_SAVING = 32
+
+
+def shared_prefix_len(batch: Batch, mask: torch.Tensor) -> int:
+    """Tokens every row of the batch starts with, up to the first position whose logits are wanted (0: none)."""
+    ids, att = batch.input_ids, batch.attention_mask
+    B = ids.shape[0]
+    if B < 2:
+        return 0
+    same = ((ids == ids[:1]).all(0) & (att == 1).all(0)).long()
+    P = int(same.cumprod(0).sum())
+    wanted = mask.any(0)
+    if wanted.any():
+        P = min(P, int(wanted.long().argmax()))
+    return P if (B - 1) * P >= MIN_SHARED_SAVING else 0
+
+
 def logits_at(model, batch: Batch, mask: torch.Tensor, hidden_in: torch.Tensor | None = None,
-              start_layer: int = 0) -> torch.Tensor:
-    """Logits [N, V] (float32) at the positions of `mask`, optionally starting from cached hidden states."""
+              start_layer: int = 0, share_prefix: bool = False) -> torch.Tensor:
+    """Logits [N, V] (float32) at the positions of `mask`, optionally starting from cached hidden states or
+    running the batch's shared token prefix once."""
     lm = _inner(model)
     dev = next(lm.parameters()).device
+    wanted = mask.any(0).nonzero()
+    end = int(wanted.max()) + 1 if len(wanted) else mask.shape[1]
+    if end < mask.shape[1]:
+        # positions after the last wanted one feed nothing wanted (causal attention): drop them, e.g. the terminator
+        batch = Batch(batch.index, batch.input_ids[:, :end], batch.attention_mask[:, :end], batch.labels[:, :end],
+                      batch.eval_mask[:, :end], batch.tokens)
+        mask = mask[:, :end]
+        hidden_in = None if hidden_in is None else hidden_in[:, :end]
     att = batch.attention_mask.to(dev)
     decoder = lm.get_decoder()
+    P = shared_prefix_len(batch, mask) if (share_prefix and hidden_in is None) else 0
+    if P:
+        from transformers import DynamicCache
+
+        ids = batch.input_ids.to(dev)
+        cache = DynamicCache(config=lm.config)
+        decoder(input_ids=ids[:1, :P], attention_mask=att[:1, :P], past_key_values=cache, use_cache=True)
+        cache.batch_repeat_interleave(ids.shape[0])
+        out = decoder(input_ids=ids[:, P:], attention_mask=att, past_key_values=cache, use_cache=True)
+        h = out.last_hidden_state[mask[:, P:].to(dev)]
+        return _softcap(model, lm.get_output_embeddings()(h).float())
     if hidden_in is None:
         out = decoder(input_ids=batch.input_ids.to(dev), attention_mask=att, use_cache=False)
     else:
@@ -141,6 +184,28 @@ class PrefixCache:
         for row, i in enumerate(batch.index):
             out[row, : self.rows[i].shape[0]] = self.rows[i]
         return out
+
+
+def shared_prefix_ok(model, items: Sequence[Rendered], pad_id: int, autocast, loss: str = "answer") -> bool:
+    """Check on a real batch that running the shared prefix once reproduces the full forward pass."""
+    idx = list(range(min(8, len(items))))
+    b = collate(items, idx, pad_id, loss)
+    mask = b.labels != IGNORE
+    if not shared_prefix_len(b, mask):
+        return False
+    try:
+        with torch.no_grad(), autocast():
+            full = logits_at(model, b, mask)
+            part = logits_at(model, b, mask, share_prefix=True)
+    except Exception as exc:  # an architecture whose decoder takes no key/value cache this way
+        log.info("shared prefix disabled: %s", exc)
+        return False
+    tol = 5e-2 if full.dtype == torch.bfloat16 else 2e-3
+    same = full.shape == part.shape and torch.allclose(full, part, atol=tol * max(1.0, full.abs().max().item()) / 10,
+                                                       rtol=0)
+    if not same:
+        log.info("shared prefix disabled: it differs from the full forward pass")
+    return bool(same)
 
 
 def prefix_cache_ok(model, items: Sequence[Rendered], layer: int, pad_id: int, autocast) -> bool:

@@ -3,8 +3,11 @@
     record = write_module(examples, base, WriterConfig(rank=8), out="modules/phonebook")
 
 Fast path (on by default): logits only at supervised positions, bf16 autocast where the hardware has it (LoRA
-weights and optimizer state stay fp32), length-grouped batches, frozen lower layers cached when LoRA sits on
-upper layers only, and an early stop once teacher-forced exact match on the training facts reaches a target.
+weights and optimizer state stay fp32), length-grouped batches, a batch's shared token prefix run once, frozen
+lower layers cached when LoRA sits on upper layers only, and an early stop once teacher-forced exact match on the
+training facts reaches a target. Without `eval_every`, exact match is tracked for free from the training
+forward passes (the argmax at each answer position of each fact on its last visit); a full teacher-forced check
+runs only when that running estimate reaches the target, and only a full check can stop training.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from loramem import __version__
 from loramem.config import WriterConfig
 from loramem.errors import UserError
 from loramem.formats import Example, Rendered, render
-from loramem.forward import PrefixCache, collate, length_batches, logits_at, prefix_cache_ok
+from loramem.forward import PrefixCache, collate, length_batches, logits_at, prefix_cache_ok, shared_prefix_ok
 from loramem.models import Base, bf16_supported
 
 RECORD_FILE = "loramem.json"
@@ -137,7 +140,7 @@ def data_hash(examples: Sequence[Example]) -> str:
 
 @torch.no_grad()
 def exact_match_items(model, items: Sequence[Rendered], pad_id: int, autocast=contextlib.nullcontext,
-                      cache: PrefixCache | None = None, batch_size: int = 64) -> list[bool]:
+                      cache: PrefixCache | None = None, batch_size: int = 64, share_prefix: bool = False) -> list[bool]:
     """Per item: does argmax equal the target at every answer position (= greedy decoding answers and stops)?"""
     model.eval()
     ok = [False] * len(items)
@@ -147,7 +150,7 @@ def exact_match_items(model, items: Sequence[Rendered], pad_id: int, autocast=co
             if cache is not None:
                 logits = logits_at(model, b, b.eval_mask, cache.batch_hidden(b), cache.layer)
             else:
-                logits = logits_at(model, b, b.eval_mask)
+                logits = logits_at(model, b, b.eval_mask, share_prefix=share_prefix)
         pred = logits.argmax(-1).cpu()
         target = b.input_ids[:, 1:][b.eval_mask[:, :-1]]
         hit = (pred == target).long()
@@ -196,14 +199,20 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
     start_layer = lowest_layer(cfg, base) if (cfg.fast and cfg.prefix_cache) else 0
     if start_layer > 0 and prefix_cache_ok(host, items, start_layer, pad_id, autocast):
         cache = PrefixCache(host, items, start_layer, pad_id, autocast)
+    share = bool(cfg.fast and cache is None and shared_prefix_ok(host, items, pad_id, autocast, cfg.loss))
 
     batches_per_epoch = math.ceil(len(items) / cfg.batch_size)
     total = cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * batches_per_epoch))
+    online = cfg.eval_every is None  # exact match tracked from the training passes, confirmed by a full check
     eval_every = cfg.eval_every or batches_per_epoch
+    last_ok = [False] * len(items)  # per fact: all answer tokens right on its last training pass
+    confirm_after = 0  # after a failed confirmation, wait a full epoch of visits before the next
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))
 
-    history: list[list[float]] = []
+    history: list[list[float]] = []  # full teacher-forced checks: [step, exact match]
+    running_history: list[list[float]] = []  # the free running estimate, once per epoch
+    fresh_check: float | None = None  # exact match of a check made since the last optimizer step
     best = {"em": -1.0, "state": None, "step": 0}
     tokens_seen, step, stopped, loss_val, eval_s = 0, 0, "steps", float("nan"), 0.0
     first_loss = float("nan")
@@ -212,11 +221,12 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
     train_t0 = time.time()
 
     def check(step: int) -> float:
-        nonlocal eval_s
+        nonlocal eval_s, fresh_check
         t = time.time()
-        em = sum(exact_match_items(host, items, pad_id, autocast, cache)) / len(items)
+        em = sum(exact_match_items(host, items, pad_id, autocast, cache, share_prefix=share)) / len(items)
         eval_s += time.time() - t
         history.append([step, em])
+        fresh_check = em
         if em > best["em"]:
             best.update(em=em, step=step, state={id(p): p.detach().clone() for p in params})
         host.train()
@@ -234,12 +244,16 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
                     if cache is not None:
                         logits = logits_at(host, b, mask, cache.batch_hidden(b), cache.layer)
                     elif cfg.fast:
-                        logits = logits_at(host, b, mask)
+                        logits = logits_at(host, b, mask, share_prefix=share)
                     else:
                         logits = _full_logits(host, b)[mask.to(base.device)]
-                loss = torch.nn.functional.cross_entropy(logits, b.labels[mask].to(logits.device))
+                targets = b.labels[mask].to(logits.device)
+                loss = torch.nn.functional.cross_entropy(logits, targets)
+                if online and cfg.target_em is not None:
+                    _track(last_ok, b, mask, logits.detach().argmax(-1) == targets)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                fresh_check = None
                 opt.step()
                 sched.step()
                 step += 1
@@ -248,10 +262,21 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
                 if step == 1:
                     first_loss = loss_val
                 em = None
-                if cfg.target_em is not None and (step % eval_every == 0 or step == total):
-                    em = check(step)
+                if cfg.target_em is not None:
+                    if online:
+                        running = sum(last_ok) / len(items)
+                        if step % batches_per_epoch == 0:
+                            running_history.append([step, round(running, 4)])
+                        if (running >= cfg.target_em and step >= confirm_after) or step == total:
+                            em = check(step)
+                            if em < cfg.target_em:
+                                confirm_after = step + batches_per_epoch
+                    elif step % eval_every == 0 or step == total:
+                        em = check(step)
                 elapsed = time.time() - train_t0
-                progress.update(step, loss_val, tokens_seen / max(elapsed - eval_s, 1e-9), em)
+                shown = em if em is not None else (sum(last_ok) / len(items) if online and cfg.target_em is not None
+                                                   else None)
+                progress.update(step, loss_val, tokens_seen / max(elapsed - eval_s, 1e-9), shown)
                 if on_step:
                     on_step({"step": step, "loss": loss_val, "tokens": tokens_seen, "em": em})
                 if em is not None and em >= cfg.target_em:
@@ -263,7 +288,8 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
     except KeyboardInterrupt:
         stopped = "interrupted"
 
-    final_em = sum(exact_match_items(host, items, pad_id, autocast, cache)) / len(items)
+    final_em = fresh_check if fresh_check is not None else (
+        sum(exact_match_items(host, items, pad_id, autocast, cache, share_prefix=share)) / len(items))
     if best["state"] is not None and best["em"] > final_em:
         with torch.no_grad():
             for p in params:
@@ -284,11 +310,13 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
         "stopped": stopped,
         "exact_match": final_em,
         "em_history": history,
+        "em_running": running_history,
         "first_loss": first_loss,
         "final_loss": loss_val,
         "n_params": sum(p.numel() for p in params),
         "precision": "bf16-autocast" if autocast is not contextlib.nullcontext else "fp32",
         "prefix_cache_layer": cache.layer if cache else 0,
+        "shared_prefix": share,
         "train_s": round(train_s, 2),
         "eval_s": round(eval_s, 2),
         "wall_s": round(time.time() - t_start, 2),
@@ -298,6 +326,19 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
     }
     path = save_adapter(host, adapter, out, record) if out is not None else None
     return WriteResult(path=path, record=record, model=host, adapter=adapter, rendered=items)
+
+
+def _track(last_ok: list[bool], b, mask: torch.Tensor, hit: torch.Tensor) -> None:
+    """Record, per fact of the batch, whether every answer position was right in this training pass."""
+    at_eval = b.eval_mask[mask]  # which supervised positions belong to the answer span
+    per_row = mask.sum(1).tolist()
+    hit = hit.cpu()
+    pos = 0
+    for row, i in enumerate(b.index):
+        n = per_row[row]
+        sel = at_eval[pos : pos + n]
+        last_ok[i] = bool(sel.any() and hit[pos : pos + n][sel].all())
+        pos += n
 
 
 def _full_logits(model, b) -> torch.Tensor:
