@@ -106,8 +106,8 @@ def test_paper_recipe_is_the_authors_settings():
 
 def test_shared_prefix_forward_equals_the_full_pass(tiny_base):
     """Running the batch's common prefix once gives the same logits and the same LoRA gradients."""
-    from loramem.forward import collate, logits_at, shared_prefix_len
     from loramem.formats import render
+    from loramem.forward import collate, logits_at, shared_prefix_len
     from loramem.writer import adapter_params, attach, lora_config
 
     facts = [e.example() for e in phonebook.generate(8, seed=5)]
@@ -137,7 +137,7 @@ def test_shared_prefix_forward_equals_the_full_pass(tiny_base):
         host.delete_adapter("wshare")
     assert full.shape == part.shape
     assert torch.allclose(full, part, atol=1e-4, rtol=1e-4)
-    for a, c in zip(g_full, g_part):
+    for a, c in zip(g_full, g_part, strict=True):
         assert torch.allclose(a, c, atol=1e-5 + 1e-3 * a.abs().max().item(), rtol=0)
 
 
