@@ -73,8 +73,11 @@ def main() -> None:
             route[kind] = statistics.median(times)
             print(f"route {kind:6s}: {route[kind]:.3f} ms/query median (p90 {sorted(times)[int(.9 * len(times))]:.3f}),"
                   f" router build {build:.0f} ms")
-        from loramem.bank.routing import route_many
+        from loramem.bank.routing import Embedder, route_many
 
+        encode = statistics.median([ms(lambda q=q: Embedder.encode([q])) for q in questions])
+        print(f"route embed split: query encoder (MiniLM, one question) {encode:.3f} ms + cosine top-k over "
+              f"{args.modules} keys {max(0.0, route['embed'] - encode):.3f} ms")
         batched = ms(lambda: route_many(s.router("embed"), questions, 3)) / len(questions)
         print(f"route embed batched ({len(questions)} questions per call): {batched:.3f} ms/query "
               f"(ratio {route['embed'] / batched:.1f}x vs one at a time)")

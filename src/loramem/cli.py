@@ -84,6 +84,8 @@ def write_cmd(
     loss: str | None = typer.Option(None, help="answer (default) or sequence"),
     format: str | None = typer.Option(None, "--format", help="plain, chat or chat-user"),
     target_em: float | None = typer.Option(None, help="stop once training exact match reaches this"),
+    eval_every: int | None = typer.Option(None, help="full exact-match check every N steps (default: when the "
+                                                        "free running estimate reaches the target)"),
     max_seconds: float | None = typer.Option(None),
     limit: int | None = typer.Option(None, help="use only the first N rows of the file"),
 ) -> None:
@@ -95,7 +97,7 @@ def write_cmd(
     cfg = _writer_config(recipe=recipe, rank=rank, alpha=alpha, rslora=rslora, targets=targets, layers=layers,
                          dropout=dropout, lr=lr, schedule=schedule, steps=steps, epochs=epochs,
                          batch_size=batch_size, seed=seed, loss=loss, format=format, target_em=target_em,
-                         max_seconds=max_seconds)
+                         eval_every=eval_every, max_seconds=max_seconds)
     if bank is not None or name is not None or partition is not None:
         from loramem.commands.bank import write_bank_cmd
 

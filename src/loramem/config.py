@@ -93,6 +93,13 @@ class WriterConfig(BaseModel):
             raise ValueError(f"batch size must be >= 1 (got {v})")
         return v
 
+    @field_validator("eval_every")
+    @classmethod
+    def _eval_every_positive(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"eval every must be >= 1 step (got {v}); leave it out for the running estimate")
+        return v
+
     @model_validator(mode="after")
     def _default_alpha(self) -> WriterConfig:
         if self.alpha is None:

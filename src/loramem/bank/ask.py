@@ -17,7 +17,7 @@ from pathlib import Path
 from loramem.bank.generate import generate_rows
 from loramem.bank.merging import merge_weights
 from loramem.bank.resident import Resident
-from loramem.bank.routing import Router, Scored, build_router
+from loramem.bank.routing import Router, Scored, build_router, route_many
 from loramem.bank.store import MANIFEST, MemoryBank
 from loramem.config import AskConfig, MergeConfig
 from loramem.errors import UserError
@@ -178,7 +178,7 @@ def ask_batch(questions: list[str], bank, base: str | None = None, route: str = 
     s = open_session(bank, base)
     router = s.router(route)
     t0 = time.perf_counter()
-    chosen = [router.route(q, 1)[0] for q in questions]
+    chosen = [scored[0] for scored in route_many(router, questions, 1)]  # one encoder pass for `embed`
     names: list[str] = []
     for c in chosen:
         names.append(s.resident.ensure(c.module, pinned=set(names)))

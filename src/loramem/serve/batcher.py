@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from loramem.bank.ask import Session, activate
 from loramem.bank.generate import BASE, generate_rows
+from loramem.bank.routing import route_many
 from loramem.config import MergeConfig
 from loramem.errors import UserError
 
@@ -81,7 +82,7 @@ class Batcher:
                 if not j.future.done():
                     j.future.set_exception(exc)
 
-    def _choose(self, job: Job):
+    def _choose(self, job: Job, routed: dict[int, list] | None = None):
         mods = self.session.modules()
         if not mods:
             raise UserError("the bank has no modules yet; write one with `loramem write FILE --bank DIR --name N`")
@@ -90,19 +91,35 @@ class Batcher:
             if not match:
                 raise UserError(f"no module '{job.module}' in the bank; GET /v1/models lists them")
             return match[0], [{"name": match[0].name, "version": match[0].version, "score": 1.0}]
-        scored = self.session.router(job.route).route(job.question, job.top_k)
+        scored = (routed or {}).get(id(job)) or self.session.router(job.route).route(job.question, job.top_k)
         return scored[0].module, [s.to_json() for s in scored]
+
+    def _route_together(self, jobs: list[Job]) -> dict[int, list]:
+        """Route the batch's routed requests with one call per (router, k): one encoder pass for `embed`."""
+        groups: dict[tuple[str, int], list[Job]] = {}
+        for j in jobs:
+            if j.mode != "base" and j.module is None:
+                groups.setdefault((j.route, j.top_k), []).append(j)
+        out: dict[int, list] = {}
+        if not groups or not self.session.modules():
+            return out
+        for (kind, k), group in groups.items():
+            for j, scored in zip(group, route_many(self.session.router(kind), [j.question for j in group], k),
+                                 strict=True):
+                out[id(j)] = scored
+        return out
 
     def _batch(self, jobs: list[Job]) -> list[dict]:
         """Top-1 (or forced) module per request, all decoded in one mixed-adapter batch."""
         t0 = time.perf_counter()
         names, chosen, fmt = [], [], "plain"
+        routed = self._route_together(jobs)
         for j in jobs:
             if j.mode == "base":
                 names.append(BASE)
                 chosen.append([])
                 continue
-            module, info = self._choose(j)
+            module, info = self._choose(j, routed)
             names.append(self.session.resident.ensure(module, pinned=set(names)))
             chosen.append(info)
             fmt = module.format
