@@ -105,3 +105,18 @@ def test_batched_embed_routing_matches_one_at_a_time(bank):
         one = router.route(q, 2)
         assert [s.module.name for s in got] == [s.module.name for s in one]
         assert [s.score for s in got] == pytest.approx([s.score for s in one], abs=1e-5)
+
+
+def test_batched_lora_routing_matches_one_at_a_time(bank, tiny_base):
+    """Many questions x every candidate in one mixed-adapter batch give the ranking of one question at a time."""
+    from loramem.bank.routing import route_many
+
+    res = Resident(bank, tiny_base)
+    router = build_router("lora", bank.list(), resident=res)
+    qs = [q for q, _ in gold_pairs()][:6]
+    many = route_many(router, qs, 3)
+    for q, got in zip(qs, many, strict=True):
+        one = router.route(q, 3)
+        assert [s.module.name for s in got] == [s.module.name for s in one]
+        assert [s.score for s in got] == pytest.approx([s.score for s in one], abs=1e-3)
+    res.clear()

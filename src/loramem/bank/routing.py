@@ -170,6 +170,29 @@ class LoraRouter:
                                  pool[0].format, self.max_new_tokens)
         return _top(pool, np.asarray(conf), k)
 
+    def route_many(self, questions: list[str], k: int = 1, rows_per_batch: int = 64) -> list[list[Scored]]:
+        """Many questions x their candidates in few mixed-adapter batches (the scores of `route`, up to padding
+        round-off)."""
+        from loramem.bank.generate import generate_rows
+
+        pools = [self.modules if self.pre is None else [s.module for s in self.pre.route(q, self.candidates)]
+                 for q in questions]
+        jobs = [(qi, m) for qi, pool in enumerate(pools) for m in pool]
+        conf: list[float] = []
+        for lo in range(0, len(jobs), rows_per_batch):
+            chunk = jobs[lo : lo + rows_per_batch]
+            names: list[str] = []
+            for _, m in chunk:  # every module of the batch stays resident while it runs
+                names.append(self.resident.ensure(m, pinned=set(names)))
+            rows = generate_rows(self.resident.host, self.resident.base, [questions[qi] for qi, _ in chunk], names,
+                                 chunk[0][1].format, self.max_new_tokens)
+            conf.extend(r.mean_logprob for r in rows)
+        out, pos = [], 0
+        for pool in pools:
+            out.append(_top(pool, np.asarray(conf[pos : pos + len(pool)]), k))
+            pos += len(pool)
+        return out
+
 
 def route_many(router: Router, questions: list[str], k: int = 1) -> list[list[Scored]]:
     """Route many questions: batched where the router can (embed), else one by one."""

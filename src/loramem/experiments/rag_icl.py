@@ -27,7 +27,7 @@ TIE = 0.02  # score differences this small are ties (a question or two at smoke 
 
 SCALES: dict[str, dict] = {
     "smoke": {"benchmarks": ["phonebook", "counterfact", "paperqa"], "entries": 16, "questions": 8, "edits": 40,
-              "papers": 1, "level": 1, "chunk_modules": 3, "method": "bm25",
+              "papers": 1, "level": 1, "chunk_modules": 0, "method": "bm25",
               "writer": {"targets": "all-linear", "layers": "26-29", "rank": 8, "lr": 5e-3, "batch_size": 8}},
     "cpu": {"benchmarks": ["phonebook", "counterfact", "paperqa"], "entries": 60, "questions": 30, "edits": 106,
             "papers": 3, "level": None, "chunk_modules": 4, "method": "hybrid",

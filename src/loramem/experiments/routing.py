@@ -33,8 +33,8 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     router = build_router(cell["router"], s.parts, resident=s.resident, candidates=len(s.parts))
     qs = questions(s)
     t0 = time.perf_counter()
-    picked = [s.parts.index(router.route(q, 1)[0].module) for q in qs[:8]]  # one at a time: latency
-    route_ms = (time.perf_counter() - t0) * 1000 / len(picked)
+    timed = [s.parts.index(router.route(q, 1)[0].module) for q in qs[:8]]  # one at a time: latency
+    route_ms = (time.perf_counter() - t0) * 1000 / len(timed)
     picked = [s.parts.index(r[0].module) for r in route_many(router, qs, 1)]
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(picked):
