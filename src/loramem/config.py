@@ -68,7 +68,8 @@ class WriterConfig(BaseModel):
     fast: bool = Field(True, description="logits at supervised positions only, length-grouped batches")
     prefix_cache: bool = Field(True, description="cache frozen layers below the lowest LoRA layer (fast path)")
     target_em: float | None = Field(1.0, description="stop when training-fact exact match reaches this; None: never")
-    eval_every: int | None = Field(None, description="steps between exact-match checks; default once per epoch")
+    eval_every: int | None = Field(None, description="steps between full exact-match checks; default: when the "
+                                   "running estimate from training passes reaches target_em (and every 10 epochs)")
     max_seconds: float | None = None
     progress: bool = True
 

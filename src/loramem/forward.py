@@ -103,8 +103,9 @@ def shared_prefix_len(batch: Batch, mask: torch.Tensor) -> int:
     same = ((ids == ids[:1]).all(0) & (att == 1).all(0)).long()
     P = int(same.cumprod(0).sum())
     wanted = mask.any(0)
-    if wanted.any():
-        P = min(P, int(wanted.long().argmax()))
+    if not wanted.any():
+        return 0
+    P = min(P, int(wanted.long().argmax()))
     return P if (B - 1) * P >= MIN_SHARED_SAVING else 0
 
 
@@ -186,6 +187,12 @@ class PrefixCache:
         return out
 
 
+def _low_precision(model, autocast) -> bool:
+    """bf16/fp16 weights or autocast: compare with a tolerance of a few low-precision rounding steps."""
+    return next(_inner(model).parameters()).dtype in (torch.bfloat16, torch.float16) or (
+        autocast is not contextlib.nullcontext)
+
+
 def shared_prefix_ok(model, items: Sequence[Rendered], pad_id: int, autocast, loss: str = "answer") -> bool:
     """Check on a real batch that running the shared prefix once reproduces the full forward pass."""
     idx = list(range(min(8, len(items))))
@@ -200,7 +207,7 @@ def shared_prefix_ok(model, items: Sequence[Rendered], pad_id: int, autocast, lo
     except Exception as exc:  # an architecture whose decoder takes no key/value cache this way
         log.info("shared prefix disabled: %s", exc)
         return False
-    tol = 5e-2 if full.dtype == torch.bfloat16 else 2e-3
+    tol = 5e-2 if _low_precision(model, autocast) else 2e-3
     same = full.shape == part.shape and torch.allclose(full, part, atol=tol * max(1.0, full.abs().max().item()) / 10,
                                                        rtol=0)
     if not same:
@@ -222,7 +229,7 @@ def prefix_cache_ok(model, items: Sequence[Rendered], layer: int, pad_id: int, a
     except Exception as exc:  # an architecture whose decoder cannot start mid-stack
         log.info("prefix cache disabled: %s", exc)
         return False
-    tol = 5e-2 if full.dtype == torch.bfloat16 else 2e-3
+    tol = 5e-2 if _low_precision(model, autocast) else 2e-3
     same = torch.allclose(full, part, atol=tol * max(1.0, full.abs().max().item()) / 10, rtol=0)
     if not same:
         log.info("prefix cache disabled: partial forward differs from the full one")

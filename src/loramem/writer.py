@@ -33,6 +33,7 @@ from loramem.forward import PrefixCache, collate, length_batches, logits_at, pre
 from loramem.models import Base, bf16_supported
 
 RECORD_FILE = "loramem.json"
+RECHECK_EPOCHS = 10  # with the running estimate, still a full check (and best-state snapshot) this often
 
 
 @dataclass
@@ -199,11 +200,15 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
     start_layer = lowest_layer(cfg, base) if (cfg.fast and cfg.prefix_cache) else 0
     if start_layer > 0 and prefix_cache_ok(host, items, start_layer, pad_id, autocast):
         cache = PrefixCache(host, items, start_layer, pad_id, autocast)
-    share = bool(cfg.fast and cache is None and shared_prefix_ok(host, items, pad_id, autocast, cfg.loss))
+    # with LoRA dropout the rows of a batch would share one dropout mask over the prefix: exact only without it
+    share = bool(cfg.fast and cache is None and cfg.dropout == 0
+                 and shared_prefix_ok(host, items, pad_id, autocast, cfg.loss))
 
     batches_per_epoch = math.ceil(len(items) / cfg.batch_size)
     total = cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * batches_per_epoch))
-    online = cfg.eval_every is None  # exact match tracked from the training passes, confirmed by a full check
+    # exact match tracked from the training passes, confirmed by a full check; with dropout the training passes are
+    # noisy, so dropout falls back to a full check every epoch
+    online = cfg.eval_every is None and cfg.dropout == 0
     eval_every = cfg.eval_every or batches_per_epoch
     last_ok = [False] * len(items)  # per fact: all answer tokens right on its last training pass
     confirm_after = 0  # after a failed confirmation, wait a full epoch of visits before the next
@@ -267,7 +272,8 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
                         running = sum(last_ok) / len(items)
                         if step % batches_per_epoch == 0:
                             running_history.append([step, round(running, 4)])
-                        if (running >= cfg.target_em and step >= confirm_after) or step == total:
+                        due = step - (history[-1][0] if history else 0) >= RECHECK_EPOCHS * batches_per_epoch
+                        if (running >= cfg.target_em and step >= confirm_after) or step == total or due:
                             em = check(step)
                             if em < cfg.target_em:
                                 confirm_after = step + batches_per_epoch

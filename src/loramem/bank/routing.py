@@ -175,18 +175,24 @@ class LoraRouter:
         round-off)."""
         from loramem.bank.generate import generate_rows
 
-        pools = [self.modules if self.pre is None else [s.module for s in self.pre.route(q, self.candidates)]
-                 for q in questions]
-        jobs = [(qi, m) for qi, pool in enumerate(pools) for m in pool]
-        conf: list[float] = []
-        for lo in range(0, len(jobs), rows_per_batch):
-            chunk = jobs[lo : lo + rows_per_batch]
-            names: list[str] = []
-            for _, m in chunk:  # every module of the batch stays resident while it runs
-                names.append(self.resident.ensure(m, pinned=set(names)))
-            rows = generate_rows(self.resident.host, self.resident.base, [questions[qi] for qi, _ in chunk], names,
-                                 chunk[0][1].format, self.max_new_tokens)
-            conf.extend(r.mean_logprob for r in rows)
+        if self.pre is None:
+            pools = [self.modules] * len(questions)
+        else:
+            pools = [[s.module for s in got] for got in route_many(self.pre, questions, self.candidates)]
+        # one prompt format per question, as `route` does (its pool's first module)
+        jobs = [(qi, m, pool[0].format) for qi, pool in enumerate(pools) for m in pool]
+        conf = [0.0] * len(jobs)
+        for fmt in dict.fromkeys(f for _, _, f in jobs):
+            rows_of = [j for j, job in enumerate(jobs) if job[2] == fmt]
+            for lo in range(0, len(rows_of), rows_per_batch):
+                chunk = rows_of[lo : lo + rows_per_batch]
+                names: list[str] = []
+                for j in chunk:  # every module of the batch stays resident while it runs
+                    names.append(self.resident.ensure(jobs[j][1], pinned=set(names)))
+                rows = generate_rows(self.resident.host, self.resident.base, [questions[jobs[j][0]] for j in chunk],
+                                     names, fmt, self.max_new_tokens)
+                for j, r in zip(chunk, rows, strict=True):
+                    conf[j] = r.mean_logprob
         out, pos = [], 0
         for pool in pools:
             out.append(_top(pool, np.asarray(conf[pos : pos + len(pool)]), k))
