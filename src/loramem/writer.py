@@ -294,8 +294,10 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
     except KeyboardInterrupt:
         stopped = "interrupted"
 
+    t_final = time.time()
     final_em = fresh_check if fresh_check is not None else (
         sum(exact_match_items(host, items, pad_id, autocast, cache, share_prefix=share)) / len(items))
+    eval_s += time.time() - t_final  # tokens/s below counts training time only
     if best["state"] is not None and best["em"] > final_em:
         with torch.no_grad():
             for p in params:
