@@ -97,7 +97,7 @@ def _generate_em(model, tok, examples) -> float:
     for k in range(0, len(examples), 16):
         chunk = examples[k:k + 16]
         enc = tok([e.prompt for e in chunk], return_tensors="pt", padding=True)
-        gen = model.generate(**enc, max_new_tokens=12, do_sample=False, eos_token_id=tok.eos_token_id,
+        gen = model.generate(**enc, max_new_tokens=24, do_sample=False, eos_token_id=tok.eos_token_id,
                              pad_token_id=tok.pad_token_id)
         for row, e in enumerate(chunk):
             text = tok.decode(gen[row, enc.input_ids.shape[1]:], skip_special_tokens=True).split("\n")[0]
