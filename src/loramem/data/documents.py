@@ -89,7 +89,7 @@ def load_questions(path: str | Path) -> list[Question]:
     """The questions of every document in a file (PaperQA JSON, JSONL documents, or JSONL question rows)."""
     p = Path(path)
     if p.suffix.lower() == ".jsonl" and p.is_file():
-        rows = _jsonl_rows(p)
+        rows = jsonl_rows(p)
         if rows and "question" in rows[0][1] and "text" not in rows[0][1]:
             return [_row_question(row, f"{p}:{n}") for n, row in rows]
     docs = load_documents(p)
@@ -113,7 +113,8 @@ def _text_file(p: Path) -> Document:
     return Document(id=p.stem, title=title, text=text, source=str(p))
 
 
-def _jsonl_rows(p: Path) -> list[tuple[int, dict]]:
+def jsonl_rows(p: Path) -> list[tuple[int, dict]]:
+    """(line number, object) per non-empty line of a JSONL file; a clear error for bad JSON or no rows."""
     rows = []
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -143,7 +144,7 @@ def _row_question(row: dict, where: str, doc: str = "") -> Question:
 
 def _jsonl(p: Path) -> list[Document]:
     docs = []
-    for n, row in _jsonl_rows(p):
+    for n, row in jsonl_rows(p):
         text = row.get("text") or row.get("introduction")
         if not isinstance(text, str) or not text.strip():
             raise UserError(f"{p}:{n}: a document row needs non-empty 'text' (has {sorted(row)})")

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from loramem.data import phonebook
@@ -39,17 +38,6 @@ def row_to_example(row: dict, where: str = "") -> Example:
 
 
 def _read_jsonl(p: Path) -> list[Example]:
-    out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{p}:{n}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{p}:{n}: each line must be a JSON object")
-        out.append(row_to_example(row, f"{p}:{n}"))
-    if not out:
-        raise UserError(f"{p} has no rows")
-    return out
+    from loramem.data.documents import jsonl_rows
+
+    return [row_to_example(row, f"{p}:{n}") for n, row in jsonl_rows(p)]
