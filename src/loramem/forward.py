@@ -193,6 +193,13 @@ def _low_precision(model, autocast) -> bool:
         autocast is not contextlib.nullcontext)
 
 
+def _same_logits(model, autocast, full: torch.Tensor, part: torch.Tensor) -> bool:
+    """Do a shortcut's logits match the full pass, within a few rounding steps of the compute precision?"""
+    tol = 5e-2 if _low_precision(model, autocast) else 2e-3
+    return full.shape == part.shape and bool(
+        torch.allclose(full, part, atol=tol * max(1.0, full.abs().max().item()) / 10, rtol=0))
+
+
 def shared_prefix_ok(model, items: Sequence[Rendered], pad_id: int, autocast, loss: str = "answer") -> bool:
     """Check on a real batch that running the shared prefix once reproduces the full forward pass."""
     idx = list(range(min(8, len(items))))
@@ -207,12 +214,10 @@ def shared_prefix_ok(model, items: Sequence[Rendered], pad_id: int, autocast, lo
     except Exception as exc:  # an architecture whose decoder takes no key/value cache this way
         log.info("shared prefix disabled: %s", exc)
         return False
-    tol = 5e-2 if _low_precision(model, autocast) else 2e-3
-    same = full.shape == part.shape and torch.allclose(full, part, atol=tol * max(1.0, full.abs().max().item()) / 10,
-                                                       rtol=0)
+    same = _same_logits(model, autocast, full, part)
     if not same:
         log.info("shared prefix disabled: it differs from the full forward pass")
-    return bool(same)
+    return same
 
 
 def prefix_cache_ok(model, items: Sequence[Rendered], layer: int, pad_id: int, autocast) -> bool:
@@ -229,8 +234,7 @@ def prefix_cache_ok(model, items: Sequence[Rendered], layer: int, pad_id: int, a
     except Exception as exc:  # an architecture whose decoder cannot start mid-stack
         log.info("prefix cache disabled: %s", exc)
         return False
-    tol = 5e-2 if _low_precision(model, autocast) else 2e-3
-    same = torch.allclose(full, part, atol=tol * max(1.0, full.abs().max().item()) / 10, rtol=0)
+    same = _same_logits(model, autocast, full, part)
     if not same:
         log.info("prefix cache disabled: partial forward differs from the full one")
-    return bool(same)
+    return same
