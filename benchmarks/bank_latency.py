@@ -1,7 +1,7 @@
 """Bank latency on a bank of many tiny modules (tiny-random base): routing per query, module switch, merge per
 method, and `ask` with and without a cached merge.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bank_latency.py [--modules 1000] [--queries 200]
+    PYTHONPATH=src python benchmarks/bank_latency.py [--modules 1000] [--queries 200]
 
 The modules share one trained adapter's weights (written once, added N times under different names and key
 texts): routing and switching costs do not depend on the weights. Ends with `route_ms_per_query: X` (embed).
@@ -74,10 +74,16 @@ def main() -> None:
             print(f"route {kind:6s}: {route[kind]:.3f} ms/query median (p90 {sorted(times)[int(.9 * len(times))]:.3f}),"
                   f" router build {build:.0f} ms")
         from loramem.bank.routing import Embedder, route_many
+        from loramem.embeddings import encoder, query_session
 
         encode = statistics.median([ms(lambda q=q: Embedder.encode([q])) for q in questions])
-        print(f"route embed split: query encoder (MiniLM, one question) {encode:.3f} ms + cosine top-k over "
-              f"{args.modules} keys {max(0.0, route['embed'] - encode):.3f} ms")
+        engine = "ONNX Runtime" if query_session() is not None else "PyTorch"
+        print(f"route embed split: query encoder (MiniLM via {engine}, one question) {encode:.3f} ms + cosine top-k "
+              f"over {args.modules} keys {max(0.0, route['embed'] - encode):.3f} ms")
+        torch_ms = statistics.median([ms(lambda q=q: encoder().encode([q], normalize_embeddings=True))
+                                      for q in questions])
+        print(f"query encoder side by side: PyTorch (sentence-transformers) {torch_ms:.3f} ms, {engine} "
+              f"{encode:.3f} ms (ratio {torch_ms / encode:.2f}x)")
         batched = ms(lambda: route_many(s.router("embed"), questions, 3)) / len(questions)
         print(f"route embed batched ({len(questions)} questions per call): {batched:.3f} ms/query "
               f"(ratio {route['embed'] / batched:.1f}x vs one at a time)")

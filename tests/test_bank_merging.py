@@ -61,6 +61,11 @@ def test_cat_is_exactly_the_sum_of_the_updates(bank, res):
     assert torch.allclose(logits(res.host, merged), both, atol=1e-5)
     linear, _ = res.merged([a, b], [1.0, 1.0], MergeConfig(method="linear"))
     assert not torch.allclose(logits(res.host, linear), both, atol=1e-4)  # PEFT linear has cross terms
+    # svd keeping every singular value (rank 4 + 4) is the sum too: the reduced SVD loses nothing
+    full_svd, _ = res.merged([a, b], [1.0, 1.0], MergeConfig(method="svd", svd_rank=8))
+    assert torch.allclose(logits(res.host, full_svd), both, atol=1e-4)
+    low_svd, _ = res.merged([a, b], [1.0, 1.0], MergeConfig(method="svd"))  # rank 4: truncated
+    assert not torch.allclose(logits(res.host, low_svd), both, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", MERGES)

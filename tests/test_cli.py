@@ -42,6 +42,14 @@ def test_unknown_model(tmp_path):
                     "unknown model", "loramem models")
 
 
+def test_models_lists_and_prepares(tmp_path):
+    listed = run_cli("models")
+    assert listed.returncode == 0 and "smollm2-135m" in listed.stdout and "tiny-random" in listed.stdout
+    ready = run_cli("models", "--prepare", "tiny-random")
+    assert ready.returncode == 0 and "tiny-random: ready (2 layers" in ready.stdout, ready.stderr
+    _one_line_error(run_cli("models", "--prepare", "no-such-model"), "unknown model")
+
+
 def test_bad_bench_arguments(tmp_path):
     _one_line_error(run_cli("bench", "capacity", "--model", "tiny-random", "--ranks", "1,x", "--out", str(tmp_path)),
                     "--ranks")

@@ -80,3 +80,23 @@ def test_modes_say_what_they_need(setup):
         answer(QUESTION, base, "icl")
     with pytest.raises(UserError, match="unknown mode"):
         answer(QUESTION, base, "lora+everything")
+
+
+def test_answer_many_batches_give_the_answers_of_one_at_a_time(setup):
+    base, host, index = setup
+    cfg = AnswerConfig(max_new_tokens=6)
+    qs = [QUESTION, "Who sat on the mat", "What is Bob Jones's phone number at the office", "Anna", QUESTION]
+    for mode in ("lora", "base", "rag", "lora+icl"):
+        one = [answer(q, base, mode, host=host, index=index, cfg=cfg) for q in qs]
+        many = answer_many(qs, base, mode, host=host, index=index, cfg=cfg, batch_size=3)
+        keys = ("answer", "prompt_tokens", "context_tokens", "generated_tokens", "truncated_tokens", "retrieved")
+        assert [{k: r[k] for k in keys} for r in many] == [{k: r[k] for k in keys} for r in one], mode
+        assert sorted(r["batch"] for r in many) == [2, 2, 3, 3, 3] and all(r["latency_ms"] > 0 for r in many)
+    # each question may bring its own documents (icl over its own paper)
+    own = answer_many(["Anna", "Bob"], base, "icl", documents_each=[{"a": DOCS["anna"]}, {"b": DOCS["bob"]}],
+                      cfg=cfg)
+    for r, q, d in zip(own, ["Anna", "Bob"], [{"a": DOCS["anna"]}, {"b": DOCS["bob"]}], strict=True):
+        solo = answer(q, base, "icl", documents=d, cfg=cfg)
+        assert (r["prompt_tokens"], r["answer"]) == (solo["prompt_tokens"], solo["answer"])
+    with pytest.raises(UserError, match="unknown mode"):
+        answer_many(qs, base, "lora+everything")

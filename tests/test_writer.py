@@ -104,6 +104,28 @@ def test_paper_recipe_is_the_authors_settings():
     assert cfg.target_em is None
 
 
+def test_hidden_before_stops_at_the_layer_and_matches_the_full_pass(tiny_base):
+    """The prefix cache's states: the input of layer L from the lower layers alone, as a full pass records it."""
+    from loramem.formats import render
+    from loramem.forward import collate, hidden_before
+
+    items = [render(e.example(), tiny_base.tokenizer, "plain") for e in phonebook.generate(3, seed=2)]
+    b = collate(items, [0, 1, 2], tiny_base.tokenizer.pad_token_id)  # different lengths: padded rows
+    decoder = tiny_base.model.get_decoder()
+    with torch.no_grad():
+        full = decoder(input_ids=b.input_ids, attention_mask=b.attention_mask, output_hidden_states=True)
+    ran = []
+    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in enumerate(decoder.layers)]
+    try:
+        h = hidden_before(tiny_base.model, b, 1)
+    finally:
+        for x in hooks:
+            x.remove()
+    assert ran == [0]  # layer 1 and above never ran
+    assert torch.allclose(h, full.hidden_states[1], atol=1e-6)
+    assert torch.allclose(hidden_before(tiny_base.model, b, 0), full.hidden_states[0])
+
+
 def test_shared_prefix_forward_equals_the_full_pass(tiny_base):
     """Running the batch's common prefix once gives the same logits and the same LoRA gradients."""
     from loramem.formats import render

@@ -33,10 +33,23 @@ def _writer_config(**kw):
 
 
 @app.command("models")
-def models_cmd() -> None:
+def models_cmd(
+    prepare: str | None = typer.Option(None, help="load this model once so its cache is ready (the embedded model "
+                                                  "is converted from GGUF to safetensors; `make setup` does this)"),
+) -> None:
     """List the built-in base models (any Hugging Face id or local folder works too)."""
     from loramem.models import list_models
 
+    if prepare is not None:
+        import time
+
+        from loramem.models import load_base
+
+        t0 = time.time()
+        base = load_base(prepare)
+        print(f"{prepare}: ready ({base.n_layers} layers, fingerprint {base.fingerprint[:12]}, "
+              f"{time.time() - t0:.1f} s)")
+        return
     for name, what in list_models().items():
         print(f"{name:14s} {what}")
 

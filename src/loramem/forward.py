@@ -155,14 +155,35 @@ def _layers_from(decoder, start: int) -> Iterator[None]:
         decoder.layers = layers
 
 
+class _Reached(Exception):
+    """Raised by a pre-hook once the wanted layer's input is captured: the layers above it never run."""
+
+
 @torch.no_grad()
 def hidden_before(model, batch: Batch, layer: int) -> torch.Tensor:
-    """Hidden states entering decoder layer `layer` (the input of that layer), [B, T, H]."""
+    """Hidden states entering decoder layer `layer` (the input of that layer), [B, T, H]. Only the layers below
+    it run: a pre-hook on that layer takes its input and stops the forward pass there."""
     lm = _inner(model)
     dev = next(lm.parameters()).device
-    out = lm.get_decoder()(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
-                           output_hidden_states=True, use_cache=False)
-    return out.hidden_states[layer].detach()
+    decoder = lm.get_decoder()
+    ids, att = batch.input_ids.to(dev), batch.attention_mask.to(dev)
+    if not 0 < layer < len(decoder.layers):
+        out = decoder(input_ids=ids, attention_mask=att, output_hidden_states=True, use_cache=False)
+        return out.hidden_states[layer].detach()
+    got: dict[str, torch.Tensor] = {}
+
+    def take(module, args, kwargs):
+        got["h"] = (args[0] if args else kwargs["hidden_states"]).detach()
+        raise _Reached
+
+    handle = decoder.layers[layer].register_forward_pre_hook(take, with_kwargs=True)
+    try:
+        decoder(input_ids=ids, attention_mask=att, use_cache=False)
+    except _Reached:
+        pass
+    finally:
+        handle.remove()
+    return got["h"]
 
 
 class PrefixCache:
@@ -224,7 +245,8 @@ def prefix_cache_ok(model, items: Sequence[Rendered], layer: int, pad_id: int, a
     """Check on a real batch that starting at `layer` from cached states reproduces the full forward pass."""
     if layer <= 0 or not hasattr(_inner(model).get_decoder(), "layers"):
         return False
-    idx = list(range(min(4, len(items))))
+    # the three shortest rows (padding included when their lengths differ): cheap, and the check is per position
+    idx = sorted(range(len(items)), key=lambda i: len(items[i].ids))[:3]
     b = collate(items, idx, pad_id)
     try:
         with torch.no_grad(), autocast():

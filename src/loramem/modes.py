@@ -183,9 +183,79 @@ def answer(question: str, base: Base, mode: str = "base", host=None, index=None,
             "retrieved": retrieved}
 
 
-def answer_many(questions: Sequence[str], base: Base, mode: str = "base", **kw) -> list[dict]:
-    """`answer` for each question (same options)."""
-    return [answer(q, base, mode, **kw) for q in questions]
+def _cut_line(new: list[int], newlines: set[int], eos: int | None) -> list[int]:
+    """A batch row's new tokens up to where `generate_ids` would have stopped (end of the first text line or
+    end-of-sequence, that token included); what follows is padding after the row finished."""
+    seen_text = False
+    for j, t in enumerate(new):
+        if t == eos:
+            return new[: j + 1]
+        if t in newlines:
+            if seen_text:
+                return new[: j + 1]
+        else:
+            seen_text = True
+    return new
+
+
+@torch.no_grad()
+def answer_many(questions: Sequence[str], base: Base, mode: str = "base", host=None, index=None, documents=None,
+                cfg: AnswerConfig | None = None, k: int | None = None, method: str | None = None,
+                batch_size: int = 8, documents_each: Sequence | None = None) -> list[dict]:
+    """`answer` for many questions in one mode, generated in left-padded batches of up to `batch_size` prompts
+    of similar length (greedy, same stop rule). Rows are those of `answer`; latency_ms is the batch's wall time
+    divided among its questions (the cost per question when answering in bulk), `batch` the batch's size.
+    `documents_each[i]` replaces `documents` for question i (e.g. icl over each question's own paper)."""
+    from transformers import StoppingCriteriaList
+
+    if mode not in MODES:
+        raise UserError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
+    if batch_size < 1:
+        raise UserError("batch_size must be 1 or more")
+    cfg = cfg or AnswerConfig()
+    tok = base.tokenizer
+    rows: list[dict] = []
+    t_prep = time.perf_counter()
+    for i, q in enumerate(questions):
+        docs = documents_each[i] if documents_each is not None else documents
+        context, retrieved = gather_context(q, mode, index, docs, k, method)
+        ids, cut = build_prompt(q, context, base, cfg, mode)
+        rows.append({"question": q, "ids": ids, "cut": cut, "retrieved": retrieved})
+    prep_ms = (time.perf_counter() - t_prep) * 1000 / max(1, len(rows))
+    model, memory = _memory(mode, base, host)
+    model.eval()
+    newlines = newline_ids(tok)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["ids"]))
+    bare = {}
+    out: list[dict | None] = [None] * len(rows)
+    with memory:
+        for s in range(0, len(order), batch_size):
+            idx = order[s: s + batch_size]
+            t0 = time.perf_counter()
+            T = max(len(rows[i]["ids"]) for i in idx)
+            ids = torch.full((len(idx), T), pad, dtype=torch.long)
+            att = torch.zeros((len(idx), T), dtype=torch.long)
+            for r, i in enumerate(idx):  # left padding: every prompt ends at column T
+                p = rows[i]["ids"]
+                ids[r, T - len(p):] = torch.tensor(p)
+                att[r, T - len(p):] = 1
+            stop = StoppingCriteriaList([_EndOfLine(T, newlines, base.device)])
+            gen = model.generate(input_ids=ids.to(base.device), attention_mask=att.to(base.device),
+                                 max_new_tokens=cfg.max_new_tokens, do_sample=False, pad_token_id=pad,
+                                 eos_token_id=tok.eos_token_id, stopping_criteria=stop)
+            each_ms = (time.perf_counter() - t0) * 1000 / len(idx) + prep_ms
+            for r, i in enumerate(idx):
+                row = rows[i]
+                new = _cut_line(gen[r, T:].tolist(), set(newlines), tok.eos_token_id)
+                text = tok.decode(new, skip_special_tokens=True).strip().split("\n")[0].strip()
+                if row["question"] not in bare:
+                    bare[row["question"]] = len(build_prompt(row["question"], [], base, cfg)[0])
+                out[i] = {"answer": text, "mode": mode, "question": row["question"], "prompt_tokens": len(row["ids"]),
+                          "context_tokens": len(row["ids"]) - bare[row["question"]], "generated_tokens": len(new),
+                          "latency_ms": round(each_ms, 2), "truncated_tokens": row["cut"],
+                          "retrieved": row["retrieved"], "batch": len(idx)}
+    return out  # type: ignore[return-value]
 
 
 def answer_choice(question: str, options: Sequence[str], base: Base, mode: str = "base", host=None, index=None,

@@ -69,8 +69,12 @@ def merge_adapters(host, adapters: list[str], weights: list[float], name: str, c
         kwargs["density"] = cfg.density
     if method in _CONSENSUS:
         kwargs["majority_sign_method"] = cfg.majority_sign
-    if method == "svd" and cfg.svd_rank:
-        kwargs["svd_rank"] = cfg.svd_rank
+    if method == "svd":
+        # the reduced SVD has the same leading singular vectors; the full one also builds square U and V^T
+        # (d x d each), which made an svd merge several times slower than any other method
+        kwargs["svd_full_matrices"] = False
+        if cfg.svd_rank:
+            kwargs["svd_rank"] = cfg.svd_rank
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # DARE drops at random: the same merge must give the same adapter
         host.add_weighted_adapter(adapters, weights, name, **kwargs)

@@ -25,6 +25,8 @@ WRITERS: dict[str, dict] = {
 }
 PAPERS = {"smoke": 1, "cpu": 4, "paper": 10}  # smoke: 1 paper keeps each bench near 15 min on 2 busy cores
 QUESTIONS = {"smoke": 6, "cpu": 30, "paper": 30}
+# longest generated answer: PaperQA's gold answers are a phrase or a sentence; smoke cuts decoding a third shorter
+ANSWER_TOKENS = {"smoke": 32, "cpu": 48, "paper": 48}
 
 
 def paperqa_file(opts: RecipeOptions) -> Path:
@@ -92,7 +94,11 @@ def scores(result: dict) -> dict:
     return out
 
 
-def score_base(base, doc: Document, judge) -> dict:
+def answer_tokens(opts: RecipeOptions) -> int:
+    return int(opts.params.get("answer_tokens") or ANSWER_TOKENS[opts.scale])
+
+
+def score_base(base, doc: Document, judge, new_tokens: int = 48) -> dict:
     """Scores of the base model alone (no module), closed-book."""
     import contextlib
 
@@ -102,11 +108,12 @@ def score_base(base, doc: Document, judge) -> dict:
     # with no adapter left on the wrapper, the wrapped model already answers as the base model
     ctx = host.disable_adapter() if host is not None and host.peft_config else contextlib.nullcontext()
     with ctx:
-        res = evaluate_questions(base.model, base, doc.questions, "plain", METRICS, judge, max_new_tokens=48)
+        res = evaluate_questions(base.model, base, doc.questions, "plain", METRICS, judge, max_new_tokens=new_tokens)
     return scores(res)
 
 
-def write_and_score(base, doc: Document, rows: list[dict], cfg: WriterConfig, judge, adapter: str = "docqa") -> dict:
+def write_and_score(base, doc: Document, rows: list[dict], cfg: WriterConfig, judge, adapter: str = "docqa",
+                    new_tokens: int = 48) -> dict:
     """Train a module on `rows`, answer the document's questions with it, score; the adapter is deleted after."""
     from loramem.data.examples import row_to_example
     from loramem.evaluate import evaluate_questions
@@ -114,13 +121,13 @@ def write_and_score(base, doc: Document, rows: list[dict], cfg: WriterConfig, ju
 
     res = write_module([row_to_example(r) for r in rows], base, cfg, adapter=adapter)
     try:
-        ev = evaluate_questions(res.model, base, doc.questions, "plain", METRICS, judge, max_new_tokens=48)
+        ev = evaluate_questions(res.model, base, doc.questions, "plain", METRICS, judge, max_new_tokens=new_tokens)
     finally:
         res.model.delete_adapter(adapter)
     rec = res.record
     return {**scores(ev), "train_tokens": rec["knowledge_tokens"], "tokens_seen": rec["tokens_seen"],
             "steps": rec["steps"], "n_params": rec["n_params"], "train_s": rec["train_s"],
-            "rows": len(rows), "layers": cfg.layers, "rank": cfg.rank, "lr": cfg.lr,
+            "rows": len(rows), "layers": cfg.layers, "rank": cfg.rank, "lr": cfg.lr, "answer_tokens": new_tokens,
             "sample_answers": [r["prediction"] for r in ev["rows"][:2]]}
 
 

@@ -41,7 +41,8 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     gen = make_generator(GeneratorConfig(kind=cell["generator"], model=opts.model))
     vs = make_views(doc, cell["view"], gen, base.tokenizer, ViewsConfig(budget_tokens=cell["budget"]))
     cfg = docqa.writer_config(opts, base.n_layers)
-    out = docqa.write_and_score(base, doc, vs.rows, cfg, docqa.judge_for(opts))
+    out = docqa.write_and_score(base, doc, vs.rows, cfg, docqa.judge_for(opts),
+                                new_tokens=docqa.answer_tokens(opts))
     return {**out, "views": vs.parts}
 
 

@@ -64,10 +64,11 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     doc = next(d for d in docqa.papers(opts) if d.id == cell["paper"])
     judge = docqa.judge_for(opts)
     if not cell["views"]:
-        return docqa.score_base(base, doc, judge)
+        return docqa.score_base(base, doc, judge, docqa.answer_tokens(opts))
     gen = make_generator(GeneratorConfig(kind=cell["generator"], model=opts.model))
     vs = make_views(doc, cell["views"], gen, base.tokenizer)
-    out = docqa.write_and_score(base, doc, vs.rows, docqa.writer_config(opts, base.n_layers), judge)
+    out = docqa.write_and_score(base, doc, vs.rows, docqa.writer_config(opts, base.n_layers), judge,
+                                new_tokens=docqa.answer_tokens(opts))
     return {**out, "view_records": vs.parts}
 
 

@@ -34,10 +34,11 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     base = load_base(cell["base_model"])
     doc = next(d for d in docqa.papers(opts) if d.id == cell["paper"])
     judge = docqa.judge_for(opts)
-    before = docqa.score_base(base, doc, judge)
+    before = docqa.score_base(base, doc, judge, docqa.answer_tokens(opts))
     gen = make_generator(GeneratorConfig(kind=cell["generator"], model=opts.model))
     vs = make_views(doc, cell["views"], gen, base.tokenizer)
-    out = docqa.write_and_score(base, doc, vs.rows, docqa.writer_config(opts, base.n_layers), judge)
+    out = docqa.write_and_score(base, doc, vs.rows, docqa.writer_config(opts, base.n_layers), judge,
+                                new_tokens=docqa.answer_tokens(opts))
     n_base_params = sum(p.numel() for n, p in base.model.named_parameters() if "lora_" not in n)
     return {**out, **{f"base_{k}": v for k, v in before.items() if k in docqa.SCORE_KEYS},
             "base_params": n_base_params, "n_layers": base.n_layers, "view_records": vs.parts}

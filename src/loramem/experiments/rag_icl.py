@@ -5,6 +5,8 @@ files are given). In a cell one LoRA module is trained on the benchmark's knowle
 its documents, and every question is answered in each mode: base, lora (closed-book), rag, icl, lora+rag,
 lora+icl; long documents add chunk-level modules (one module per chunk, routed top-1 by BM25 over chunk text),
 closed-book and with RAG. Per method: score, prompt tokens per question, latency, storage bytes, training time.
+Questions are answered in batches of 8 (modes.answer_many); latency is a batch's wall time shared among its
+questions, the cost per question of answering in bulk (one question alone on a CPU takes ~1-4 s).
 
 The paper's finding to check: closed-book a single LoRA is strong; open-book LoRA + RAG/ICL beats each alone.
 """
@@ -117,7 +119,7 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     cols = ["benchmark", "metric", "method", "score", "prompt_tokens", "latency_ms", "storage_bytes", "train_s",
             "truncated_tokens"]
     table = markdown_table(flat, cols, headers=["benchmark", "metric", "method", "score", "prompt tokens / q",
-                                                "latency ms / q", "storage bytes", "training s", "ctx tokens cut / q"],
+                                                "latency ms / q (batched)", "storage bytes", "training s", "ctx tokens cut / q"],
                            fmt={"score": ".3f", "prompt_tokens": ".1f", "latency_ms": ".0f", "train_s": ".1f",
                                 "truncated_tokens": ".1f"})
     agrees, evidence = finding_lora_plus_context_best(rows)
