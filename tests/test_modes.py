@@ -82,7 +82,7 @@ def test_modes_say_what_they_need(setup):
         answer(QUESTION, base, "lora+everything")
 
 
-def test_answer_many_batches_give_the_answers_of_one_at_a_time(setup):
+def test_answer_many_batches_give_the_answers_of_one_at_a_time(setup, monkeypatch):
     base, host, index = setup
     cfg = AnswerConfig(max_new_tokens=6)
     qs = [QUESTION, "Who sat on the mat", "What is Bob Jones's phone number at the office", "Anna", QUESTION]
@@ -92,6 +92,20 @@ def test_answer_many_batches_give_the_answers_of_one_at_a_time(setup):
         keys = ("answer", "prompt_tokens", "context_tokens", "generated_tokens", "truncated_tokens", "retrieved")
         assert [{k: r[k] for k in keys} for r in many] == [{k: r[k] for k in keys} for r in one], mode
         assert sorted(r["batch"] for r in many) == [2, 2, 3, 3, 3] and all(r["latency_ms"] > 0 for r in many)
+    # long shared documents: their tokens run once and every row continues from their cache, same answers
+    from loramem import modes
+
+    calls = []
+    real = modes._prefix_cache
+    monkeypatch.setattr(modes, "_prefix_cache", lambda *a: calls.append(a[2]) or real(*a))
+    long_docs = {"all": " ".join(DOCS.values()) * 3}
+    for mode in ("icl", "lora+icl"):
+        one = [answer(q, base, mode, host=host, documents=long_docs, cfg=cfg) for q in qs]
+        many = answer_many(qs, base, mode, host=host, documents=long_docs, cfg=cfg, batch_size=3)
+        assert one[0]["context_tokens"] > modes.MIN_SHARED_PREFIX
+        assert [(r["answer"], r["generated_tokens"]) for r in many] == [(r["answer"], r["generated_tokens"])
+                                                                        for r in one], mode
+    assert sorted(calls) == [2, 2, 3, 3]  # each batch (3 and 2 questions) shared its prefix, in both modes
     # each question may bring its own documents (icl over its own paper)
     own = answer_many(["Anna", "Bob"], base, "icl", documents_each=[{"a": DOCS["anna"]}, {"b": DOCS["bob"]}],
                       cfg=cfg)

@@ -198,12 +198,42 @@ def _cut_line(new: list[int], newlines: set[int], eos: int | None) -> list[int]:
     return new
 
 
+MIN_SHARED_PREFIX = 64  # tokens; below this a shared start is not worth a separate pass
+
+
+def _shared_prefix(prompts: list[list[int]]) -> int:
+    """Tokens every prompt of a batch starts with (each keeps at least its last token to feed), or 0 when fewer
+    than MIN_SHARED_PREFIX or the batch has one prompt."""
+    if len(prompts) < 2:
+        return 0
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    P = 0
+    while P < n and all(p[P] == first[P] for p in prompts):
+        P += 1
+    return P if P >= MIN_SHARED_PREFIX else 0
+
+
+def _prefix_cache(model, prefix: torch.Tensor, rows: int):
+    """Key/value cache of one shared prefix, repeated for `rows` batch rows."""
+    from transformers import DynamicCache
+
+    from loramem.forward import _inner
+
+    cache = DynamicCache(config=_inner(model).config)
+    model(input_ids=prefix, attention_mask=torch.ones_like(prefix), past_key_values=cache, use_cache=True)
+    cache.batch_repeat_interleave(rows)
+    return cache
+
+
 @torch.no_grad()
 def answer_many(questions: Sequence[str], base: Base, mode: str = "base", host=None, index=None, documents=None,
                 cfg: AnswerConfig | None = None, k: int | None = None, method: str | None = None,
                 batch_size: int = 8, documents_each: Sequence | None = None) -> list[dict]:
     """`answer` for many questions in one mode, generated in left-padded batches of up to `batch_size` prompts
-    of similar length (greedy, same stop rule). Rows are those of `answer`; latency_ms is the batch's wall time
+    of similar length (greedy, same stop rule); a start all prompts of a batch share (the same documents in
+    context) runs once and each row continues from its key/value cache. Rows are those of `answer`; latency_ms is
+    the batch's wall time
     divided among its questions (the cost per question when answering in bulk), `batch` the batch's size.
     `documents_each[i]` replaces `documents` for question i (e.g. icl over each question's own paper)."""
     from transformers import StoppingCriteriaList
@@ -233,17 +263,23 @@ def answer_many(questions: Sequence[str], base: Base, mode: str = "base", host=N
         for s in range(0, len(order), batch_size):
             idx = order[s: s + batch_size]
             t0 = time.perf_counter()
-            T = max(len(rows[i]["ids"]) for i in idx)
+            prompts = [rows[i]["ids"] for i in idx]
+            P = _shared_prefix(prompts)
+            S = max(len(p) - P for p in prompts)
+            T = P + S
             ids = torch.full((len(idx), T), pad, dtype=torch.long)
             att = torch.zeros((len(idx), T), dtype=torch.long)
-            for r, i in enumerate(idx):  # left padding: every prompt ends at column T
-                p = rows[i]["ids"]
-                ids[r, T - len(p):] = torch.tensor(p)
-                att[r, T - len(p):] = 1
+            for r, p in enumerate(prompts):  # [shared prefix][padding][rest]: every prompt ends at column T
+                ids[r, :P], att[r, :P] = torch.tensor(p[:P], dtype=torch.long), 1
+                ids[r, T - (len(p) - P):] = torch.tensor(p[P:], dtype=torch.long)
+                att[r, T - (len(p) - P):] = 1
+            extra = {}
+            if P:  # the documents every prompt starts with (icl) run once; each row continues from their cache
+                extra["past_key_values"] = _prefix_cache(model, ids[:1, :P].to(base.device), len(idx))
             stop = StoppingCriteriaList([_EndOfLine(T, newlines, base.device)])
             gen = model.generate(input_ids=ids.to(base.device), attention_mask=att.to(base.device),
                                  max_new_tokens=cfg.max_new_tokens, do_sample=False, pad_token_id=pad,
-                                 eos_token_id=tok.eos_token_id, stopping_criteria=stop)
+                                 eos_token_id=tok.eos_token_id, stopping_criteria=stop, **extra)
             each_ms = (time.perf_counter() - t0) * 1000 / len(idx) + prep_ms
             for r, i in enumerate(idx):
                 row = rows[i]
