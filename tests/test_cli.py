@@ -47,6 +47,7 @@ def test_models_lists_and_prepares(tmp_path):
     assert listed.returncode == 0 and "smollm2-135m" in listed.stdout and "tiny-random" in listed.stdout
     ready = run_cli("models", "--prepare", "tiny-random")
     assert ready.returncode == 0 and "tiny-random: ready (2 layers" in ready.stdout, ready.stderr
+    assert "router query encoder: ONNX Runtime" in ready.stdout
     _one_line_error(run_cli("models", "--prepare", "no-such-model"), "unknown model")
 
 

@@ -35,7 +35,8 @@ def _writer_config(**kw):
 @app.command("models")
 def models_cmd(
     prepare: str | None = typer.Option(None, help="load this model once so its cache is ready (the embedded model "
-                                                  "is converted from GGUF to safetensors; `make setup` does this)"),
+                                                  "is converted from GGUF to safetensors) and export the router's "
+                                                  "query encoder; `make setup` does this"),
 ) -> None:
     """List the built-in base models (any Hugging Face id or local folder works too)."""
     from loramem.models import list_models
@@ -43,12 +44,16 @@ def models_cmd(
     if prepare is not None:
         import time
 
+        from loramem.embeddings import query_session
         from loramem.models import load_base
 
         t0 = time.time()
         base = load_base(prepare)
         print(f"{prepare}: ready ({base.n_layers} layers, fingerprint {base.fingerprint[:12]}, "
               f"{time.time() - t0:.1f} s)")
+        t0 = time.time()
+        engine = "ONNX Runtime" if query_session() is not None else "PyTorch"  # exported once, cached
+        print(f"router query encoder: {engine} ({time.time() - t0:.1f} s)")
         return
     for name, what in list_models().items():
         print(f"{name:14s} {what}")
