@@ -93,11 +93,11 @@ def test_answer_many_batches_give_the_answers_of_one_at_a_time(setup, monkeypatc
         assert [{k: r[k] for k in keys} for r in many] == [{k: r[k] for k in keys} for r in one], mode
         assert sorted(r["batch"] for r in many) == [2, 2, 3, 3, 3] and all(r["latency_ms"] > 0 for r in many)
     # long shared documents: their tokens run once and every row continues from their cache, same answers
-    from loramem import modes
+    from loramem import forward, modes
 
     calls = []
-    real = modes._prefix_cache
-    monkeypatch.setattr(modes, "_prefix_cache", lambda *a: calls.append(a[2]) or real(*a))
+    real = forward.prefix_kv_cache
+    monkeypatch.setattr(forward, "prefix_kv_cache", lambda *a: calls.append(a[3]) or real(*a))
     long_docs = {"all": " ".join(DOCS.values()) * 3}
     for mode in ("icl", "lora+icl"):
         one = [answer(q, base, mode, host=host, documents=long_docs, cfg=cfg) for q in qs]

@@ -109,6 +109,18 @@ def shared_prefix_len(batch: Batch, mask: torch.Tensor) -> int:
     return P if (B - 1) * P >= MIN_SHARED_SAVING else 0
 
 
+def prefix_kv_cache(model, ids: torch.Tensor, att: torch.Tensor, rows: int):
+    """Key/value cache of one token prefix [1, P] through the decoder (no logits), repeated for `rows` batch rows.
+    Gradients flow through it when grad mode is on (the writer's shared prefix)."""
+    from transformers import DynamicCache
+
+    lm = _inner(model)
+    cache = DynamicCache(config=lm.config)
+    lm.get_decoder()(input_ids=ids, attention_mask=att, past_key_values=cache, use_cache=True)
+    cache.batch_repeat_interleave(rows)
+    return cache
+
+
 def logits_at(model, batch: Batch, mask: torch.Tensor, hidden_in: torch.Tensor | None = None,
               start_layer: int = 0, share_prefix: bool = False) -> torch.Tensor:
     """Logits [N, V] (float32) at the positions of `mask`, optionally starting from cached hidden states or
@@ -127,12 +139,8 @@ def logits_at(model, batch: Batch, mask: torch.Tensor, hidden_in: torch.Tensor |
     decoder = lm.get_decoder()
     P = shared_prefix_len(batch, mask) if (share_prefix and hidden_in is None) else 0
     if P:
-        from transformers import DynamicCache
-
         ids = batch.input_ids.to(dev)
-        cache = DynamicCache(config=lm.config)
-        decoder(input_ids=ids[:1, :P], attention_mask=att[:1, :P], past_key_values=cache, use_cache=True)
-        cache.batch_repeat_interleave(ids.shape[0])
+        cache = prefix_kv_cache(model, ids[:1, :P], att[:1, :P], ids.shape[0])
         out = decoder(input_ids=ids[:, P:], attention_mask=att, past_key_values=cache, use_cache=True)
         h = out.last_hidden_state[mask[:, P:].to(dev)]
         return _softcap(model, lm.get_output_embeddings()(h).float())

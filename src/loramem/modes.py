@@ -214,18 +214,6 @@ def _shared_prefix(prompts: list[list[int]]) -> int:
     return P if P >= MIN_SHARED_PREFIX else 0
 
 
-def _prefix_cache(model, prefix: torch.Tensor, rows: int):
-    """Key/value cache of one shared prefix, repeated for `rows` batch rows."""
-    from transformers import DynamicCache
-
-    from loramem.forward import _inner
-
-    cache = DynamicCache(config=_inner(model).config)
-    model(input_ids=prefix, attention_mask=torch.ones_like(prefix), past_key_values=cache, use_cache=True)
-    cache.batch_repeat_interleave(rows)
-    return cache
-
-
 @torch.no_grad()
 def answer_many(questions: Sequence[str], base: Base, mode: str = "base", host=None, index=None, documents=None,
                 cfg: AnswerConfig | None = None, k: int | None = None, method: str | None = None,
@@ -233,10 +221,12 @@ def answer_many(questions: Sequence[str], base: Base, mode: str = "base", host=N
     """`answer` for many questions in one mode, generated in left-padded batches of up to `batch_size` prompts
     of similar length (greedy, same stop rule); a start all prompts of a batch share (the same documents in
     context) runs once and each row continues from its key/value cache. Rows are those of `answer`; latency_ms is
-    the batch's wall time
-    divided among its questions (the cost per question when answering in bulk), `batch` the batch's size.
+    the batch's wall time divided among its questions (the cost per question when answering in bulk), `batch` the
+    batch's size.
     `documents_each[i]` replaces `documents` for question i (e.g. icl over each question's own paper)."""
     from transformers import StoppingCriteriaList
+
+    from loramem.forward import prefix_kv_cache
 
     if mode not in MODES:
         raise UserError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
@@ -255,6 +245,7 @@ def answer_many(questions: Sequence[str], base: Base, mode: str = "base", host=N
     model, memory = _memory(mode, base, host)
     model.eval()
     newlines = newline_ids(tok)
+    newline_set = set(newlines)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["ids"]))
     bare = {}
@@ -275,7 +266,8 @@ def answer_many(questions: Sequence[str], base: Base, mode: str = "base", host=N
                 att[r, T - (len(p) - P):] = 1
             extra = {}
             if P:  # the documents every prompt starts with (icl) run once; each row continues from their cache
-                extra["past_key_values"] = _prefix_cache(model, ids[:1, :P].to(base.device), len(idx))
+                prefix = ids[:1, :P].to(base.device)
+                extra["past_key_values"] = prefix_kv_cache(model, prefix, torch.ones_like(prefix), len(idx))
             stop = StoppingCriteriaList([_EndOfLine(T, newlines, base.device)])
             gen = model.generate(input_ids=ids.to(base.device), attention_mask=att.to(base.device),
                                  max_new_tokens=cfg.max_new_tokens, do_sample=False, pad_token_id=pad,
@@ -283,7 +275,7 @@ def answer_many(questions: Sequence[str], base: Base, mode: str = "base", host=N
             each_ms = (time.perf_counter() - t0) * 1000 / len(idx) + prep_ms
             for r, i in enumerate(idx):
                 row = rows[i]
-                new = _cut_line(gen[r, T:].tolist(), set(newlines), tok.eos_token_id)
+                new = _cut_line(gen[r, T:].tolist(), newline_set, tok.eos_token_id)
                 text = tok.decode(new, skip_special_tokens=True).strip().split("\n")[0].strip()
                 if row["question"] not in bare:
                     bare[row["question"]] = len(build_prompt(row["question"], [], base, cfg)[0])
