@@ -95,9 +95,11 @@ def test_modules_of_another_base_are_refused_at_load(bank):
         Resident(bank, other).ensure(bank.get("people-00"))
 
 
-def test_batched_embed_routing_matches_one_at_a_time(bank):
+@pytest.mark.parametrize("query_encoder", ["int8", "fp32"])
+def test_batched_embed_routing_matches_one_at_a_time(bank, query_encoder, monkeypatch):
     from loramem.bank.routing import route_many
 
+    monkeypatch.setenv("LORAMEM_QUERY_ENCODER", query_encoder)
     router = build_router("embed", bank.list())
     qs = [q for q, _ in gold_pairs()]
     many = route_many(router, qs, 2)

@@ -52,7 +52,8 @@ def models_cmd(
         print(f"{prepare}: ready ({base.n_layers} layers, fingerprint {base.fingerprint[:12]}, "
               f"{time.time() - t0:.1f} s)")
         t0 = time.time()
-        engine = "ONNX Runtime" if query_session() is not None else "PyTorch"  # exported once, cached
+        ready = [p for p in ("fp32", "int8") if query_session(p) is not None]  # exported once, cached
+        engine = f"ONNX Runtime ({' and '.join(ready)})" if ready else "PyTorch"
         print(f"router query encoder: {engine} ({time.time() - t0:.1f} s)")
         return
     for name, what in list_models().items():

@@ -89,6 +89,7 @@ def environment(model: str) -> dict:
     """Versions, hardware and the base model's identity, for the report's first section."""
     import torch
 
+    from loramem.embeddings import query_encoder
     from loramem.models import load_base
     from loramem.writer import package_versions
 
@@ -104,6 +105,7 @@ def environment(model: str) -> dict:
         "packages": package_versions(), "python": platform.python_version(),
         "cpu": _cpu_name(), "cores": os.cpu_count(), "memory_gib": mem_gib,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "router_query_encoder": f"all-MiniLM-L6-v2 {query_encoder()} (LORAMEM_QUERY_ENCODER)",
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
@@ -130,6 +132,7 @@ def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dic
     env_items = {"model source": info["model_source"], "model fingerprint": info["model_fingerprint"],
                  "model parameters": f"{info['model_params']:,}", "cpu": info["cpu"], "cores": info["cores"],
                  "memory (GiB)": info["memory_gib"], "gpu": info["gpu"] or "none", "python": info["python"],
+                 "router query encoder": info.get("router_query_encoder", "all-MiniLM-L6-v2"),
                  **{k: v for k, v in info["packages"].items()}}
     lines += [f"| {k} | {v} |" for k, v in env_items.items()]
     lines += ["", "## Findings of the paper, checked on this run", "", "| finding | verdict | evidence |",

@@ -37,18 +37,58 @@ def encoder():
 
 
 SMALL = 8  # up to this many texts (a question being routed) go through the ONNX Runtime session when there is one
+QUERY_ENCODERS = ("int8", "fp32", "torch")
 
 
 def embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """Unit-length float32 embeddings, one row per text. A few texts (a query) run through ONNX Runtime when it
-    is installed (the same network exported once; ~2-3x faster one at a time on a CPU), many through PyTorch."""
+    """Unit-length float32 embeddings of the exact fp32 network, one row per text (module keys, chunks, documents).
+    A few texts run through ONNX Runtime when it is installed (the same network exported once; ~3x faster one at a
+    time on a CPU), many through PyTorch."""
     if not texts:
         return np.zeros((0, DIM), dtype=np.float32)
     if len(texts) <= SMALL:
-        session = query_session()
+        session = query_session("fp32")
         if session is not None:
             return session.embed(list(texts))
     vecs = encoder().encode(list(texts), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False,
+                            convert_to_numpy=True)
+    return np.asarray(vecs, dtype=np.float32)
+
+
+def query_encoder() -> str:
+    """Which network encodes a routed question: $LORAMEM_QUERY_ENCODER, `int8` by default.
+
+    - `int8`: MiniLM with int8 weights (per output channel) and int8 activations (per call), through ONNX Runtime:
+      ~2x faster than fp32 for one question on a CPU; vectors >= ~0.98 cosine to fp32's; on PhoneBook and PaperQA
+      questions it routes as accurately as fp32 (benchmarks/bank_latency.py prints both side by side).
+    - `fp32`: the exact network through ONNX Runtime (the vectors of `embed`).
+    - `torch`: the exact network through sentence-transformers (also what LORAMEM_ONNX=0 gives).
+    Module keys are always encoded by the exact network (`embed`)."""
+    import os
+
+    name = os.environ.get("LORAMEM_QUERY_ENCODER", "int8").strip().lower()
+    if name not in QUERY_ENCODERS:
+        raise UserError(f"LORAMEM_QUERY_ENCODER={name!r} is not one of {', '.join(QUERY_ENCODERS)}; unset it or pick one")
+    return name
+
+
+def embed_queries(texts: list[str]) -> np.ndarray:
+    """Unit-length embeddings of routed questions, by the `query_encoder()` network. Each question is encoded on its
+    own (int8 activation scales depend on the whole input, so a question's vector must not depend on the others
+    in its batch): routing one question or a batch of them picks the same modules."""
+    if not texts:
+        return np.zeros((0, DIM), dtype=np.float32)
+    name = query_encoder()
+    session = query_session(name) if name != "torch" else None
+    if session is None:
+        return embed(texts) if name != "torch" else _torch_embed(texts)
+    if name == "fp32":
+        return session.embed(list(texts)) if len(texts) <= SMALL else embed(texts)
+    return np.concatenate([session.embed([t]) for t in texts])
+
+
+def _torch_embed(texts: list[str]) -> np.ndarray:
+    vecs = encoder().encode(list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False,
                             convert_to_numpy=True)
     return np.asarray(vecs, dtype=np.float32)
 
@@ -77,10 +117,11 @@ class OnnxEncoder:
         return (vec / np.clip(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12, None)).astype(np.float32)
 
 
-@lru_cache(maxsize=1)
-def query_session() -> OnnxEncoder | None:
-    """The ONNX Runtime query encoder, exported once to $LORAMEM_HOME/encoders/; None when onnxruntime is not
-    installed or the export fails (PyTorch then encodes queries too). LORAMEM_ONNX=0 turns it off."""
+@lru_cache(maxsize=2)
+def query_session(precision: str = "fp32") -> OnnxEncoder | None:
+    """MiniLM as an ONNX Runtime session (`fp32`: the exact network; `int8`: its dynamically quantized copy),
+    exported once to $LORAMEM_HOME/encoders/; None when onnxruntime is not installed or the export fails (PyTorch
+    then encodes queries too). LORAMEM_ONNX=0 turns it off."""
     import os
 
     if os.environ.get("LORAMEM_ONNX", "1") == "0":
@@ -93,12 +134,12 @@ def query_session() -> OnnxEncoder | None:
 
     st = encoder()
     try:
-        path = _exported(st)
+        path = _exported(st) if precision == "fp32" else _quantized(_exported(st))
         return OnnxEncoder(path, st.tokenizer, int(st.max_seq_length), max(1, torch.get_num_threads()))
     except Exception as exc:  # noqa: BLE001 - a broken export must not stop routing; PyTorch still works
         import logging
 
-        logging.getLogger(__name__).warning("ONNX query encoder unavailable (%s); using PyTorch", exc)
+        logging.getLogger(__name__).warning("ONNX %s query encoder unavailable (%s); using PyTorch", precision, exc)
         return None
 
 
@@ -113,7 +154,7 @@ def _exported(st) -> Path:
     from loramem.config import loramem_home
 
     folder = model_path()
-    stamp = hashlib.sha256(f"{folder}|{(folder / 'config.json').stat().st_size}|{torch.__version__}|fused".encode())
+    stamp = hashlib.sha256(f"{folder}|{(folder / 'config.json').stat().st_size}|{torch.__version__}|fused-eager".encode())
     path = loramem_home() / "encoders" / f"{NAME}-{stamp.hexdigest()[:12]}.onnx"
     if path.is_file():
         return path
@@ -133,9 +174,14 @@ def _exported(st) -> Path:
 
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.onnx")
     os.close(fd)
+    attn = getattr(net.config, "_attn_implementation", None)
     try:
         import warnings
 
+        # Traced with eager attention (matmul, scale, mask add, softmax): ORT's BERT optimizer fuses that pattern,
+        # with the Q/K/V projections, into one Attention op per layer; the SDPA trace stays ~80 small ops that
+        # cost ~25% of a one-query run. PyTorch keeps its own attention for the big batches it still encodes.
+        _set_attention(net, "eager")
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's notes on shape-dependent Python branches (fixed here)
             torch.onnx.export(_Hidden(), tuple(enc[n] for n in names), tmp, input_names=names,
@@ -144,9 +190,45 @@ def _exported(st) -> Path:
         os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is shared like the model folders
         os.replace(tmp, path)
     finally:
+        if attn:
+            _set_attention(net, attn)
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _quantized(fp32: Path) -> Path:
+    """The fused fp32 graph with int8 weights (symmetric, per output channel) for its MatMul and Attention ops and
+    int8 activations quantized per call (ONNX Runtime's dynamic quantization); written atomically beside it."""
+    import os
+    import tempfile
+
+    path = fp32.with_name(fp32.stem + "-int8.onnx")
+    if path.is_file():
+        return path
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.onnx")
+    os.close(fd)
+    try:
+        quantize_dynamic(str(fp32), tmp, per_channel=True, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Attention"],
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _set_attention(net, name: str) -> None:
+    """Switch a loaded transformers model's attention implementation (transformers 5 API, older fallback)."""
+    if hasattr(net, "set_attn_implementation"):
+        net.set_attn_implementation(name)
+    else:
+        net.config._attn_implementation = name
 
 
 def _fuse(path: str, config) -> None:

@@ -4,7 +4,8 @@
     router.route("What is the phone number of Ann Lee?", k=3) -> [Scored(module, score), ...] best first
 
 - oracle: the module whose facts include the question's key (the gold module, known from the data);
-- embed:  cosine between the question's embedding and each module's key-text embedding (all-MiniLM-L6-v2);
+- embed:  cosine between the question's embedding and each module's key-text embedding (all-MiniLM-L6-v2; keys
+          by the exact network, questions by the query encoder: int8 by default, see embeddings.query_encoder);
 - bm25:   BM25 over the modules' key texts (bm25s);
 - lora:   LoRA-aware: ask each candidate module the question (one mixed-adapter batch) and rank modules by how
           confident each is in its own greedy answer (mean log-probability of the answer tokens). A module that
@@ -89,10 +90,17 @@ class Embedder:
 
     @classmethod
     def encode(cls, texts: list[str]) -> np.ndarray:
-        """Unit-norm float32 embeddings, one row per text."""
+        """Unit-norm float32 embeddings of the exact network, one row per text (module keys)."""
         from loramem.embeddings import embed
 
         return embed(texts)
+
+    @classmethod
+    def encode_queries(cls, questions: list[str]) -> np.ndarray:
+        """Unit-norm embeddings of questions by the query encoder ($LORAMEM_QUERY_ENCODER, int8 by default)."""
+        from loramem.embeddings import embed_queries
+
+        return embed_queries(questions)
 
 
 class EmbedRouter:
@@ -112,12 +120,13 @@ class EmbedRouter:
         self.matrix = np.stack([m.key_embedding for m in modules]).astype(np.float32)
 
     def route(self, question: str, k: int = 1) -> list[Scored]:
-        q = Embedder.encode([question])[0]
+        q = Embedder.encode_queries([question])[0]
         return _top(self.modules, self.matrix @ q, k)
 
     def route_many(self, questions: list[str], k: int = 1) -> list[list[Scored]]:
-        """Route a batch of questions with one encoder call (much cheaper per question than one at a time)."""
-        scores = Embedder.encode(questions) @ self.matrix.T
+        """Route a batch of questions: one encoder call for fp32/torch, one int8 pass per question (each question's
+        vector must not depend on its batch), and one matrix product for the scores."""
+        scores = Embedder.encode_queries(questions) @ self.matrix.T
         return [_top(self.modules, row, k) for row in scores]
 
 
