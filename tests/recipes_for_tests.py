@@ -25,3 +25,15 @@ def _summarize(rows: list[dict], opts: RecipeOptions) -> dict:
 
 
 SQUARES = Recipe("squares", "test: squares", _cells, _run, _summarize)
+
+
+def _die(cell: dict, opts: RecipeOptions) -> dict:
+    import os
+    import signal
+
+    time.sleep(1.0)  # let the other worker get going
+    os.kill(os.getpid(), signal.SIGKILL)
+    return {}
+
+
+DIES = Recipe("dies", "test: a worker killed mid-cell", _cells, _die, _summarize)

@@ -22,8 +22,13 @@ def squares_registered(monkeypatch):
 
 
 def test_report_renders_every_section_for_a_tiny_grid(tmp_path, squares_registered):
-    res = run_datasheet("tiny-random", "smoke", tmp_path, only="capacity,squares", progress=False,
+    """Two recipes at once in two worker processes (the default on a 2-core CPU): same rows, same report."""
+    res = run_datasheet("tiny-random", "smoke", tmp_path, only="capacity,squares", progress=False, workers=2,
                         params={"capacity": TINY_CAPACITY, "squares": {"n": 4, "fail": [3]}})
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["workers"] == 2 and set(run["recipes"]) == {"capacity", "squares"}
+    logs = list((tmp_path / "logs").glob("worker-*.log"))
+    assert len(logs) == 2 and "== squares" in "".join(p.read_text() for p in logs)  # each recipe in a worker
     md = (tmp_path / "report.md").read_text()
     for section in ("## Environment", "## Findings of the paper", "## capacity: Q1-Q3", "## squares: test"):
         assert section in md, section
@@ -50,3 +55,28 @@ def test_rerun_resumes_without_redoing_cells(tmp_path, squares_registered):
     rows = read_rows(tmp_path / "squares" / "results.jsonl")
     assert len(rows) == 4 and sum(r["status"] == "ok" for r in rows) == 3
     assert "Failed cells" not in (tmp_path / "report.md").read_text()
+
+
+def test_recipes_that_share_a_bank_run_in_one_worker_in_order():
+    from loramem.experiments.workers import plan
+
+    units = plan(["capacity", "routing", "mixes", "multi-lora", "n-modules", "squares"])
+    assert ["multi-lora", "routing", "n-modules"] in units  # the Q8-Q11 bank is trained once, by multi-lora
+    assert sorted(n for u in units for n in u) == sorted(["capacity", "routing", "mixes", "multi-lora",
+                                                          "n-modules", "squares"])
+    assert units[0][0] == "multi-lora" and units[-1] == ["squares"]  # longest first, unknown recipes last
+
+
+def test_a_worker_that_dies_is_reported_and_the_other_recipes_finish(tmp_path, squares_registered):
+    """A worker killed mid-recipe (as by the out-of-memory killer) becomes that recipe's error; the rest finish."""
+    from recipes_for_tests import DIES
+
+    experiments.CUSTOM["dies"] = DIES
+    try:
+        res = run_datasheet("tiny-random", "smoke", tmp_path, only="squares,dies", progress=False, workers=2,
+                            params={"squares": {"n": 3}})
+    finally:
+        experiments.CUSTOM.pop("dies")
+    assert "worker process died" in res["recipes"]["dies"]["error"]
+    assert res["recipes"]["squares"]["ok"] == 3
+    assert "worker process died" in (tmp_path / "report.md").read_text()

@@ -248,14 +248,18 @@ def datasheet_cmd(
     address: str | None = typer.Option(None, help="Ray cluster address (with --executor ray)"),
     seed: int = typer.Option(0),
     paper_data: Path | None = typer.Option(None, help="the paper's release folder, where recipes can use it"),
+    workers: int | None = typer.Option(None, help="recipes at once, each in its own process with its share of the "
+                                                  "cores (local executor); default: 2 on a 2-core CPU, 1 with a GPU"),
 ) -> None:
     """Run the paper's audit on a base model and write report.html, report.md, results.jsonl, findings.json."""
     from loramem.datasheet import run_datasheet
 
     if scale not in ("smoke", "cpu", "paper"):
         raise UserError(f"unknown scale '{scale}'; use smoke, cpu or paper")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be 1 or more (got {workers})")
     res = run_datasheet(model, scale, out, only=only, executor=executor, address=address, seed=seed,
-                        paper_data=paper_data)
+                        paper_data=paper_data, workers=workers)
     for f in res["findings"]:
         mark = {True: "agrees", False: "DISAGREES", None: "not measured"}[f["agrees"]]
         print(f"{mark:13s} {f['finding']}")
@@ -267,12 +271,15 @@ def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), help="where the report goes"),
     model: str = typer.Option("smollm2-135m", help="base model"),
     only: str | None = typer.Option(None, help="comma list of recipes (default: all)"),
+    workers: int | None = typer.Option(None, help="recipes at once (default: 2 on a 2-core CPU, 1 with a GPU)"),
 ) -> None:
     """The main job on the embedded default model: the datasheet at smoke scale (a CPU, minutes)."""
     from loramem.datasheet import run_datasheet
 
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be 1 or more (got {workers})")
     console.print(f"loramem demo: the paper's audit at smoke scale on {model}; outputs go to {out}/")
-    res = run_datasheet(model, "smoke", out, only=only)
+    res = run_datasheet(model, "smoke", out, only=only, workers=workers)
     for f in res["findings"]:
         mark = {True: "agrees", False: "DISAGREES", None: "not measured"}[f["agrees"]]
         print(f"{mark:13s} {f['finding']}")

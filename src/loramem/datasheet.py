@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from loramem import experiments, findings
-from loramem.experiments.runner import RecipeOptions, read_rows, run_recipe
+from loramem.experiments.runner import RecipeOptions, read_rows, run_recipe_status
 
 console = Console(stderr=True)
 
@@ -40,35 +40,45 @@ def recipe_names(only: str | None = None) -> list[str]:
 
 def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, executor: str = "local",
                   address: str | None = None, seed: int = 0, paper_data: Path | None = None,
-                  progress: bool = True, params: dict[str, dict] | None = None) -> dict:
-    """Run the recipes, gather rows, compute findings, write the report. Returns the findings and paths."""
+                  progress: bool = True, params: dict[str, dict] | None = None, workers: int | None = None) -> dict:
+    """Run the recipes, gather rows, compute findings, write the report. Returns the findings and paths.
+
+    `workers`: recipes run at once, each in its own process with its share of the cores (local executor only);
+    None picks `workers.auto_workers()` (2 on a 2-core CPU, 1 with a GPU)."""
+    from loramem.experiments import workers as pool
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = recipe_names(only)
-    status: dict[str, dict] = {}
+    n_workers = 1 if executor != "local" else (pool.auto_workers() if workers is None else max(1, int(workers)))
+    n_workers = min(n_workers, len(pool.plan(names)))
     t0 = time.time()
-    for i, name in enumerate(names, start=1):
-        recipe = experiments.get(name)
-        elapsed = time.time() - t0
-        eta = f", about {elapsed / (i - 1) * (len(names) - i + 1) / 60:.0f} min left" if i > 1 else ""
-        console.rule(f"[{i}/{len(names)}] {name}: {recipe.question}{eta}")
-        opts = RecipeOptions(model=model, scale=scale, out=out / name, seed=seed, paper_data=paper_data,
-                             progress=progress, params=(params or {}).get(name, {}))
-        t = time.time()
-        try:
-            summary = run_recipe(recipe, opts, executor=executor, address=address)
-            status[name] = {"ok": summary.get("ok", 0), "cells": summary.get("cells", 0),
-                            "failed": summary.get("failed", []), "seconds": round(time.time() - t, 1)}
-        except Exception as exc:  # a recipe that cannot even list its cells is reported, the rest go on
-            status[name] = {"error": f"{type(exc).__name__}: {exc}", "seconds": round(time.time() - t, 1)}
-            console.print(f"[red]{name} failed:[/red] {exc}")
-        gather_rows(out, names)
+    info = environment(model)  # loads the base model (converting it once if needed) before any worker starts
+    jobs = [(experiments.get(name), RecipeOptions(model=model, scale=scale, out=out / name, seed=seed,
+                                                  paper_data=paper_data, progress=progress,
+                                                  params=(params or {}).get(name, {}))) for name in names]
+    if n_workers > 1:
+        from loramem import models
+
+        models._LOADED.clear()  # the workers load their own copies; the parent only draws the progress view
+        status = pool.run_parallel(jobs, n_workers, out / "logs", progress=progress)
+    else:
+        status = {}
+        for i, (recipe, opts) in enumerate(jobs, start=1):
+            elapsed = time.time() - t0
+            eta = f", about {elapsed / (i - 1) * (len(names) - i + 1) / 60:.0f} min left" if i > 1 else ""
+            console.rule(f"[{i}/{len(names)}] {recipe.name}: {recipe.question}{eta}")
+            status[recipe.name] = run_recipe_status(recipe, opts, executor=executor, address=address)
+            if "error" in status[recipe.name]:
+                console.print(f"[red]{recipe.name} failed:[/red] {status[recipe.name]['error']}")
+            gather_rows(out, names)
+    status = {name: status[name] for name in names if name in status}
     rows = gather_rows(out, names)
     verdicts = findings.evaluate({n: [r for r in rows if r.get("recipe") == n and r.get("status") == "ok"]
                                   for n in names})
     (out / "findings.json").write_text(json.dumps(verdicts, indent=2, default=str))
-    info = environment(model)
-    info.update(scale=scale, recipes=status, wall_s=round(time.time() - t0, 1))
+    info.update(scale=scale, recipes=status, wall_s=round(time.time() - t0, 1), workers=n_workers,
+                threads_per_worker=pool.threads_per_worker(n_workers))
     (out / "run.json").write_text(json.dumps(info, indent=2, default=str))
     md = render_markdown(out, names, verdicts, info)
     (out / "report.md").write_text(md)
@@ -133,6 +143,9 @@ def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dic
                  "model parameters": f"{info['model_params']:,}", "cpu": info["cpu"], "cores": info["cores"],
                  "memory (GiB)": info["memory_gib"], "gpu": info["gpu"] or "none", "python": info["python"],
                  "router query encoder": info.get("router_query_encoder", "all-MiniLM-L6-v2"),
+                 "recipes at once": f"{info.get('workers', 1)} (worker processes, {info.get('threads_per_worker')} "
+                                    "threads each; timings inside recipes were taken under that load)"
+                 if info.get("workers", 1) > 1 else 1,
                  **{k: v for k, v in info["packages"].items()}}
     lines += [f"| {k} | {v} |" for k, v in env_items.items()]
     lines += ["", "## Findings of the paper, checked on this run", "", "| finding | verdict | evidence |",

@@ -65,8 +65,11 @@ def append_row(path: Path, row: dict) -> None:
 
 
 def run_recipe(recipe: Recipe, opts: RecipeOptions, executor: str = "local", address: str | None = None,
-               results_file: str = "results.jsonl") -> dict:
-    """Run every unfinished cell of `recipe`, then summarize all its rows. Returns the summary."""
+               results_file: str = "results.jsonl", listener: Callable[..., None] | None = None) -> dict:
+    """Run every unfinished cell of `recipe`, then summarize all its rows. Returns the summary.
+
+    `listener(event, **fields)` hears "grid" (total, done), "cell" (cell id, before it runs) and "row" (status)
+    events: the datasheet's parallel view draws its progress from them."""
     opts.out.mkdir(parents=True, exist_ok=True)
     path = opts.out / results_file
     cells = recipe.cells(opts)
@@ -75,16 +78,22 @@ def run_recipe(recipe: Recipe, opts: RecipeOptions, executor: str = "local", add
         raise ValueError(f"recipe {recipe.name} has duplicate cell ids")
     done = {r["cell"] for r in read_rows(path) if r.get("recipe") == recipe.name and r.get("status") == "ok"}
     todo = [c for c in cells if c["cell"] not in done]
+    hear = listener or (lambda event, **fields: None)
+    hear("grid", total=len(cells), done=len(cells) - len(todo))
     if executor == "ray":
         from loramem.experiments.ray_executor import run_cells_ray
 
         for row in run_cells_ray(recipe, todo, opts, address):
             append_row(path, row)
+            hear("row", cell=row["cell"], status=row["status"])
     elif executor == "local":
         with _CellProgress(recipe.name, len(cells), len(cells) - len(todo), opts.progress) as bar:
             for cell in todo:
                 bar.start(cell["cell"])
-                append_row(path, run_one(recipe, cell, opts))
+                hear("cell", cell=cell["cell"])
+                row = run_one(recipe, cell, opts)
+                append_row(path, row)
+                hear("row", cell=row["cell"], status=row["status"])
                 bar.advance()
     else:
         raise UserError(f"unknown executor '{executor}'; use local or ray")
@@ -95,6 +104,22 @@ def run_recipe(recipe: Recipe, opts: RecipeOptions, executor: str = "local", add
     summary = {**summary, "recipe": recipe.name, "cells": len(cells), "ok": len(ok), "failed": failed}
     (opts.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def run_recipe_status(recipe: Recipe, opts: RecipeOptions, executor: str = "local", address: str | None = None,
+                      listener: Callable[..., None] | None = None) -> dict:
+    """`run_recipe` for the datasheet: never raises; returns what run.json records (cells finished, failed cells,
+    seconds), or the error of a recipe that could not even list its cells."""
+    t = time.time()
+    try:
+        summary = run_recipe(recipe, opts, executor=executor, address=address, listener=listener)
+        return {"ok": summary.get("ok", 0), "cells": summary.get("cells", 0), "failed": summary.get("failed", []),
+                "seconds": round(time.time() - t, 1)}
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # reported in the datasheet; the other recipes go on
+        traceback.print_exc()
+        return {"error": f"{type(exc).__name__}: {exc}", "seconds": round(time.time() - t, 1)}
 
 
 def run_one(recipe: Recipe, cell: dict, opts: RecipeOptions) -> dict:
