@@ -209,8 +209,13 @@ def _quantized(fp32: Path) -> Path:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    import logging
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.onnx")
     os.close(fd)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer's advice on static pre-processing, to the root logger
     try:
         quantize_dynamic(str(fp32), tmp, per_channel=True, weight_type=QuantType.QInt8,
                          op_types_to_quantize=["MatMul", "Attention"],
@@ -218,6 +223,7 @@ def _quantized(fp32: Path) -> Path:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
+        root.setLevel(level)
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
