@@ -13,7 +13,7 @@ from loramem.experiments.runner import RecipeOptions, read_rows
 
 def test_bench_capacity_writes_the_contract_files(tmp_path):
     proc = run_cli("bench", "capacity", "--model", "tiny-random", "--ranks", "1,2", "--entries", "2,4",
-                   "--layers", "0-1", "--steps", "2", "--tau", "0.9", "--out", str(tmp_path))
+                   "--layers", "0-1", "--steps", "2", "--tau", "0.9", "--seeds", "1", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = read_rows(tmp_path / "results.jsonl")
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
@@ -27,7 +27,7 @@ def test_bench_capacity_writes_the_contract_files(tmp_path):
     assert set(summary["per_rank"]) == {"1", "2"} and "efficiency" in summary["per_rank"]["1"]
     for png in ("accuracy_vs_size", "tmax_vs_rank", "efficiency_vs_rank"):
         assert (tmp_path / f"{png}.png").stat().st_size > 1000
-    assert (tmp_path / "results.csv").read_text().startswith("rank,size_tokens,entries,accuracy")
+    assert (tmp_path / "results.csv").read_text().startswith("rank,size_tokens,entries,train_seed,accuracy")
 
 
 def test_tmax_and_efficiency_follow_the_papers_definition(tmp_path):
@@ -42,3 +42,38 @@ def test_tmax_and_efficiency_follow_the_papers_definition(tmp_path):
     assert s["per_rank"]["1"]["efficiency"] == 1000 / 1000 and s["per_rank"]["4"]["efficiency"] == 2000 / 4000
     assert s["peak_efficiency_rank"] == "1"
     assert "| 1 | 1000 |" in (tmp_path / "capacity.md").read_text()
+
+
+def test_seeds_train_each_cell_on_its_own_phonebook_and_the_summary_uses_their_mean(tmp_path):
+    proc = run_cli("bench", "capacity", "--model", "tiny-random", "--ranks", "1,2", "--entries", "3",
+                   "--layers", "0-1", "--steps", "1", "--seeds", "2", "--seed", "5", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = read_rows(tmp_path / "results.jsonl")
+    assert sorted(r["cell"] for r in rows) == ["r1-entries3-s5", "r1-entries3-s6", "r2-entries3-s5", "r2-entries3-s6"]
+    assert {r["train_seed"] for r in rows} == {5, 6}
+    md = (tmp_path / "capacity.md").read_text()
+    assert "Mean over seeds" in md and "mean of 2 seeds" in md
+    assert (tmp_path / "results.csv").read_text().splitlines()[0].split(",")[3] == "train_seed"
+    bad = run_cli("bench", "capacity", "--model", "tiny-random", "--seeds", "0", "--out", str(tmp_path / "x"))
+    assert bad.returncode != 0 and "--seeds must be >= 1" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_phonebooks_differ_between_seeds():
+    from loramem.data import phonebook
+
+    assert [e.name for e in phonebook.generate(5, 0)] != [e.name for e in phonebook.generate(5, 1)]
+
+
+def test_tmax_uses_the_mean_over_seeds(tmp_path):
+    def row(rank, size, seed, acc, tokens):
+        return {"rank": rank, "size_kind": "tokens", "size": size, "train_seed": seed, "size_tokens": tokens,
+                "entries": size // 30, "accuracy": acc, "n_params": 1000 * rank, "bits": 0, "bits_per_param": 0.1,
+                "tau": 0.9, "steps": 1, "seconds": 1}
+
+    # rank 1 at 1000 tokens: seeds 1.0 and 0.7 -> mean 0.85 < tau, so T_max is the 500-token size (mean tokens 490)
+    rows = [row(1, 500, 0, 1.0, 480), row(1, 500, 1, 1.0, 500), row(1, 1000, 0, 1.0, 990), row(1, 1000, 1, 0.7, 1010),
+            row(2, 500, 0, 1.0, 480), row(2, 500, 1, 1.0, 500), row(2, 1000, 0, 0.9, 990), row(2, 1000, 1, 1.0, 1010)]
+    s = summarize(rows, RecipeOptions(out=tmp_path))
+    assert s["seeds"] == 2
+    assert s["per_rank"]["1"]["t_max"] == 490 and s["per_rank"]["2"]["t_max"] == 1000
+    assert "| 1 | 1000 | 33 | 2 | 0.850 | 0.212 | 1.00 / 0.70 |" in (tmp_path / "capacity.md").read_text()

@@ -12,7 +12,7 @@ from loramem import experiments
 from loramem.datasheet import run_datasheet
 from loramem.experiments.runner import read_rows
 
-TINY_CAPACITY = {"ranks": [1, 4], "entries": [2, 6], "tau": 0.9,
+TINY_CAPACITY = {"ranks": [1, 4], "entries": [2, 6], "tau": 0.9, "seeds": 1,
                  "writer": {"layers": "0-1", "steps": 3, "eval_every": 3}}
 
 

@@ -35,3 +35,35 @@ def test_every_finding_is_not_measured_without_rows():
     out = findings.evaluate({})
     assert out and all(f["agrees"] is None for f in out)
     assert {"id", "finding", "recipe", "agrees", "evidence"} <= set(out[0])
+
+
+def _seeded(rank, size, seed, acc):
+    return {"rank": rank, "size_kind": "tokens", "size": size, "train_seed": seed, "size_tokens": size + seed,
+            "accuracy": acc, "n_params": 100 * rank, "tau": 0.9}
+
+
+def test_rank_comparison_is_decided_only_when_the_seeds_agree_beyond_their_spread():
+    small = [_seeded(1, 500, s, 1.0) for s in range(3)]
+    # rank 4 minus rank 1 at 1500 tokens, per seed: -0.14, +0.04, +0.14 (what one smoke run measured): undecided
+    mixed = small + [_seeded(4, 500, s, 1.0) for s in range(3)] + [
+        _seeded(1, 1500, 0, 0.20), _seeded(1, 1500, 1, 0.29), _seeded(1, 1500, 2, 0.12),
+        _seeded(4, 1500, 0, 0.06), _seeded(4, 1500, 1, 0.33), _seeded(4, 1500, 2, 0.26)]
+    v = {f["id"]: f for f in findings.evaluate({"capacity": mixed})}["capacity-saturates"]
+    assert v["agrees"] is None and "seeds disagree" in v["evidence"]["why"]
+    gain = v["evidence"]["rank_4_minus_rank_1"]
+    assert gain["ci95"][0] < 0 < gain["ci95"][1] and v["evidence"]["seeds"] == 3
+    # the same spread around a clear gain decides it
+    clear = small + [_seeded(4, 500, s, 1.0) for s in range(3)] + [
+        _seeded(1, 1500, 0, 0.20), _seeded(1, 1500, 1, 0.29), _seeded(1, 1500, 2, 0.12),
+        _seeded(4, 1500, 0, 0.60), _seeded(4, 1500, 1, 0.75), _seeded(4, 1500, 2, 0.50)]
+    assert {f["id"]: f for f in findings.evaluate({"capacity": clear})}["capacity-saturates"]["agrees"] is True
+    worse = small + [_seeded(4, 500, s, 1.0) for s in range(3)] + [
+        _seeded(1, 1500, 0, 0.60), _seeded(1, 1500, 1, 0.75), _seeded(1, 1500, 2, 0.50),
+        _seeded(4, 1500, 0, 0.20), _seeded(4, 1500, 1, 0.29), _seeded(4, 1500, 2, 0.12)]
+    assert {f["id"]: f for f in findings.evaluate({"capacity": worse})}["capacity-saturates"]["agrees"] is False
+
+
+def test_interval95_uses_student_t():
+    m, lo, hi = findings.interval95([0.0, 1.0])
+    assert m == 0.5 and abs((hi - m) - 12.71 * (2 ** 0.5 / 2) / 2 ** 0.5) < 1e-9 and abs((m - lo) - (hi - m)) < 1e-12
+    assert findings.interval95([0.3]) == (0.3, 0.3, 0.3)

@@ -215,6 +215,9 @@ def bench_capacity(
     lr: float | None = typer.Option(None), epochs: float | None = typer.Option(None),
     steps: int | None = typer.Option(None),
     seed: int = typer.Option(0),
+    seeds: int | None = typer.Option(None, help="train every cell this many times (seeds SEED, SEED+1, ...: a fresh "
+                                                "PhoneBook and LoRA init each); tables, plots and findings use the "
+                                                "mean and spread (default per scale: smoke 3, else 1)"),
     paper_data: Path | None = typer.Option(None, help="the paper's release folder"),
     executor: str = typer.Option("local", help="local or ray"),
 ) -> None:
@@ -228,7 +231,9 @@ def bench_capacity(
     rank_list = csv_list(ranks, int, "--ranks")
     if rank_list and min(rank_list) < 1:
         raise UserError("ranks must be >= 1 (e.g. --ranks 1,2,4)")
-    params = {"ranks": rank_list, "tau": tau,
+    if seeds is not None and seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {seeds}")
+    params = {"ranks": rank_list, "tau": tau, "seeds": seeds,
               "sizes": [parse_size(s) for s in csv_list(sizes, str)] if sizes else None,
               "entries": csv_list(entries, int, "--entries"), "paper_sizes": csv_list(paper_sizes, str),
               "writer": {"targets": targets, "layers": layers, "lr": lr, "epochs": epochs, "steps": steps}}

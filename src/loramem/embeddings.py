@@ -3,6 +3,7 @@ one loader for routing, dense retrieval and the offline judge, so a process hold
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 
@@ -208,8 +209,6 @@ def _quantized(fp32: Path) -> Path:
         return path
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    import logging
 
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.onnx")
     os.close(fd)

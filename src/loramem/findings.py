@@ -7,10 +7,10 @@ change the data, and the table changes.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from statistics import mean
+from statistics import mean, stdev
 
 Rows = dict[str, list[dict]]  # recipe name -> its ok rows
 
@@ -23,51 +23,70 @@ class Finding:
     check: Callable[[list[dict]], tuple[bool | None, dict]]
 
 
-def _by(rows: list[dict], key: str, value: str) -> dict:
-    groups: dict = defaultdict(list)
-    for r in rows:
-        if r.get(key) is not None and r.get(value) is not None:
-            groups[r[key]].append(float(r[value]))
-    return {k: mean(v) for k, v in sorted(groups.items(), key=lambda kv: _num(kv[0]))}
-
-
-def _num(x):
-    try:
-        return (0, float(x))
-    except (TypeError, ValueError):
-        return (1, str(x))
-
-
 def _r(x: float) -> float:
     return round(float(x), 4)
 
 
+# Two-sided 95% Student t quantiles by degrees of freedom (seeds - 1); 2.0 beyond the table.
+_T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 15: 2.13, 20: 2.09}
+
+
+def interval95(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% t interval of per-seed values; with one value the interval is that value."""
+    m = mean(values)
+    if len(values) < 2:
+        return m, m, m
+    dof = len(values) - 1
+    t = _T95.get(dof) or next((v for d, v in sorted(_T95.items()) if d >= dof), 2.0)
+    half = t * stdev(values) / math.sqrt(len(values))
+    return m, m - half, m + half
+
+
 def capacity_saturates(rows: list[dict]) -> tuple[bool | None, dict]:
-    """Accuracy falls as size grows at a fixed rank, and a larger rank holds more (mean accuracy rises)."""
-    ranks = sorted({r["rank"] for r in rows})
+    """Accuracy falls as size grows at a fixed rank, and the largest rank holds more than the smallest.
+
+    Accuracies are means over training seeds. With several seeds, "holds more" is the per-seed gain (largest rank
+    minus smallest, same PhoneBook) and is decided only when its 95% interval excludes zero.
+    """
+    from loramem.experiments.capacity import curves, rank_gain
+
+    curve = curves(rows)
+    ranks = list(curve)
     if len(ranks) < 2:
         return None, {"why": "needs at least two ranks"}
-    curves = {k: _by([r for r in rows if r["rank"] == k], "size_tokens", "accuracy") for k in ranks}
-    falls = {k: (list(c.values())[0] - list(c.values())[-1]) for k, c in curves.items() if len(c) >= 2}
-    by_rank = {k: mean(c.values()) for k, c in curves.items()}
+    falls = {k: pts[0]["accuracy"] - pts[-1]["accuracy"] for k, pts in curve.items() if len(pts) >= 2}
+    by_rank = {k: mean(p["accuracy"] for p in pts) for k, pts in curve.items()}
     saturates = any(d > 0.05 for d in falls.values())
-    grows = by_rank[ranks[-1]] > by_rank[ranks[0]]
-    return saturates and grows, {
-        "mean_accuracy_by_rank": {k: _r(v) for k, v in by_rank.items()},
-        "accuracy_drop_smallest_to_largest_size": {k: _r(v) for k, v in falls.items()},
-    }
+    gains = rank_gain(curve, ranks[0], ranks[-1])
+    m, lo, hi = interval95(list(gains.values()))
+    evidence = {"mean_accuracy_by_rank": {k: _r(v) for k, v in by_rank.items()},
+                "accuracy_drop_smallest_to_largest_size": {k: _r(v) for k, v in falls.items()},
+                "seeds": len(gains),
+                f"rank_{ranks[-1]}_minus_rank_{ranks[0]}": {"by_seed": {s: _r(g) for s, g in gains.items()},
+                                                            "mean": _r(m), "ci95": [_r(lo), _r(hi)]}}
+    if len(gains) < 2:
+        grows: bool | None = m > 0
+    elif lo > 0 or hi < 0 or lo == hi:
+        grows = m > 0
+    else:
+        grows = None
+    if not saturates:
+        return False, evidence
+    if grows is None:
+        evidence["why"] = (f"rank {ranks[-1]} vs rank {ranks[0]}: the seeds disagree (95% interval of the gain "
+                           f"{_r(lo)} to {_r(hi)} holds 0); more seeds or steps would decide it")
+    return grows, evidence
 
 
 def efficiency_peaks_low(rows: list[dict]) -> tuple[bool | None, dict]:
-    """Efficiency = T_max / N_params is highest below the largest rank tried."""
+    """Efficiency = T_max / N_params (on the mean over seeds) is highest below the largest rank tried."""
+    from loramem.experiments.capacity import curves, t_max
+
     tau = rows[0].get("tau", 0.9)
-    ranks = sorted({r["rank"] for r in rows})
-    eff, tmax = {}, {}
-    for k in ranks:
-        cells = [r for r in rows if r["rank"] == k]
-        ok = [r["size_tokens"] for r in cells if r["accuracy"] >= tau]
-        tmax[k] = max(ok) if ok else 0
-        eff[k] = tmax[k] / cells[0]["n_params"]
+    curve = curves(rows)
+    ranks = list(curve)
+    tmax = {k: t_max(pts, tau) for k, pts in curve.items()}
+    eff = {k: tmax[k] / curve[k][0]["n_params"] for k in ranks}
     if len(ranks) < 2 or not any(tmax.values()):
         return None, {"why": "no rank reached the threshold" if ranks else "no rows", "t_max": tmax}
     best = max(eff, key=eff.get)

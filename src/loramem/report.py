@@ -23,8 +23,8 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str], headers: Sequen
 
 def line_plot(path: Path, series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str, xlabel: str,
               ylabel: str, logx: bool = False, logy: bool = False, hline: float | None = None,
-              hline_label: str | None = None) -> Path:
-    """One PNG with a line per series (name -> (xs, ys))."""
+              hline_label: str | None = None, errors: dict[str, Sequence[float]] | None = None) -> Path:
+    """One PNG with a line per series (name -> (xs, ys)); `errors` (name -> y error per point) draws error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,7 +32,10 @@ def line_plot(path: Path, series: dict[str, tuple[Sequence[float], Sequence[floa
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for name, (xs, ys) in series.items():
-        ax.plot(list(xs), list(ys), marker="o", label=str(name))
+        if errors and name in errors:
+            ax.errorbar(list(xs), list(ys), yerr=list(errors[name]), marker="o", capsize=3, label=str(name))
+        else:
+            ax.plot(list(xs), list(ys), marker="o", label=str(name))
     if hline is not None:
         ax.axhline(hline, color="grey", linestyle="--", linewidth=1, label=hline_label)
     if logx:

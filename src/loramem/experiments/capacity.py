@@ -7,6 +7,9 @@ and Efficiency = T_max / N_params (the paper's metric), set against the publishe
 
 from __future__ import annotations
 
+from collections import defaultdict
+from statistics import mean, stdev
+
 from loramem.config import WriterConfig
 from loramem.data import phonebook
 from loramem.errors import UserError
@@ -19,14 +22,17 @@ BITS_PER_PARAM_LIMIT = 2.0  # published knowledge-capacity limit of language mod
 # stop once all facts are recalled). smoke/cpu put small LoRAs on the top layers so the prefix cache applies and
 # the grid fits a CPU; paper is the authors' grid and recipe (ranks 2..1024, 1K..20K tokens) for GPUs.
 # (smoke once had a 4000-token size too: both ranks scored 0.00 there in 100 steps, so it only cost time.)
+# `seeds` trains every cell that many times, each on a fresh PhoneBook and LoRA init: at smoke scale one seed's
+# rank-1 vs rank-4 accuracy on 50 entries swung from -0.14 to +0.14 between seeds, so a single run cannot tell
+# which rank stores more; the plots and findings use the mean over seeds and their spread.
 SCALES: dict[str, dict] = {
-    "smoke": {"ranks": [1, 4], "sizes": [500, 1500],
+    "smoke": {"ranks": [1, 4], "sizes": [500, 1500], "seeds": 3,
               "writer": {"targets": "all-linear", "layers": "27-29", "lr": 1e-2, "steps": 100, "batch_size": 8,
                          "eval_every": 25}},
-    "cpu": {"ranks": [1, 2, 4, 8, 16], "sizes": [500, 1000, 2000, 4000, 8000],
+    "cpu": {"ranks": [1, 2, 4, 8, 16], "sizes": [500, 1000, 2000, 4000, 8000], "seeds": 1,
             "writer": {"targets": "all-linear", "layers": "24-29", "lr": 5e-3, "steps": 400, "batch_size": 16,
                        "eval_every": 50}},
-    "paper": {"ranks": [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
+    "paper": {"ranks": [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024], "seeds": 1,
               "sizes": [1000, 2000, 4000, 8000, 12000, 16000, 20000],
               "writer": {"recipe": "paper", "targets": "all-linear"}},
 }
@@ -41,7 +47,7 @@ def _grid(opts: RecipeOptions) -> dict:
         writer.pop("steps", None)
     return {"ranks": p.get("ranks") or scale["ranks"], "sizes": p.get("sizes"), "entries": p.get("entries"),
             "paper_sizes": p.get("paper_sizes"), "tau": p.get("tau", 0.9), "writer": writer,
-            "default_sizes": scale["sizes"]}
+            "default_sizes": scale["sizes"], "seeds": p.get("seeds") or scale["seeds"]}
 
 
 def cells(opts: RecipeOptions) -> list[dict]:
@@ -54,8 +60,14 @@ def cells(opts: RecipeOptions) -> list[dict]:
         sizes = [("entries", n) for n in g["entries"]]
     else:
         sizes = [("tokens", s) for s in (g["sizes"] or g["default_sizes"])]
-    return [{"cell": f"r{r}-{kind}{size}", "rank": r, "size_kind": kind, "size": size, "tau": g["tau"],
-             "writer": g["writer"]} for r in g["ranks"] for kind, size in sizes]
+    seeds = [opts.seed + i for i in range(g["seeds"])]
+    tag = (lambda s: f"-s{s}") if len(seeds) > 1 else (lambda s: "")  # one seed: the ids earlier runs resume
+    return [{"cell": f"r{r}-{kind}{size}{tag(s)}", "rank": r, "size_kind": kind, "size": size, "tau": g["tau"],
+             "train_seed": s, "writer": g["writer"]} for r in g["ranks"] for kind, size in sizes for s in seeds]
+
+
+def _seed(cell: dict, opts: RecipeOptions) -> int:
+    return int(cell.get("train_seed", opts.seed))
 
 
 def _entries(cell: dict, opts: RecipeOptions, tokenizer) -> list[phonebook.Entry]:
@@ -63,8 +75,8 @@ def _entries(cell: dict, opts: RecipeOptions, tokenizer) -> list[phonebook.Entry
     if kind == "paper":
         return phonebook.read(phonebook.paper_file(str(size), opts.paper_data))
     if kind == "entries":
-        return phonebook.generate(int(size), opts.seed)
-    return phonebook.generate_tokens(int(size), tokenizer, opts.seed, cell["writer"].get("format", "plain"))
+        return phonebook.generate(int(size), _seed(cell, opts))
+    return phonebook.generate_tokens(int(size), tokenizer, _seed(cell, opts), cell["writer"].get("format", "plain"))
 
 
 def run_cell(cell: dict, opts: RecipeOptions) -> dict:
@@ -74,7 +86,7 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     base = load_base(opts.model)
     entries = _entries(cell, opts, base.tokenizer)
     writer = dict(cell["writer"])
-    cfg = WriterConfig.recipe(writer.pop("recipe", "fast"), rank=cell["rank"], seed=opts.seed, progress=False,
+    cfg = WriterConfig.recipe(writer.pop("recipe", "fast"), rank=cell["rank"], seed=_seed(cell, opts), progress=False,
                               **writer)
     adapter = "capacity_cell"
     res = write_module([e.example() for e in entries], base, cfg, adapter=adapter)
@@ -91,23 +103,60 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     }
 
 
+def curves(rows: list[dict]) -> dict[int, list[dict]]:
+    """Per rank, one point per knowledge size, mean over training seeds, smallest size first.
+
+    Each point: size_tokens (mean), accuracy (mean), accuracy_sd (0 with one seed), by_seed {seed: accuracy},
+    n_params, bits_per_param (best seed). Rows without size_kind/train_seed (older runs) count as one seed each.
+    """
+    out: dict[int, list[dict]] = {}
+    for k in sorted({r["rank"] for r in rows}):
+        groups: dict = defaultdict(list)
+        for r in rows:
+            if r["rank"] == k:
+                groups[(r["size_kind"], r["size"]) if "size_kind" in r else ("tokens", r["size_tokens"])].append(r)
+        points = []
+        for g in groups.values():
+            accs = [float(r["accuracy"]) for r in g]
+            points.append({"size_tokens": round(mean(r["size_tokens"] for r in g)), "accuracy": mean(accs),
+                           "accuracy_sd": stdev(accs) if len(accs) > 1 else 0.0,
+                           "by_seed": {r.get("train_seed", 0): float(r["accuracy"]) for r in g},
+                           "n_params": g[0]["n_params"], "bits_per_param": max(r.get("bits_per_param", 0.0) for r in g),
+                           "entries": round(mean(r.get("entries", 0) for r in g))})
+        out[k] = sorted(points, key=lambda p: p["size_tokens"])
+    return out
+
+
+def t_max(points: list[dict], tau: float) -> int:
+    """The largest knowledge size (tokens) whose mean accuracy reaches tau; 0 when none does."""
+    return max((p["size_tokens"] for p in points if p["accuracy"] >= tau), default=0)
+
+
+def rank_gain(curve: dict[int, list[dict]], low: int, high: int) -> dict[int, float]:
+    """Per training seed: mean accuracy over sizes at rank `high` minus at rank `low` (same seed, same data)."""
+    seeds = set.intersection(*(set(p["by_seed"]) for k in (low, high) for p in curve[k]))
+    return {s: mean(p["by_seed"][s] for p in curve[high]) - mean(p["by_seed"][s] for p in curve[low])
+            for s in sorted(seeds)}
+
+
 def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
-    """Per rank T_max and efficiency; plots and a Markdown table under opts.out."""
+    """Per rank T_max and efficiency (on the mean over seeds); plots and Markdown tables under opts.out."""
     out = opts.out
     tau = rows[0]["tau"]
-    ranks = sorted({r["rank"] for r in rows})
+    curve = curves(rows)
+    ranks = list(curve)
+    n_seeds = max(len(p["by_seed"]) for pts in curve.values() for p in pts)
     per_rank = {}
-    curves = {}
-    for k in ranks:
-        cells_k = sorted((r for r in rows if r["rank"] == k), key=lambda r: r["size_tokens"])
-        ok = [r["size_tokens"] for r in cells_k if r["accuracy"] >= tau]
-        t_max = max(ok) if ok else 0
-        n_params = cells_k[0]["n_params"]
-        per_rank[str(k)] = {"t_max": t_max, "n_params": n_params, "efficiency": t_max / n_params,
-                            "max_bits_per_param": max(r["bits_per_param"] for r in cells_k)}
-        curves[f"rank {k}"] = ([r["size_tokens"] for r in cells_k], [r["accuracy"] for r in cells_k])
-    line_plot(out / "accuracy_vs_size.png", curves, "PhoneBook exact match vs knowledge size",
-              "knowledge tokens", "exact match", hline=tau, hline_label=f"tau = {tau}")
+    for k, pts in curve.items():
+        tm = t_max(pts, tau)
+        per_rank[str(k)] = {"t_max": tm, "n_params": pts[0]["n_params"], "efficiency": tm / pts[0]["n_params"],
+                            "max_bits_per_param": max(p["bits_per_param"] for p in pts)}
+    seeds_note = f" (mean of {n_seeds} seeds, bars: sd)" if n_seeds > 1 else ""
+    line_plot(out / "accuracy_vs_size.png",
+              {f"rank {k}": ([p["size_tokens"] for p in pts], [p["accuracy"] for p in pts]) for k, pts in curve.items()},
+              "PhoneBook exact match vs knowledge size" + seeds_note, "knowledge tokens", "exact match",
+              hline=tau, hline_label=f"tau = {tau}",
+              errors={f"rank {k}": [p["accuracy_sd"] for p in pts] for k, pts in curve.items()} if n_seeds > 1 else None)
     line_plot(out / "tmax_vs_rank.png", {"T_max": (ranks, [per_rank[str(k)]["t_max"] for k in ranks])},
               f"T_max (largest size with accuracy >= {tau}) vs rank", "rank", "T_max (tokens)", logx=True)
     line_plot(out / "efficiency_vs_rank.png",
@@ -117,25 +166,35 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
               {"measured (best cell)": (ranks, [per_rank[str(k)]["max_bits_per_param"] for k in ranks])},
               "Bits stored per LoRA parameter", "rank", "bits / parameter", logx=True,
               hline=BITS_PER_PARAM_LIMIT, hline_label="~2 bits/param limit")
-    table = markdown_table(sorted(rows, key=lambda r: (r["rank"], r["size_tokens"])),
-                           ["rank", "size_tokens", "entries", "accuracy", "n_params", "bits", "bits_per_param",
-                            "steps", "seconds"],
+    order = sorted(rows, key=lambda r: (r["rank"], r["size_tokens"], r.get("train_seed", 0)))
+    seed_col = ["train_seed"] if n_seeds > 1 else []
+    table = markdown_table(order, ["rank", "size_tokens", "entries", *seed_col, "accuracy", "n_params", "bits",
+                                   "bits_per_param", "steps", "seconds"],
                            fmt={"accuracy": ".3f", "bits_per_param": ".4f"})
-    cols = ["rank", "size_tokens", "entries", "accuracy", "correct", "n_params", "bits", "bits_per_param", "steps",
-            "tokens_seen", "train_s", "seconds"]
+    cols = ["rank", "size_tokens", "entries", "train_seed", "accuracy", "correct", "n_params", "bits",
+            "bits_per_param", "steps", "tokens_seen", "train_s", "seconds"]
     with (out / "results.csv").open("w", newline="") as f:
         import csv
 
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
-        w.writerows(sorted(rows, key=lambda r: (r["rank"], r["size_tokens"])))
+        w.writerows(order)
     per_rank_rows = [{"rank": k, **per_rank[str(k)]} for k in ranks]
     summary_table = markdown_table(per_rank_rows, ["rank", "n_params", "t_max", "efficiency", "max_bits_per_param"],
                                    fmt={"efficiency": ".4f", "max_bits_per_param": ".4f"})
-    (out / "capacity.md").write_text(
-        f"### Capacity per rank (tau = {tau})\n\n{summary_table}\n### Every cell\n\n{table}")
+    text = f"### Capacity per rank (tau = {tau}{f', on the mean of {n_seeds} seeds' if n_seeds > 1 else ''})\n\n"
+    text += summary_table
+    if n_seeds > 1:
+        mean_rows = [{"rank": k, "size_tokens": p["size_tokens"], "entries": p["entries"], "seeds": len(p["by_seed"]),
+                      "mean_accuracy": p["accuracy"], "sd": p["accuracy_sd"],
+                      "per_seed": " / ".join(f"{a:.2f}" for _, a in sorted(p["by_seed"].items()))}
+                     for k, pts in curve.items() for p in pts]
+        text += "\n### Mean over seeds\n\n" + markdown_table(
+            mean_rows, ["rank", "size_tokens", "entries", "seeds", "mean_accuracy", "sd", "per_seed"],
+            fmt={"mean_accuracy": ".3f", "sd": ".3f"})
+    (out / "capacity.md").write_text(f"{text}\n### Every cell\n\n{table}")
     best = max(per_rank.values(), key=lambda v: v["efficiency"])
-    return {"tau": tau, "per_rank": per_rank, "peak_efficiency_rank": next(
+    return {"tau": tau, "seeds": n_seeds, "per_rank": per_rank, "peak_efficiency_rank": next(
         k for k, v in per_rank.items() if v is best), "bits_per_param_limit": BITS_PER_PARAM_LIMIT}
 
 
