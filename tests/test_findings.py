@@ -34,6 +34,7 @@ def test_capacity_findings_disagree_when_rows_contradict():
 def test_every_finding_is_not_measured_without_rows():
     out = findings.evaluate({})
     assert out and all(f["agrees"] is None for f in out)
+    assert {findings.label(f) for f in out} == {"not measured"}
     assert {"id", "finding", "recipe", "agrees", "evidence"} <= set(out[0])
 
 
@@ -50,6 +51,7 @@ def test_rank_comparison_is_decided_only_when_the_seeds_agree_beyond_their_sprea
         _seeded(4, 1500, 0, 0.06), _seeded(4, 1500, 1, 0.33), _seeded(4, 1500, 2, 0.26)]
     v = {f["id"]: f for f in findings.evaluate({"capacity": mixed})}["capacity-saturates"]
     assert v["agrees"] is None and "seeds disagree" in v["evidence"]["why"]
+    assert findings.label(v) == "undecided"
     gain = v["evidence"]["rank_4_minus_rank_1"]
     assert gain["ci95"][0] < 0 < gain["ci95"][1] and v["evidence"]["seeds"] == 3
     # the same spread around a clear gain decides it

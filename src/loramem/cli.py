@@ -265,10 +265,16 @@ def datasheet_cmd(
         raise UserError(f"--workers must be 1 or more (got {workers})")
     res = run_datasheet(model, scale, out, only=only, executor=executor, address=address, seed=seed,
                         paper_data=paper_data, workers=workers)
-    for f in res["findings"]:
-        mark = {True: "agrees", False: "DISAGREES", None: "not measured"}[f["agrees"]]
-        print(f"{mark:13s} {f['finding']}")
+    _print_findings(res["findings"])
     print(f"report: {Path(out) / 'report.html'}")
+
+
+def _print_findings(verdicts: list[dict]) -> None:
+    from loramem.findings import label
+
+    for f in verdicts:
+        mark = label(f)
+        print(f"{mark.upper() if mark == 'disagrees' else mark:13s} {f['finding']}")
 
 
 @app.command("demo")
@@ -285,9 +291,7 @@ def demo_cmd(
         raise UserError(f"--workers must be 1 or more (got {workers})")
     console.print(f"loramem demo: the paper's audit at smoke scale on {model}; outputs go to {out}/")
     res = run_datasheet(model, "smoke", out, only=only, workers=workers)
-    for f in res["findings"]:
-        mark = {True: "agrees", False: "DISAGREES", None: "not measured"}[f["agrees"]]
-        print(f"{mark:13s} {f['finding']}")
+    _print_findings(res["findings"])
     print(f"demo outputs in {out}/: report.html, report.md, results.jsonl, findings.json, one folder per recipe")
 
 

@@ -130,10 +130,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _verdict(a) -> str:
-    return {True: "agrees", False: "disagrees", None: "not measured"}[a]
-
-
 def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dict) -> str:
     """The report as Markdown, built only from files in `out`."""
     lines = [f"# loramem datasheet: {info['model']}", "",
@@ -148,11 +144,14 @@ def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dic
                  if info.get("workers", 1) > 1 else 1,
                  **{k: v for k, v in info["packages"].items()}}
     lines += [f"| {k} | {v} |" for k, v in env_items.items()]
-    lines += ["", "## Findings of the paper, checked on this run", "", "| finding | verdict | evidence |",
+    lines += ["", "## Findings of the paper, checked on this run", "",
+              "Each verdict is computed from `results.jsonl`. *undecided*: the recipe ran but its numbers cannot tell "
+              "(the evidence says why); *not measured*: the recipe did not run or finished no cell.", "",
+              "| finding | verdict | evidence |",
               "|---|---|---|"]
     for v in verdicts:
         ev = json.dumps(v["evidence"], default=str).replace("|", "\\|")
-        lines.append(f"| {v['finding']} ({v['recipe']}) | **{_verdict(v['agrees'])}** | `{ev}` |")
+        lines.append(f"| {v['finding']} ({v['recipe']}) | **{findings.label(v)}** | `{ev}` |")
     for name in names:
         recipe = experiments.get(name)
         st = info["recipes"].get(name, {})

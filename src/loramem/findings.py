@@ -143,5 +143,13 @@ def evaluate(rows: Rows) -> list[dict]:
                 agrees, evidence = f.check(got)
             except (KeyError, ValueError, ZeroDivisionError, TypeError) as exc:
                 agrees, evidence = None, {"why": f"rows lack what decides it ({type(exc).__name__}: {exc})"}
-        out.append({"id": f.id, "finding": f.statement, "recipe": f.recipe, "agrees": agrees, "evidence": evidence})
+        out.append({"id": f.id, "finding": f.statement, "recipe": f.recipe, "agrees": agrees, "evidence": evidence,
+                    "measured": bool(got)})
     return out
+
+
+def label(verdict: dict) -> str:
+    """agrees / disagrees; undecided when the recipe ran but its numbers cannot tell; not measured when it did not."""
+    if verdict["agrees"] is not None:
+        return "agrees" if verdict["agrees"] else "disagrees"
+    return "undecided" if verdict.get("measured") else "not measured"
