@@ -37,3 +37,15 @@ def _die(cell: dict, opts: RecipeOptions) -> dict:
 
 
 DIES = Recipe("dies", "test: a worker killed mid-cell", _cells, _die, _summarize)
+
+
+def _refuse_to_load():
+    raise RuntimeError("this object cannot be loaded in another process")
+
+
+class Unloadable:
+    """Pickles, but fails to unpickle: what a worker process meets with a recipe it cannot import (e.g. one
+    defined in a notebook's __main__)."""
+
+    def __reduce__(self):
+        return (_refuse_to_load, ())

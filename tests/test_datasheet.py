@@ -10,6 +10,7 @@ from recipes_for_tests import SQUARES
 
 from loramem import experiments
 from loramem.datasheet import run_datasheet
+from loramem.errors import UserError
 from loramem.experiments.runner import read_rows
 
 TINY_CAPACITY = {"ranks": [1, 4], "entries": [2, 6], "tau": 0.9, "seeds": 1,
@@ -80,3 +81,25 @@ def test_a_worker_that_dies_is_reported_and_the_other_recipes_finish(tmp_path, s
     assert "worker process died" in res["recipes"]["dies"]["error"]
     assert res["recipes"]["squares"]["ok"] == 3
     assert "worker process died" in (tmp_path / "report.md").read_text()
+
+
+def test_workers_that_cannot_start_are_reported_not_restarted_forever(tmp_path, squares_registered):
+    import threading
+
+    from recipes_for_tests import Unloadable
+
+    res: dict = {}
+    run = threading.Thread(target=lambda: res.update(run_datasheet(
+        "tiny-random", "smoke", tmp_path, only="squares,capacity", progress=False, workers=2,
+        params={"squares": {"n": 2, "poison": Unloadable()}, "capacity": TINY_CAPACITY})), daemon=True)
+    run.start()
+    run.join(timeout=180)
+    assert not run.is_alive(), "the datasheet kept restarting workers that cannot start"
+    assert all("could not start" in res["recipes"][n]["error"] for n in ("squares", "capacity"))
+    assert "could not start" in (tmp_path / "report.md").read_text()
+
+
+def test_recipes_that_cannot_be_pickled_are_refused_with_the_fix(tmp_path, squares_registered):
+    with pytest.raises(UserError, match="--workers 1"):
+        run_datasheet("tiny-random", "smoke", tmp_path, only="squares,capacity", progress=False, workers=2,
+                      params={"squares": {"n": 2, "unpicklable": lambda: None}, "capacity": TINY_CAPACITY})

@@ -69,3 +69,21 @@ def test_interval95_uses_student_t():
     m, lo, hi = findings.interval95([0.0, 1.0])
     assert m == 0.5 and abs((hi - m) - 12.71 * (2 ** 0.5 / 2) / 2 ** 0.5) < 1e-9 and abs((m - lo) - (hi - m)) < 1e-12
     assert findings.interval95([0.3]) == (0.3, 0.3, 0.3)
+
+
+def test_rank_gain_compares_only_the_sizes_both_ranks_finished():
+    # rank 4's 1500-token cells all failed: comparing rank 4's easy size alone with rank 1's two sizes would make
+    # rank 4 look better; over the common size both are perfect, so rank 4 does not hold more
+    rows = [_seeded(1, 500, s, 1.0) for s in range(3)] + [_seeded(1, 1500, s, a) for s, a in enumerate((.2, .3, .1))]
+    rows += [_seeded(4, 500, s, 1.0) for s in range(3)]
+    v = {f["id"]: f for f in findings.evaluate({"capacity": rows})}["capacity-saturates"]
+    assert v["agrees"] is False and v["evidence"]["rank_4_minus_rank_1"]["by_seed"] == {0: 0.0, 1: 0.0, 2: 0.0}
+
+
+def test_a_row_from_before_seeds_is_seed_0_and_not_counted_twice():
+    from loramem.experiments.capacity import curves
+
+    old = {"rank": 1, "size_kind": "tokens", "size": 500, "size_tokens": 480, "accuracy": 0.0, "n_params": 100}
+    rows = [old] + [_seeded(1, 500, s, a) for s, a in enumerate((1.0, 0.5, 0.6))]
+    (point,) = curves(rows)[1]
+    assert point["by_seed"] == {0: 1.0, 1: 0.5, 2: 0.6} and abs(point["accuracy"] - 0.7) < 1e-9

@@ -254,7 +254,7 @@ def datasheet_cmd(
     seed: int = typer.Option(0),
     paper_data: Path | None = typer.Option(None, help="the paper's release folder, where recipes can use it"),
     workers: int | None = typer.Option(None, help="recipes at once, each in its own process with its share of the "
-                                                  "cores (local executor); default: 2 on a 2-core CPU, 1 with a GPU"),
+                                                  "cores (local executor); default: one per core up to 4 as memory allows (~6 GiB each), 1 with a GPU"),
 ) -> None:
     """Run the paper's audit on a base model and write report.html, report.md, results.jsonl, findings.json."""
     from loramem.datasheet import run_datasheet
@@ -282,7 +282,7 @@ def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), help="where the report goes"),
     model: str = typer.Option("smollm2-135m", help="base model"),
     only: str | None = typer.Option(None, help="comma list of recipes (default: all)"),
-    workers: int | None = typer.Option(None, help="recipes at once (default: 2 on a 2-core CPU, 1 with a GPU)"),
+    workers: int | None = typer.Option(None, help="recipes at once (default: one per core up to 4 as memory allows, 1 with a GPU)"),
 ) -> None:
     """The main job on the embedded default model: the datasheet at smoke scale (a CPU, minutes)."""
     from loramem.datasheet import run_datasheet

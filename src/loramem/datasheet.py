@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from loramem import experiments, findings
+from loramem.errors import UserError
 from loramem.experiments.runner import RecipeOptions, read_rows, run_recipe_status
 
 console = Console(stderr=True)
@@ -33,6 +34,8 @@ def recipe_names(only: str | None = None) -> list[str]:
     if not only:
         return known
     wanted = [w.strip() for w in only.split(",") if w.strip()]
+    if not wanted:
+        raise UserError(f"--only {only!r} names no recipe; give a comma list such as capacity,routing")
     for w in wanted:
         experiments.get(w)  # raises UserError naming the choices
     return [n for n in known if n in wanted]
@@ -44,7 +47,7 @@ def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, ex
     """Run the recipes, gather rows, compute findings, write the report. Returns the findings and paths.
 
     `workers`: recipes run at once, each in its own process with its share of the cores (local executor only);
-    None picks `workers.auto_workers()` (2 on a 2-core CPU, 1 with a GPU)."""
+    None picks `workers.auto_workers()` (one per core up to 4, ~6 GiB of memory each; 1 with a GPU)."""
     from loramem.experiments import workers as pool
 
     out = Path(out)
@@ -99,7 +102,7 @@ def environment(model: str) -> dict:
     """Versions, hardware and the base model's identity, for the report's first section."""
     import torch
 
-    from loramem.embeddings import query_encoder
+    from loramem.embeddings import query_encoder_in_use
     from loramem.models import load_base
     from loramem.writer import package_versions
 
@@ -115,7 +118,7 @@ def environment(model: str) -> dict:
         "packages": package_versions(), "python": platform.python_version(),
         "cpu": _cpu_name(), "cores": os.cpu_count(), "memory_gib": mem_gib,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "router_query_encoder": f"all-MiniLM-L6-v2 {query_encoder()} (LORAMEM_QUERY_ENCODER)",
+        "router_query_encoder": f"all-MiniLM-L6-v2 {query_encoder_in_use()} (LORAMEM_QUERY_ENCODER)",
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 

@@ -118,6 +118,14 @@ class OnnxEncoder:
         return (vec / np.clip(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12, None)).astype(np.float32)
 
 
+def query_encoder_in_use() -> str:
+    """The query encoder that really runs: `query_encoder()`, or `torch` when its ONNX session is unavailable."""
+    name = query_encoder()
+    if name != "torch" and query_session(name) is None:
+        return f"torch ({name} unavailable)"
+    return name
+
+
 @lru_cache(maxsize=2)
 def query_session(precision: str = "fp32") -> OnnxEncoder | None:
     """MiniLM as an ONNX Runtime session (`fp32`: the exact network; `int8`: its dynamically quantized copy),
@@ -138,8 +146,6 @@ def query_session(precision: str = "fp32") -> OnnxEncoder | None:
         path = _exported(st) if precision == "fp32" else _quantized(_exported(st))
         return OnnxEncoder(path, st.tokenizer, int(st.max_seq_length), max(1, torch.get_num_threads()))
     except Exception as exc:  # noqa: BLE001 - a broken export must not stop routing; PyTorch still works
-        import logging
-
         logging.getLogger(__name__).warning("ONNX %s query encoder unavailable (%s); using PyTorch", precision, exc)
         return None
 

@@ -27,7 +27,7 @@ def _r(x: float) -> float:
     return round(float(x), 4)
 
 
-# Two-sided 95% Student t quantiles by degrees of freedom (seeds - 1); 2.0 beyond the table.
+# Two-sided 95% Student t quantiles by degrees of freedom (seeds - 1).
 _T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 15: 2.13, 20: 2.09}
 
 
@@ -37,7 +37,7 @@ def interval95(values: list[float]) -> tuple[float, float, float]:
     if len(values) < 2:
         return m, m, m
     dof = len(values) - 1
-    t = _T95.get(dof) or next((v for d, v in sorted(_T95.items()) if d >= dof), 2.0)
+    t = _T95[max(d for d in _T95 if d <= dof)]  # the nearest tabulated dof at or below: never too narrow
     half = t * stdev(values) / math.sqrt(len(values))
     return m, m - half, m + half
 
@@ -46,7 +46,8 @@ def capacity_saturates(rows: list[dict]) -> tuple[bool | None, dict]:
     """Accuracy falls as size grows at a fixed rank, and the largest rank holds more than the smallest.
 
     Accuracies are means over training seeds. With several seeds, "holds more" is the per-seed gain (largest rank
-    minus smallest, same PhoneBook) and is decided only when its 95% interval excludes zero.
+    minus smallest, same PhoneBook) and is decided only when its 95% interval excludes zero (or every seed shows the
+    same gain; no gain at all is "does not hold more").
     """
     from loramem.experiments.capacity import curves, rank_gain
 
@@ -58,16 +59,20 @@ def capacity_saturates(rows: list[dict]) -> tuple[bool | None, dict]:
     by_rank = {k: mean(p["accuracy"] for p in pts) for k, pts in curve.items()}
     saturates = any(d > 0.05 for d in falls.values())
     gains = rank_gain(curve, ranks[0], ranks[-1])
+    seeds_run = max(len(p["by_seed"]) for pts in curve.values() for p in pts)
+    if not gains or (seeds_run > 1 and len(gains) < 2):
+        return (False if not saturates else None), {
+            "why": f"fewer than two of the {seeds_run} seeds finished the same sizes at rank {ranks[0]} and "
+                   f"rank {ranks[-1]}; rerun to resume the failed cells",
+            "accuracy_drop_smallest_to_largest_size": {k: _r(v) for k, v in falls.items()}}
     m, lo, hi = interval95(list(gains.values()))
     evidence = {"mean_accuracy_by_rank": {k: _r(v) for k, v in by_rank.items()},
                 "accuracy_drop_smallest_to_largest_size": {k: _r(v) for k, v in falls.items()},
                 "seeds": len(gains),
                 f"rank_{ranks[-1]}_minus_rank_{ranks[0]}": {"by_seed": {s: _r(g) for s, g in gains.items()},
                                                             "mean": _r(m), "ci95": [_r(lo), _r(hi)]}}
-    if len(gains) < 2:
+    if len(gains) < 2 or lo > 0 or hi < 0 or lo == hi:  # one seed, or every seed the same gain: its sign
         grows: bool | None = m > 0
-    elif lo > 0 or hi < 0 or lo == hi:
-        grows = m > 0
     else:
         grows = None
     if not saturates:

@@ -106,21 +106,24 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
 def curves(rows: list[dict]) -> dict[int, list[dict]]:
     """Per rank, one point per knowledge size, mean over training seeds, smallest size first.
 
-    Each point: size_tokens (mean), accuracy (mean), accuracy_sd (0 with one seed), by_seed {seed: accuracy},
-    n_params, bits_per_param (best seed). Rows without size_kind/train_seed (older runs) count as one seed each.
+    Each point: key (size kind and nominal size), size_tokens (mean), accuracy (mean over seeds), accuracy_sd (0 with
+    one seed), by_seed {seed: accuracy}, n_params, bits_per_param (best seed). A row without train_seed (a run from
+    before seeds) counts as seed 0; of two rows for one size and seed, the later one counts.
     """
     out: dict[int, list[dict]] = {}
     for k in sorted({r["rank"] for r in rows}):
-        groups: dict = defaultdict(list)
+        groups: dict = defaultdict(dict)
         for r in rows:
             if r["rank"] == k:
-                groups[(r["size_kind"], r["size"]) if "size_kind" in r else ("tokens", r["size_tokens"])].append(r)
+                key = f"{r['size_kind']}:{r['size']}" if "size_kind" in r else f"tokens:{r['size_tokens']}"
+                groups[key][r.get("train_seed", 0)] = r
         points = []
-        for g in groups.values():
+        for key, by_seed in groups.items():
+            g = list(by_seed.values())
             accs = [float(r["accuracy"]) for r in g]
-            points.append({"size_tokens": round(mean(r["size_tokens"] for r in g)), "accuracy": mean(accs),
-                           "accuracy_sd": stdev(accs) if len(accs) > 1 else 0.0,
-                           "by_seed": {r.get("train_seed", 0): float(r["accuracy"]) for r in g},
+            points.append({"key": key, "size_tokens": round(mean(r["size_tokens"] for r in g)),
+                           "accuracy": mean(accs), "accuracy_sd": stdev(accs) if len(accs) > 1 else 0.0,
+                           "by_seed": {s: float(r["accuracy"]) for s, r in by_seed.items()},
                            "n_params": g[0]["n_params"], "bits_per_param": max(r.get("bits_per_param", 0.0) for r in g),
                            "entries": round(mean(r.get("entries", 0) for r in g))})
         out[k] = sorted(points, key=lambda p: p["size_tokens"])
@@ -133,9 +136,14 @@ def t_max(points: list[dict], tau: float) -> int:
 
 
 def rank_gain(curve: dict[int, list[dict]], low: int, high: int) -> dict[int, float]:
-    """Per training seed: mean accuracy over sizes at rank `high` minus at rank `low` (same seed, same data)."""
-    seeds = set.intersection(*(set(p["by_seed"]) for k in (low, high) for p in curve[k]))
-    return {s: mean(p["by_seed"][s] for p in curve[high]) - mean(p["by_seed"][s] for p in curve[low])
+    """Per training seed: mean accuracy at rank `high` minus at rank `low`, over the sizes both ranks finished
+    (same seed, same PhoneBook); only seeds that finished all of those sizes at both ranks count."""
+    keys = {p["key"] for p in curve[low]} & {p["key"] for p in curve[high]}
+    pts = {k: [p for p in curve[k] if p["key"] in keys] for k in (low, high)}
+    if not keys:
+        return {}
+    seeds = set.intersection(*(set(p["by_seed"]) for k in (low, high) for p in pts[k]))
+    return {s: mean(p["by_seed"][s] for p in pts[high]) - mean(p["by_seed"][s] for p in pts[low])
             for s in sorted(seeds)}
 
 

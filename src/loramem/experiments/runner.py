@@ -118,7 +118,8 @@ def run_recipe_status(recipe: Recipe, opts: RecipeOptions, executor: str = "loca
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # reported in the datasheet; the other recipes go on
-        traceback.print_exc()
+        if not isinstance(exc, UserError):  # a bug's traceback, for the log; bad input is its one line
+            traceback.print_exc()
         return {"error": f"{type(exc).__name__}: {exc}", "seconds": round(time.time() - t, 1)}
 
 

@@ -15,16 +15,19 @@ A worker's output goes to DIR/logs/worker-<pid>.log; the parent draws one progre
 from __future__ import annotations
 
 import os
+import pickle
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from loramem.errors import UserError
+
 # Recipes that must run in one process, in this order: multi-lora trains the bank the other three reuse.
 CHAINS: list[tuple[str, ...]] = [("multi-lora", "routing", "merging", "n-modules")]
 # Scheduling hint only (longest first keeps the workers' loads even): the smoke datasheet's slowest recipes on a
 # 2-core CPU. Recipes not named here (your own) go last.
-LONGEST_FIRST = ["multi-lora", "mixes", "rag-icl", "capacity", "formats", "counterfact", "generators", "model-scale"]
+LONGEST_FIRST = ["multi-lora", "capacity", "mixes", "rag-icl", "formats", "generators", "counterfact", "model-scale"]
 GIB_PER_WORKER = 6  # a worker holds a base model, its optimizer state and activations; smoke needs ~2-3 GiB
 
 
@@ -73,75 +76,120 @@ def plan(names: list[str]) -> list[list[str]]:
 def run_parallel(jobs: list, workers: int, log_dir: Path, progress: bool = True) -> dict[str, dict]:
     """Run (recipe, options) jobs on `workers` processes; returns each recipe's run.json status. A worker that dies
     (killed, out of memory) costs only the recipes of the unit it was running: they are reported as failed, a new
-    worker takes the remaining units, and a rerun resumes them."""
+    worker takes the remaining units, and a rerun resumes them. A worker that cannot even start (e.g. a recipe
+    defined in __main__, which a fresh interpreter cannot import) is not restarted: its units are reported.
+
+    Each worker talks to the parent over its own pipe (no queue shared between processes, so a worker killed
+    mid-message cannot leave a lock held for the others): it says "ready", the parent hands it a unit or None."""
     import multiprocessing as mp
-    import queue
+    from collections import deque
+    from multiprocessing.connection import wait
 
     by_name = {recipe.name: (recipe, opts.model_copy(update={"progress": False})) for recipe, opts in jobs}
     units = [[by_name[n] for n in unit] for unit in plan(list(by_name))]
+    try:
+        pickle.dumps(units)
+    except Exception as exc:
+        raise UserError(f"these recipes cannot be sent to worker processes ({type(exc).__name__}: {exc}); "
+                        "run them one at a time with --workers 1") from None
     log_dir.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")  # a fresh interpreter per worker: its own thread count, no forked torch state
-    tasks, events = ctx.Queue(), ctx.Queue()
-    for i in range(len(units)):
-        tasks.put(i)
-    for _ in range(workers):
-        tasks.put(None)  # one stop sign per worker (a replacement takes the one its dead predecessor left)
     threads = threads_per_worker(workers)
+    pending = deque(range(len(units)))
     status: dict[str, dict] = {}
     resolved: set[int] = set()
+    live: dict[int, tuple] = {}  # slot -> (process, connection)
     running: dict[int, int | None] = {}
+    started: dict[int, bool] = {}  # the worker said "ready" at least once
+    no_start: list[str] = []
 
-    def start(slot: int):
-        proc = ctx.Process(target=_worker, args=(slot, tasks, events, units, threads, str(log_dir)), daemon=True)
+    def start(slot: int) -> None:
+        here, there = ctx.Pipe(duplex=True)
+        proc = ctx.Process(target=_worker, args=(slot, there, units, threads, str(log_dir)), daemon=True)
         proc.start()
-        running[slot] = None
-        return proc
+        there.close()
+        live[slot], running[slot], started[slot] = (proc, here), None, False
+
+    def hand_out(slot: int) -> None:
+        unit = pending.popleft() if pending else None
+        running[slot] = unit
+        try:
+            live[slot][1].send(unit)
+        except OSError:
+            pass  # it died meanwhile; its sentinel reports it
+
+    def fail(unit: int, why: str) -> None:
+        for recipe, _ in units[unit]:
+            if recipe.name not in status:
+                status[recipe.name] = {"error": why, "seconds": 0}
+                view.show("end", recipe.name, status[recipe.name])
+        resolved.add(unit)
+
+    def handle(slot: int, msg: tuple) -> None:
+        kind, who, fields = msg
+        if kind == "ready":
+            started[slot] = True
+            hand_out(slot)
+        elif kind == "unit":
+            status.update(fields["status"])
+            resolved.add(fields["unit"])
+            running[slot] = None
+        else:
+            view.show(kind, who, fields)
+
+    def drain(slot: int) -> bool:
+        """Read what the worker sent; False once its pipe is closed or broken (it exited or was killed)."""
+        conn = live[slot][1]
+        try:
+            while conn.poll():
+                handle(slot, conn.recv())
+        except (EOFError, OSError, ValueError, ImportError, AttributeError, TypeError):
+            return False  # closed, or a message cut short by a kill
+        return True
 
     with _env(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)), _View(progress, jobs, workers) as view:
-        procs = {slot: start(slot) for slot in range(workers)}
+        for slot in range(workers):
+            start(slot)
         try:
-            while len(resolved) < len(units):
-                try:
-                    event = events.get(timeout=0.25)
-                except queue.Empty:
-                    event = None
-                if event is not None:
-                    kind, who, fields = event
-                    if kind == "take":
-                        running[who] = fields["unit"]
-                    elif kind == "unit":
-                        status.update(fields["status"])
-                        resolved.add(fields["unit"])
-                        running[who] = None
-                    else:
-                        view.show(kind, who, fields)
-                    continue
-                for slot, proc in list(procs.items()):
-                    if proc is None or proc.is_alive():
+            while len(resolved) < len(units) and live:
+                by_object = {c: slot for slot, (_, c) in live.items()}
+                by_object.update({p.sentinel: slot for slot, (p, _) in live.items()})
+                for obj in wait(list(by_object), timeout=1.0):
+                    slot = by_object[obj]
+                    if slot in live and not drain(slot):
+                        live[slot][0].join(timeout=5)  # its pipe closed: it is exiting
+                for slot, (proc, conn) in list(live.items()):
+                    if proc.is_alive():
                         continue
-                    unit = running.get(slot)
-                    if unit is not None:  # died mid-unit: its unfinished recipes are reported, not retried
-                        for recipe, _ in units[unit]:
-                            if recipe.name not in status:
-                                status[recipe.name] = {"error": f"worker process died (exit code {proc.exitcode}); "
-                                                                f"see {log_dir}/ and rerun to resume", "seconds": 0}
-                                view.show("end", recipe.name, status[recipe.name])
-                        resolved.add(unit)
-                    procs[slot] = start(slot) if proc.exitcode != 0 and len(resolved) < len(units) else None
-                if all(p is None for p in procs.values()):
-                    break
+                    drain(slot)  # events it sent just before exiting
+                    proc.join()
+                    conn.close()
+                    del live[slot]
+                    if running[slot] is not None and running[slot] not in resolved:
+                        fail(running[slot], f"worker process died (exit code {proc.exitcode}); see {log_dir}/ and "
+                                            "rerun to resume")
+                    if not started[slot]:
+                        no_start.append(f"exit code {proc.exitcode}")
+                    elif proc.exitcode != 0 and pending:
+                        start(slot)
         except BaseException:
-            for proc in procs.values():  # Ctrl-C: stop the workers too; the finished cells stay on disk
-                if proc is not None:
-                    proc.terminate()
+            for proc, _ in live.values():  # Ctrl-C: stop the workers too; the finished cells stay on disk
+                proc.terminate()
             raise
         finally:
-            for proc in procs.values():
-                if proc is not None:
-                    proc.join(timeout=10)
-    for unit in units:  # anything no worker could take (all of them died before)
-        for recipe, _ in unit:
-            status.setdefault(recipe.name, {"error": "not run: no worker was left; rerun to resume", "seconds": 0})
+            for proc, conn in list(live.values()):
+                try:
+                    conn.send(None)  # a worker waiting for its next unit stops
+                except OSError:
+                    pass
+                proc.join(timeout=10)
+                conn.close()
+        why = (f"not run: worker processes could not start ({', '.join(no_start)}; their error is printed above). "
+               "A recipe defined in __main__, or a script without `if __name__ == '__main__':`, cannot run in "
+               "worker processes: use workers=1") if no_start else "not run: no worker was left; rerun to resume"
+        for unit in range(len(units)):
+            if unit not in resolved:
+                fail(unit, why)
     return status
 
 
@@ -159,9 +207,9 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _worker(slot: int, tasks, events, units: list, threads: int, log_dir: str) -> None:
-    """A worker process: output to its log file (not over the parent's view), its thread count, then units from
-    the queue until a stop sign."""
+def _worker(slot: int, conn, units: list, threads: int, log_dir: str) -> None:
+    """A worker process: output to its log file (not over the parent's view), its thread count, then the units the
+    parent hands it until None."""
     fd = os.open(Path(log_dir) / f"worker-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -171,16 +219,18 @@ def _worker(slot: int, tasks, events, units: list, threads: int, log_dir: str) -
     from loramem.experiments.runner import run_recipe_status
 
     torch.set_num_threads(threads)
-    while (unit := tasks.get()) is not None:
-        events.put(("take", slot, {"unit": unit}))
+    conn.send(("ready", slot, {}))
+    while (unit := conn.recv()) is not None:
         status = {}
         for recipe, opts in units[unit]:
-            events.put(("begin", recipe.name, {}))
+            conn.send(("begin", recipe.name, {}))
             print(f"== {recipe.name} ({time.strftime('%H:%M:%S')})", flush=True)
             status[recipe.name] = run_recipe_status(
-                recipe, opts, listener=lambda event, _name=recipe.name, **f: events.put((event, _name, f)))
-            events.put(("end", recipe.name, status[recipe.name]))
-        events.put(("unit", slot, {"unit": unit, "status": status}))
+                recipe, opts, listener=lambda event, _name=recipe.name, **f: conn.send((event, _name, f)))
+            conn.send(("end", recipe.name, status[recipe.name]))
+        conn.send(("unit", slot, {"unit": unit, "status": status}))
+        conn.send(("ready", slot, {}))
+    conn.close()
 
 
 class _View:
