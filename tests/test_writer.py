@@ -173,3 +173,22 @@ def test_running_estimate_replaces_per_epoch_checks(tiny_base):
     assert [s for s, _ in rec["em_running"]] == [2, 4, 6, 8, 10, 12]  # one estimate per epoch of 2 batches
     assert all(0.0 <= em <= 1.0 for _, em in rec["em_running"])
     res.model.delete_adapter("wonline")
+
+
+def test_a_bf16_shortcut_passes_when_it_is_as_close_to_fp32_as_the_bf16_full_pass(tiny_base):
+    """Under bf16 autocast the shortcut is judged against the fp32 logits: no further from them than the bf16 full
+    pass is (the real model: both bf16 paths differ by ~2% of the logit scale, as each does from fp32)."""
+    import contextlib
+
+    from loramem.forward import _same_logits
+
+    model = tiny_base.model
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731 - what writer.autocast_for returns
+    exact = torch.linspace(-30, 30, 64).reshape(4, 16)
+    full = exact + 0.6 * torch.sign(torch.sin(torch.arange(64.0))).reshape(4, 16)  # bf16 full pass: 0.6 off
+    near = exact - 0.5  # the shortcut: 0.5 off fp32, 1.1 off the bf16 full pass
+    far = exact + 3.0
+    assert not _same_logits(model, bf16, full, near)  # without a reference: the plain tolerance says no
+    assert _same_logits(model, bf16, full, near, exact=lambda: exact)
+    assert not _same_logits(model, bf16, full, far, exact=lambda: exact)
+    assert not _same_logits(model, contextlib.nullcontext, full, near, exact=lambda: exact)  # fp32: exact or nothing
