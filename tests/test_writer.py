@@ -192,3 +192,16 @@ def test_a_bf16_shortcut_passes_when_it_is_as_close_to_fp32_as_the_bf16_full_pas
     assert _same_logits(model, bf16, full, near, exact=lambda: exact)
     assert not _same_logits(model, bf16, full, far, exact=lambda: exact)
     assert not _same_logits(model, contextlib.nullcontext, full, near, exact=lambda: exact)  # fp32: exact or nothing
+
+
+def test_loramem_precision_sets_the_default_training_precision(monkeypatch):
+    from loramem.writer import precision_for
+
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("LORAMEM_PRECISION", "fp32")
+    assert precision_for("auto", cpu) == "fp32"
+    monkeypatch.setenv("LORAMEM_PRECISION", "bf16")
+    assert precision_for("auto", cpu) == "bf16" and precision_for("fp32", cpu) == "fp32"  # a config's choice wins
+    monkeypatch.setenv("LORAMEM_PRECISION", "fp8")
+    with pytest.raises(UserError, match="LORAMEM_PRECISION='fp8' is not one of auto, fp32, bf16"):
+        precision_for("auto", cpu)

@@ -104,7 +104,7 @@ def environment(model: str) -> dict:
 
     from loramem.embeddings import query_encoder_in_use
     from loramem.models import load_base
-    from loramem.writer import package_versions
+    from loramem.writer import package_versions, precision_for
 
     base = load_base(model)
     mem_gib = None
@@ -119,6 +119,8 @@ def environment(model: str) -> dict:
         "cpu": _cpu_name(), "cores": os.cpu_count(), "memory_gib": mem_gib,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "router_query_encoder": f"all-MiniLM-L6-v2 {query_encoder_in_use()} (LORAMEM_QUERY_ENCODER)",
+        "writer_precision": {"bf16": "bf16 autocast", "fp32": "fp32"}[precision_for("auto", base.device)]
+                            + " (LORAMEM_PRECISION)",
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
@@ -142,6 +144,7 @@ def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dic
                  "model parameters": f"{info['model_params']:,}", "cpu": info["cpu"], "cores": info["cores"],
                  "memory (GiB)": info["memory_gib"], "gpu": info["gpu"] or "none", "python": info["python"],
                  "router query encoder": info.get("router_query_encoder", "all-MiniLM-L6-v2"),
+                 "LoRA training precision": info.get("writer_precision", "not recorded"),
                  "recipes at once": f"{info.get('workers', 1)} (worker processes, {info.get('threads_per_worker')} "
                                     "threads each; timings inside recipes were taken under that load)"
                  if info.get("workers", 1) > 1 else 1,

@@ -120,9 +120,26 @@ def adapter_params(host, adapter: str) -> list[torch.nn.Parameter]:
     return [p for n, p in host.named_parameters() if "lora_" in n and f".{adapter}." in n + "."]
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def precision_for(cfg_precision: str, device: torch.device) -> str:
+    """`fp32` or `bf16` (autocast). `auto` takes $LORAMEM_PRECISION, else bf16 where the hardware has fast bf16
+    (CUDA, or a CPU with AVX512-BF16/AMX). LORAMEM_PRECISION=fp32 makes runs on different CPUs comparable."""
+    import os
+
+    if cfg_precision == "auto":
+        cfg_precision = os.environ.get("LORAMEM_PRECISION", "auto").strip().lower() or "auto"
+        if cfg_precision not in PRECISIONS:
+            raise UserError(f"LORAMEM_PRECISION={cfg_precision!r} is not one of {', '.join(PRECISIONS)}; "
+                            "unset it or pick one")
+    if cfg_precision == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    return cfg_precision
+
+
 def autocast_for(cfg: WriterConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported(device))
-    if not use_bf16:
+    if precision_for(cfg.precision, device) != "bf16":
         return contextlib.nullcontext
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
