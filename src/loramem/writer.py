@@ -31,6 +31,7 @@ from loramem.errors import UserError
 from loramem.formats import Example, Rendered, render
 from loramem.forward import PrefixCache, collate, length_batches, logits_at, prefix_cache_ok, shared_prefix_ok
 from loramem.models import Base, bf16_supported
+from loramem.progress import OptionalBar
 
 RECORD_FILE = "loramem.json"
 RECHECK_EPOCHS = 10  # with the running estimate, still a full check (and best-state snapshot) this often
@@ -394,7 +395,7 @@ def package_versions() -> dict:
             "loramem": __version__}
 
 
-class _Progress:
+class _Progress(OptionalBar):
     """A rich progress bar with loss, tokens/s, exact match and ETA (silent when disabled)."""
 
     def __init__(self, total: int, enabled: bool = True) -> None:
@@ -411,15 +412,6 @@ class _Progress:
                 transient=True,
             )
             self.task = self.bar.add_task("write", total=total, loss="-", tps="-", em="-")
-
-    def __enter__(self):
-        if self.enabled:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.__exit__(*exc)
 
     def update(self, step: int, loss: float, tps: float, em: float | None) -> None:
         if em is not None:

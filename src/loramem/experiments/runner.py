@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from loramem.config import DEFAULT_MODEL
 from loramem.errors import UserError
+from loramem.progress import OptionalBar
 
 Scale = Literal["smoke", "cpu", "paper"]
 
@@ -146,7 +147,7 @@ def _latest_ok(rows: list[dict]) -> list[dict]:
     return list(by_cell.values())
 
 
-class _CellProgress:
+class _CellProgress(OptionalBar):
     def __init__(self, name: str, total: int, done: int, enabled: bool) -> None:
         self.enabled = enabled and total > 0
         if self.enabled:
@@ -156,15 +157,6 @@ class _CellProgress:
                                 TextColumn("{task.completed}/{task.total} cells"), TextColumn("{task.fields[cell]}"),
                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
             self.task = self.bar.add_task(name, total=total, completed=done, cell="")
-
-    def __enter__(self):
-        if self.enabled:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.__exit__(*exc)
 
     def start(self, cell: str) -> None:
         if self.enabled:

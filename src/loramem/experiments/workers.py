@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from loramem.errors import UserError
+from loramem.progress import OptionalBar
 
 # Recipes that must run in one process, in this order: multi-lora trains the bank the other three reuse.
 CHAINS: list[tuple[str, ...]] = [("multi-lora", "routing", "merging", "n-modules")]
@@ -233,7 +234,7 @@ def _worker(slot: int, conn, units: list, threads: int, log_dir: str) -> None:
     conn.close()
 
 
-class _View:
+class _View(OptionalBar):
     """One rich view for all workers: a bar per running recipe (cells, current cell, ETA) and an overall bar."""
 
     def __init__(self, enabled: bool, jobs: list, workers: int) -> None:
@@ -247,15 +248,6 @@ class _View:
                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
             self.overall = self.bar.add_task(f"[bold]datasheet[/bold] ({workers} recipes at once)", total=len(jobs),
                                              cell="recipes")
-
-    def __enter__(self):
-        if self.enabled:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.__exit__(*exc)
 
     def show(self, event: str, recipe: str, fields: dict) -> None:
         if self.enabled:
