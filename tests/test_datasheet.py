@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from recipes_for_tests import SQUARES
 
 from loramem import experiments
@@ -34,6 +35,8 @@ def test_report_renders_every_section_for_a_tiny_grid(tmp_path, squares_register
     for section in ("## Environment", "## Findings of the paper", "## capacity: Q1-Q3", "## squares: test"):
         assert section in md, section
     assert "Failed cells: x=3" in md  # the failing cell is reported, the other three finished
+    assert f"| recipes at once | 2 (worker processes, {run['threads_per_worker']} threads each" in md
+    assert "| LoRA training precision | " in md and "| router query encoder | all-MiniLM-L6-v2 " in md
     assert md.count("![") >= 4  # capacity's plots
     html = (tmp_path / "report.html").read_text()
     assert "data:image/png;base64," in html and 'src="capacity/' not in html  # self-contained
@@ -56,6 +59,9 @@ def test_rerun_resumes_without_redoing_cells(tmp_path, squares_registered):
     rows = read_rows(tmp_path / "squares" / "results.jsonl")
     assert len(rows) == 4 and sum(r["status"] == "ok" for r in rows) == 3
     assert "Failed cells" not in (tmp_path / "report.md").read_text()
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["workers"] == 1 and run["threads_per_worker"] == torch.get_num_threads()
+    assert f"| recipes at once | 1 ({torch.get_num_threads()} threads) |" in (tmp_path / "report.md").read_text()
 
 
 def test_recipes_that_share_a_bank_run_in_one_worker_in_order():

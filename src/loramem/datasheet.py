@@ -81,12 +81,29 @@ def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, ex
                                   for n in names})
     (out / "findings.json").write_text(json.dumps(verdicts, indent=2, default=str))
     info.update(scale=scale, recipes=status, wall_s=round(time.time() - t0, 1), workers=n_workers,
-                threads_per_worker=pool.threads_per_worker(n_workers))
+                threads_per_worker=pool.threads_per_worker(n_workers) if n_workers > 1 else _torch_threads(),
+                executor=executor)
     (out / "run.json").write_text(json.dumps(info, indent=2, default=str))
     md = render_markdown(out, names, verdicts, info)
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(render_html(md, out))
     return {"findings": verdicts, "out": str(out), "recipes": status}
+
+
+def _concurrency(info: dict) -> str:
+    if info.get("executor") == "ray":
+        return "1 (its cells ran as Ray tasks)"
+    if info.get("workers", 1) > 1:
+        return (f"{info['workers']} (worker processes, {info.get('threads_per_worker')} threads each; timings inside "
+                "recipes were taken under that load)")
+    return f"1 ({info.get('threads_per_worker', '?')} threads)"
+
+
+def _torch_threads() -> int:
+    """Threads this process computes with (one recipe at a time: torch's own default, or OMP_NUM_THREADS)."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def gather_rows(out: Path, names: list[str]) -> list[dict]:
@@ -145,9 +162,7 @@ def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dic
                  "memory (GiB)": info["memory_gib"], "gpu": info["gpu"] or "none", "python": info["python"],
                  "router query encoder": info.get("router_query_encoder", "all-MiniLM-L6-v2"),
                  "LoRA training precision": info.get("writer_precision", "not recorded"),
-                 "recipes at once": f"{info.get('workers', 1)} (worker processes, {info.get('threads_per_worker')} "
-                                    "threads each; timings inside recipes were taken under that load)"
-                 if info.get("workers", 1) > 1 else 1,
+                 "recipes at once": _concurrency(info),
                  **{k: v for k, v in info["packages"].items()}}
     lines += [f"| {k} | {v} |" for k, v in env_items.items()]
     lines += ["", "## Findings of the paper, checked on this run", "",
