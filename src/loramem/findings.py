@@ -49,7 +49,7 @@ def capacity_saturates(rows: list[dict]) -> tuple[bool | None, dict]:
     minus smallest, same PhoneBook) and is decided only when its 95% interval excludes zero (or every seed shows the
     same gain; no gain at all is "does not hold more").
     """
-    from loramem.experiments.capacity import curves, rank_gain
+    from loramem.experiments.capacity import curves, rank_gain, seeds_run
 
     curve = curves(rows)
     ranks = list(curve)
@@ -59,10 +59,10 @@ def capacity_saturates(rows: list[dict]) -> tuple[bool | None, dict]:
     by_rank = {k: mean(p["accuracy"] for p in pts) for k, pts in curve.items()}
     saturates = any(d > 0.05 for d in falls.values())
     gains = rank_gain(curve, ranks[0], ranks[-1])
-    seeds_run = max(len(p["by_seed"]) for pts in curve.values() for p in pts)
-    if not gains or (seeds_run > 1 and len(gains) < 2):
+    n_seeds = seeds_run(curve)
+    if not gains or (n_seeds > 1 and len(gains) < 2):
         return (False if not saturates else None), {
-            "why": f"fewer than two of the {seeds_run} seeds finished the same sizes at rank {ranks[0]} and "
+            "why": f"fewer than two of the {n_seeds} seeds finished the same sizes at rank {ranks[0]} and "
                    f"rank {ranks[-1]}; rerun to resume the failed cells",
             "accuracy_drop_smallest_to_largest_size": {k: _r(v) for k, v in falls.items()}}
     m, lo, hi = interval95(list(gains.values()))

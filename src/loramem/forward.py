@@ -216,12 +216,6 @@ class PrefixCache:
         return out
 
 
-def _fp32(model, run: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """`run` without autocast (fp32 weights): the exact reference for a low-precision comparison."""
-    with torch.no_grad(), torch.autocast(next(_inner(model).parameters()).device.type, enabled=False):
-        return run()
-
-
 def _low_precision(model, autocast) -> bool:
     """bf16/fp16 weights or autocast: compare with a tolerance of a few low-precision rounding steps."""
     return next(_inner(model).parameters()).dtype in (torch.bfloat16, torch.float16) or (
@@ -232,9 +226,9 @@ def _same_logits(model, autocast, full: torch.Tensor, part: torch.Tensor,
                  exact: Callable[[], torch.Tensor] | None = None) -> bool:
     """Do a shortcut's logits match the full pass, within a few rounding steps of the compute precision?
 
-    Under bf16 autocast on fp32 weights (`exact` gives the fp32 full pass), the shortcut passes when it is no further
-    from the fp32 logits than the bf16 full pass itself is (x1.5): through 30 layers of bf16 the two bf16 paths
-    differ by ~2% of the logit scale, and each of them differs from fp32 by as much."""
+    Under bf16 autocast on fp32 weights, `exact` (the full pass, run here with autocast off) gives the fp32 logits;
+    the shortcut passes when it is no further from them than the bf16 full pass itself is (x1.5): through 30 layers
+    of bf16 the two bf16 paths differ by ~2% of the logit scale, and each of them differs from fp32 by as much."""
     if full.shape != part.shape:
         return False
     scale = max(1.0, full.abs().max().item())
@@ -242,9 +236,11 @@ def _same_logits(model, autocast, full: torch.Tensor, part: torch.Tensor,
         return bool(torch.allclose(full, part, atol=2e-3 * scale / 10, rtol=0))
     if torch.allclose(full, part, atol=5e-2 * scale / 10, rtol=0):
         return True
-    if exact is None or next(_inner(model).parameters()).dtype != torch.float32:
+    weight = next(_inner(model).parameters())
+    if exact is None or weight.dtype != torch.float32:
         return False  # bf16/fp16 weights: no exact reference at hand
-    ref = exact().float()
+    with torch.no_grad(), torch.autocast(weight.device.type, enabled=False):
+        ref = exact().float()
     return (part.float() - ref).abs().max().item() <= 1.5 * (full.float() - ref).abs().max().item() + 1e-3 * scale
 
 
@@ -262,7 +258,7 @@ def shared_prefix_ok(model, items: Sequence[Rendered], pad_id: int, autocast, lo
     except Exception as exc:  # an architecture whose decoder takes no key/value cache this way
         log.info("shared prefix disabled: %s", exc)
         return False
-    same = _same_logits(model, autocast, full, part, exact=lambda: _fp32(model, lambda: logits_at(model, b, mask)))
+    same = _same_logits(model, autocast, full, part, exact=lambda: logits_at(model, b, mask))
     if not same:
         log.info("shared prefix disabled: it differs from the full forward pass")
     return same
@@ -283,7 +279,7 @@ def prefix_cache_ok(model, items: Sequence[Rendered], layer: int, pad_id: int, a
     except Exception as exc:  # an architecture whose decoder cannot start mid-stack
         log.info("prefix cache disabled: %s", exc)
         return False
-    same = _same_logits(model, autocast, full, part, exact=lambda: _fp32(model, lambda: logits_at(model, b, b.eval_mask)))
+    same = _same_logits(model, autocast, full, part, exact=lambda: logits_at(model, b, b.eval_mask))
     if not same:
         log.info("prefix cache disabled: partial forward differs from the full one")
     return same

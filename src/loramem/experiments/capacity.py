@@ -66,17 +66,14 @@ def cells(opts: RecipeOptions) -> list[dict]:
              "train_seed": s, "writer": g["writer"]} for r in g["ranks"] for kind, size in sizes for s in seeds]
 
 
-def _seed(cell: dict, opts: RecipeOptions) -> int:
-    return int(cell.get("train_seed", opts.seed))
-
 
 def _entries(cell: dict, opts: RecipeOptions, tokenizer) -> list[phonebook.Entry]:
     kind, size = cell["size_kind"], cell["size"]
     if kind == "paper":
         return phonebook.read(phonebook.paper_file(str(size), opts.paper_data))
     if kind == "entries":
-        return phonebook.generate(int(size), _seed(cell, opts))
-    return phonebook.generate_tokens(int(size), tokenizer, _seed(cell, opts), cell["writer"].get("format", "plain"))
+        return phonebook.generate(int(size), cell["train_seed"])
+    return phonebook.generate_tokens(int(size), tokenizer, cell["train_seed"], cell["writer"].get("format", "plain"))
 
 
 def run_cell(cell: dict, opts: RecipeOptions) -> dict:
@@ -86,7 +83,7 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     base = load_base(opts.model)
     entries = _entries(cell, opts, base.tokenizer)
     writer = dict(cell["writer"])
-    cfg = WriterConfig.recipe(writer.pop("recipe", "fast"), rank=cell["rank"], seed=_seed(cell, opts), progress=False,
+    cfg = WriterConfig.recipe(writer.pop("recipe", "fast"), rank=cell["rank"], seed=cell["train_seed"], progress=False,
                               **writer)
     adapter = "capacity_cell"
     res = write_module([e.example() for e in entries], base, cfg, adapter=adapter)
@@ -130,6 +127,11 @@ def curves(rows: list[dict]) -> dict[int, list[dict]]:
     return out
 
 
+def seeds_run(curve: dict[int, list[dict]]) -> int:
+    """How many training seeds the curve's best-covered point has."""
+    return max(len(p["by_seed"]) for pts in curve.values() for p in pts)
+
+
 def t_max(points: list[dict], tau: float) -> int:
     """The largest knowledge size (tokens) whose mean accuracy reaches tau; 0 when none does."""
     return max((p["size_tokens"] for p in points if p["accuracy"] >= tau), default=0)
@@ -139,9 +141,9 @@ def rank_gain(curve: dict[int, list[dict]], low: int, high: int) -> dict[int, fl
     """Per training seed: mean accuracy at rank `high` minus at rank `low`, over the sizes both ranks finished
     (same seed, same PhoneBook); only seeds that finished all of those sizes at both ranks count."""
     keys = {p["key"] for p in curve[low]} & {p["key"] for p in curve[high]}
-    pts = {k: [p for p in curve[k] if p["key"] in keys] for k in (low, high)}
     if not keys:
         return {}
+    pts = {k: [p for p in curve[k] if p["key"] in keys] for k in (low, high)}
     seeds = set.intersection(*(set(p["by_seed"]) for k in (low, high) for p in pts[k]))
     return {s: mean(p["by_seed"][s] for p in pts[high]) - mean(p["by_seed"][s] for p in pts[low])
             for s in sorted(seeds)}
@@ -153,7 +155,7 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     tau = rows[0]["tau"]
     curve = curves(rows)
     ranks = list(curve)
-    n_seeds = max(len(p["by_seed"]) for pts in curve.values() for p in pts)
+    n_seeds = seeds_run(curve)
     per_rank = {}
     for k, pts in curve.items():
         tm = t_max(pts, tau)

@@ -157,7 +157,7 @@ def run_parallel(jobs: list, workers: int, log_dir: Path, progress: bool = True)
                 by_object.update({p.sentinel: slot for slot, (p, _) in live.items()})
                 for obj in wait(list(by_object), timeout=1.0):
                     slot = by_object[obj]
-                    if slot in live and not drain(slot):
+                    if not drain(slot):
                         live[slot][0].join(timeout=5)  # its pipe closed: it is exiting
                 for slot, (proc, conn) in list(live.items()):
                     if proc.is_alive():
