@@ -109,3 +109,14 @@ def test_recipes_that_cannot_be_pickled_are_refused_with_the_fix(tmp_path, squar
     with pytest.raises(UserError, match="--workers 1"):
         run_datasheet("tiny-random", "smoke", tmp_path, only="squares,capacity", progress=False, workers=2,
                       params={"squares": {"n": 2, "unpicklable": lambda: None}, "capacity": TINY_CAPACITY})
+
+
+def test_demo_reads_the_paper_release_from_paper_data(tmp_path):
+    from conftest import run_cli
+
+    missing = tmp_path / "no-release-here"
+    proc = run_cli("demo", "--model", "tiny-random", "--only", "counterfact", "--workers", "1", "--paper-data",
+                   str(missing), "--out", str(tmp_path / "demo"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = read_rows(tmp_path / "demo" / "counterfact" / "results.jsonl")
+    assert row["status"] == "error" and str(missing) in row["error"]  # the folder given, not the default one

@@ -283,6 +283,8 @@ def demo_cmd(
     model: str = typer.Option("smollm2-135m", help="base model"),
     only: str | None = typer.Option(None, help="comma list of recipes (default: all)"),
     workers: int | None = typer.Option(None, help="recipes at once (default: one per core up to 4 as memory allows, 1 with a GPU)"),
+    paper_data: Path | None = typer.Option(None, help="the paper's release folder (PaperQA, CounterFact); default "
+                                                      "$LORAMEM_PAPER_DATA, else ../shared/data/paper-release"),
 ) -> None:
     """The main job on the embedded default model: the datasheet at smoke scale (a CPU, minutes)."""
     from loramem.datasheet import run_datasheet
@@ -290,7 +292,7 @@ def demo_cmd(
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be 1 or more (got {workers})")
     console.print(f"loramem demo: the paper's audit at smoke scale on {model}; outputs go to {out}/")
-    res = run_datasheet(model, "smoke", out, only=only, workers=workers)
+    res = run_datasheet(model, "smoke", out, only=only, workers=workers, paper_data=paper_data)
     _print_findings(res["findings"])
     print(f"demo outputs in {out}/: report.html, report.md, results.jsonl, findings.json, one folder per recipe")
 
