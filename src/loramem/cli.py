@@ -19,6 +19,20 @@ app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from loramem import __version__
+
+        print(f"loramem {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """LoRA adapters as knowledge memory."""
+
+
 def _writer_config(**kw):
     from pydantic import ValidationError
 
@@ -107,6 +121,7 @@ def write_cmd(
                                                         "free running estimate reaches the target)"),
     max_seconds: float | None = typer.Option(None),
     limit: int | None = typer.Option(None, help="use only the first N rows of the file"),
+    force: bool = typer.Option(False, "--force", help="with --out: replace an existing module folder"),
 ) -> None:
     """Train one LoRA memory module from a training file."""
     from loramem.data.examples import read_examples
@@ -123,6 +138,7 @@ def write_cmd(
         return write_bank_cmd(train_file, out, bank, name, partition, model, cfg, limit)
     if out is None:
         raise UserError("give --out FOLDER, or --bank DIR --name NAME to add the module to a bank")
+    check_out_folder(out, force)
     examples = read_examples(train_file)[:limit]
     base = load_base(model)
     res = write_module(examples, base, cfg, out=out)
@@ -187,7 +203,26 @@ def run_bench(name: str, out: Path, model: str, scale: str, seed: int = 0, paper
     console.print(f"{name}: {summary.get('ok', 0)}/{summary.get('cells', 0)} cells ok"
                   + (f", failed: {', '.join(summary['failed'])}" if summary.get("failed") else "")
                   + f"; results in {out}/results.jsonl, summary in {out}/summary.json")
+    if summary.get("cells", 0) and not summary.get("ok", 0):
+        first = summary.get("first_error") or "see the results file"
+        raise UserError(f"{name}: every cell failed ({first}); nothing usable was measured")
     return summary
+
+
+def check_out_folder(out: Path, force: bool) -> None:
+    """`write --out` never writes inside a bank and replaces an existing folder only with --force."""
+    from loramem.bank.store import MANIFEST
+
+    out = Path(out).expanduser()
+    for d in (out, *out.resolve().parents):
+        if (d / MANIFEST).is_file():
+            raise UserError(f"{out} is inside the bank {d}; add modules to a bank with `loramem write FILE --bank "
+                            f"{d} --name NAME`, or pick a folder outside it")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"--out {out} already holds files; pick a new folder, or pass --force to replace the "
+                        "module there")
 
 
 def csv_list(text: str | None, kind=str, what: str = "list") -> list | None:
@@ -326,24 +361,15 @@ def main() -> None:
     except Exception:
         pass
     try:
-        app(standalone_mode=False)
+        # standalone mode: click prints usage errors (--bogus, a missing option, --top-k x) as the usage line
+        # and one error line, exit 2; typer bundles its own click, so its exceptions are not `click`'s.
+        app(standalone_mode=True)
     except UserError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except typer.Abort:
+    except KeyboardInterrupt:
         console.print("aborted")
         sys.exit(130)
-    except (typer.BadParameter, typer.Exit) as exc:
-        if isinstance(exc, typer.Exit):
-            sys.exit(exc.exit_code)
-        raise
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
 
 
 if __name__ == "__main__":

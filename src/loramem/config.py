@@ -5,6 +5,7 @@ This is the only module (besides cli.py) that reads the environment.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -12,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 DEFAULT_MODEL = "smollm2-135m"
+MAX_RANK = 4096  # well past any model's hidden size here; the writer also checks rank against the model
 
 
 def loramem_home() -> Path:
@@ -22,6 +24,17 @@ def loramem_home() -> Path:
 def env(name: str, default: str | None = None) -> str | None:
     """Read one environment variable (API keys, endpoints); the only place library code may."""
     return os.environ.get(name, default)
+
+
+FAULT_ENV = "LORAMEM_FAULT"
+
+
+def fault_point(name: str) -> None:
+    """A named moment where the fault tests kill this process (`LORAMEM_FAULT=name`): a test hook, not a sleep."""
+    if os.environ.get(FAULT_ENV) == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def paper_release_dir() -> Path | None:
@@ -76,22 +89,64 @@ class WriterConfig(BaseModel):
     @field_validator("rank")
     @classmethod
     def _rank_positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"rank must be >= 1 (got {v}); pass e.g. --rank 8")
+        if not 1 <= v <= MAX_RANK:
+            raise ValueError(f"rank must be in 1..{MAX_RANK} (got {v}); pass e.g. --rank 8")
         return v
 
     @field_validator("lr")
     @classmethod
     def _lr_positive(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError(f"lr must be > 0 (got {v})")
+        if not math.isfinite(v) or not 0 < v <= 10:
+            raise ValueError(f"lr must be a finite number in (0, 10] (got {v}); pass e.g. --lr 2e-3")
+        return v
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_finite(cls, v: float | None) -> float | None:
+        if v is not None and (not math.isfinite(v) or v <= 0):
+            raise ValueError(f"alpha must be a finite number > 0 (got {v}); leave it out for 2 * rank")
+        return v
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout_range(cls, v: float) -> float:
+        if not 0 <= v < 1:  # NaN fails this too
+            raise ValueError(f"dropout must be in [0, 1) (got {v})")
+        return v
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs_finite(cls, v: float) -> float:
+        if not math.isfinite(v) or not 0 < v <= 1e6:
+            raise ValueError(f"epochs must be a finite number in (0, 1e6] (got {v}); or pass --steps N")
+        return v
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_positive(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= 10**8:
+            raise ValueError(f"steps must be in 1..1e8 (got {v}); --steps 0 would save an untrained module")
+        return v
+
+    @field_validator("target_em")
+    @classmethod
+    def _target_range(cls, v: float | None) -> float | None:
+        if v is not None and not 0 < v <= 1:
+            raise ValueError(f"target exact match must be in (0, 1] (got {v})")
+        return v
+
+    @field_validator("max_seconds")
+    @classmethod
+    def _seconds_positive(cls, v: float | None) -> float | None:
+        if v is not None and not (v > 0 and not math.isnan(v)):
+            raise ValueError(f"max seconds must be > 0 (got {v})")
         return v
 
     @field_validator("batch_size")
     @classmethod
     def _batch_positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"batch size must be >= 1 (got {v})")
+        if not 1 <= v <= 65536:
+            raise ValueError(f"batch size must be in 1..65536 (got {v})")
         return v
 
     @field_validator("eval_every")
@@ -140,6 +195,20 @@ class MergeConfig(BaseModel):
     svd_rank: int | None = Field(None, description="rank of the svd merge; default the largest input rank")
     temperature: float = Field(1.0, description="softmax temperature of score weights")
     seed: int = Field(0, description="DARE's random drop")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_finite(cls, v):
+        if isinstance(v, list) and not all(math.isfinite(x) for x in v):
+            raise ValueError(f"merge weights must be finite numbers (got {v})")
+        return v
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_positive(cls, v: float) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"temperature must be a finite number > 0 (got {v})")
+        return v
 
 
 class AskConfig(BaseModel):

@@ -378,6 +378,10 @@ def save_adapter(host, adapter: str, out: str | Path, record: dict) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = get_peft_model_state_dict(host, adapter_name=adapter)
+    bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
+    if bad:  # a diverged run (too high --lr) would save a module that answers nothing
+        raise UserError(f"training diverged: {len(bad)} LoRA tensors hold NaN or inf (e.g. {bad[0]}); nothing was "
+                        "saved. Lower --lr (e.g. --lr 1e-3) or --alpha")
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(out / "adapter_model.safetensors"),
               metadata={"format": "pt"})
     conf = copy.deepcopy(host.peft_config[adapter])
@@ -442,9 +446,31 @@ def load_adapter(base: Base, path: str | Path, adapter: str):
         if adapter in host.peft_config:
             host.delete_adapter(adapter)
         host.load_adapter(str(p), adapter_name=adapter)
+    check_loaded_keys(host, adapter, p)
     host.set_adapter(adapter)
     host.eval()
     return host
+
+
+def check_loaded_keys(host, adapter: str, folder: str | Path) -> None:
+    """Refuse an adapter whose saved tensors do not all land on the model (renamed or foreign keys would make
+    PEFT skip them silently and answer from the base)."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    f = Path(folder) / "adapter_model.safetensors"
+    try:
+        with safe_open(str(f), framework="pt") as fh:
+            saved = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception as exc:  # a truncated or garbled file
+        raise UserError(f"{f} is not a readable safetensors file ({exc}); write the module again") from None
+    want = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(host, adapter_name=adapter).items()}
+    if saved != want:
+        extra, missing = sorted(set(saved) - set(want)), sorted(set(want) - set(saved))
+        bad = [k for k in set(saved) & set(want) if saved[k] != want[k]]
+        raise UserError(f"{folder}: the adapter's tensors do not match this model ({len(extra)} unknown, "
+                        f"{len(missing)} missing, {len(bad)} of another shape, e.g. {(extra or missing or bad)[:1]}); "
+                        "it was written for another model or its file was changed: write it again")
 
 
 def read_record(path: str | Path) -> dict:

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from loramem.errors import UserError
+
 SCHEMA_VERSION = 1
+APPLICATION_ID = 0x4C4D454D  # "LMEM" in the SQLite header: a loramem manifest says what it is
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -87,13 +90,64 @@ class ModuleInfo:
                 "checksum": self.checksum, "created": self.created, "path": self.path}
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    con = sqlite3.connect(str(path), timeout=60, isolation_level=None)  # explicit BEGIN/COMMIT below
-    con.execute("PRAGMA journal_mode=DELETE")
-    con.execute("PRAGMA synchronous=FULL")
-    con.executescript(SCHEMA)
-    con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-    return con
+class ManifestError(UserError):
+    """The manifest file is empty, damaged, foreign or from a newer loramem: nothing may read or write it."""
+
+
+def connect(path: Path, write: bool = False) -> sqlite3.Connection:
+    """Open a bank's manifest: read-only unless `write` (a read never changes the file; read-only banks work).
+
+    A new manifest is created only for a write and only where no file exists; an existing file that is not a
+    loramem manifest (empty, truncated, another program's database) is refused, never initialised over."""
+    path = Path(path)
+    fresh = write and not path.exists()
+    try:
+        if write:
+            con = sqlite3.connect(str(path), timeout=60, isolation_level=None)  # explicit BEGIN/COMMIT
+        else:
+            con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60, isolation_level=None)
+        if fresh:
+            con.execute("PRAGMA journal_mode=DELETE")
+            con.executescript(SCHEMA)
+            con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        else:
+            _check_identity(con, path, write)
+        if write:
+            con.execute("PRAGMA synchronous=FULL")
+        return con
+    except sqlite3.DatabaseError as exc:
+        raise ManifestError(_damaged(path, f"{type(exc).__name__}: {exc}")) from None
+
+
+def _damaged(path: Path, why: str) -> str:
+    bank = path.parent
+    return (f"{path} is not a usable loramem manifest ({why}); nothing was changed. Run `loramem bank verify "
+            f"--bank {bank}`, restore the file from a backup, or use another --bank folder")
+
+
+def _check_identity(con: sqlite3.Connection, path: Path, write: bool) -> None:
+    """Accept our application id, or a manifest of the first schema (written before the id was set)."""
+    app_id = con.execute("PRAGMA application_id").fetchone()[0]
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if app_id != APPLICATION_ID:
+        if app_id != 0 or not {"meta", "modules", "heads"} <= tables:
+            what = "an empty file" if path.stat().st_size == 0 else "no loramem tables" if app_id == 0 else \
+                f"application id {app_id:#x}, another program's database"
+            raise ManifestError(_damaged(path, what))
+    if not {"meta", "modules", "heads"} <= tables:
+        raise ManifestError(_damaged(path, f"tables missing: {sorted({'meta', 'modules', 'heads'} - tables)}"))
+    got = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    version = int(got[0]) if got and str(got[0]).isdigit() else None
+    if version is None:
+        raise ManifestError(_damaged(path, "no schema version"))
+    if version > SCHEMA_VERSION:
+        raise ManifestError(f"{path} was written by a newer loramem (schema {version}, this one reads "
+                            f"{SCHEMA_VERSION}); upgrade loramem (`pip install -U loramem`)")
+    if write and app_id == 0:  # the first schema's manifests get the id on their next write
+        con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def row_to_info(row: sqlite3.Row | tuple) -> ModuleInfo:

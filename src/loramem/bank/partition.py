@@ -7,11 +7,11 @@ as phonebook_qa_128K_routing_meta.json lists them).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from loramem.data.examples import read_examples, row_to_example
+from loramem.data.reading import loads, read_json, read_text
 from loramem.errors import UserError
 from loramem.formats import Example
 
@@ -45,6 +45,8 @@ def split_even(n_items: int, n_parts: int) -> list[range]:
     """N contiguous near-equal index ranges covering 0..n_items."""
     if n_parts < 1:
         raise UserError(f"--partition must be >= 1 (got {n_parts})")
+    if n_items == 0:
+        raise UserError("the training file holds no facts; nothing to write")
     if n_parts > n_items:
         raise UserError(f"cannot split {n_items} facts into {n_parts} modules; use --partition {n_items} or fewer")
     bounds = [round(i * n_items / n_parts) for i in range(n_parts + 1)]
@@ -60,9 +62,10 @@ def is_routing_meta(path: Path) -> bool:
     if path.suffix.lower() != ".json" or not path.is_file():
         return False
     try:
-        return "sector_map" in json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = read_json(path)
+    except UserError:
         return False
+    return isinstance(data, dict) and "sector_map" in data
 
 
 def partition_file(path: str | Path, n_parts: int | None = None, limit: int | None = None) -> list[Part]:
@@ -78,9 +81,10 @@ def partition_file(path: str | Path, n_parts: int | None = None, limit: int | No
             return _document_parts(docs, n_parts, path)
     examples = read_examples(path)[:limit]
     n = n_parts or 1
+    ranges = split_even(len(examples), n)  # refuses n > facts before n names are made
     return [Part(sfx, examples[r.start:r.stop], key_text(examples[r.start:r.stop]),
                  [fact_key(e) for e in examples[r.start:r.stop]], path)
-            for sfx, r in zip(suffixes(n), split_even(len(examples), n), strict=True)]
+            for sfx, r in zip(suffixes(n), ranges, strict=True)]
 
 
 def _sector_parts(meta: Path, n_parts: int | None) -> list[Part]:
@@ -99,13 +103,10 @@ def _sector_parts(meta: Path, n_parts: int | None) -> list[Part]:
 def _documents(path: Path) -> dict[str, list[dict]] | None:
     """Rows grouped by their "doc" (or "title") field, in first-seen order; None when rows carry neither."""
     docs: dict[str, list[dict]] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        row = loads(line, f"{path}:{n}")
         doc = row.get("doc", row.get("title")) if isinstance(row, dict) else None
         if doc is None:
             return None
@@ -117,7 +118,8 @@ def _document_parts(docs: dict[str, list[dict]], n_parts: int, path: Path) -> li
     """Whole documents per module: N groups of consecutive documents (never splitting one)."""
     titles = list(docs)
     out = []
-    for sfx, r in zip(suffixes(n_parts), split_even(len(titles), n_parts), strict=True):
+    ranges = split_even(len(titles), n_parts)
+    for sfx, r in zip(suffixes(n_parts), ranges, strict=True):
         group = titles[r.start:r.stop]
         ex = [row_to_example(row, str(path)) for t in group for row in docs[t]]
         intro = " ".join(str(row.get("text", row.get("answer", ""))) for row in docs[group[0]][:1])[:300]

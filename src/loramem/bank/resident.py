@@ -13,10 +13,11 @@ from collections import OrderedDict
 
 from loramem.bank.manifest import ModuleInfo
 from loramem.bank.merging import merge_adapters
-from loramem.bank.store import MemoryBank, check_adapter_folder
+from loramem.bank.store import MemoryBank
 from loramem.config import MergeConfig
 from loramem.errors import UserError
 from loramem.models import Base
+from loramem.writer import check_loaded_keys
 
 
 def _adapter_name(key: str) -> str:
@@ -54,8 +55,7 @@ class Resident:
             self.lru.move_to_end(key)
             return self.lru[key]
         self.check_base(m)
-        folder = self.bank.path(m)
-        check_adapter_folder(folder)
+        folder = self.bank.verified_path(m)  # a damaged or swapped module is refused, never served
         name = _adapter_name(key)
         host = self.host
         if host is None:
@@ -68,6 +68,11 @@ class Resident:
                 host.delete_adapter(name)
             host.load_adapter(str(folder), adapter_name=name, is_trainable=False)
         host.eval()
+        try:
+            check_loaded_keys(host, name, folder)
+        except UserError:
+            host.delete_adapter(name) if len(host.peft_config) > 1 else None
+            raise
         self.loads += 1
         self._put(key, name, pinned | {name})
         return name

@@ -27,6 +27,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from loramem.bank.manifest import SELECT, ModuleInfo, connect, info_to_row, row_to_info
+from loramem.config import fault_point
 from loramem.errors import UserError
 
 MANIFEST = "manifest.sqlite"
@@ -39,8 +40,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 def check_name(name: str) -> str:
     """A module name that is safe as a folder name inside the bank (no separators, no '..', no hidden files)."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
-        raise UserError(f"bad module name '{name}': use letters, digits, '.', '_' or '-' (up to 100), "
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
+        raise UserError(f"bad module name {name!r}: use letters, digits, '.', '_' or '-' (up to 100), "
                         "starting with a letter or digit, e.g. --name people-2024")
     return name
 
@@ -89,6 +90,52 @@ class VerifyReport:
         return not self.problems
 
 
+@dataclass
+class NewModule:
+    """A saved module folder to add to a bank, with what routing and the manifest should know of it."""
+
+    folder: Path
+    name: str
+    record: dict | None = None
+    key_text: str = ""
+    keys: list[str] = field(default_factory=list)
+    sources: dict = field(default_factory=dict)
+    view_mix: dict = field(default_factory=dict)
+
+
+_VERIFIED: dict[tuple[str, str], tuple] = {}  # (folder, checksum) -> file stamps when it last matched
+
+
+def _stamp(folder: Path) -> tuple:
+    out = []
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        st = f.stat()
+        out.append((f.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(out)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _new_info(item: NewModule, record: dict, conf: dict, checksum: str, version: int) -> ModuleInfo:
+    base = record["base"]
+    targets = conf.get("target_modules") or []
+    return ModuleInfo(
+        name=item.name, version=version, path=f"{MODULES}/{item.name}/v{version}", base_name=str(base.get("name")),
+        base_fingerprint=base["fingerprint"], rank=int(conf.get("r", 0)),
+        targets=sorted({t.split(".")[-1] for t in targets}) if isinstance(targets, list) else [str(targets)],
+        n_params=int(record.get("n_params", 0)), sources=item.sources, view_mix=item.view_mix,
+        tokens=int(record.get("knowledge_tokens", 0)), record=record, key_text=item.key_text, keys=item.keys,
+        checksum=checksum, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+
 class MemoryBank:
     """A folder of LoRA memory modules with a SQLite manifest (created on first write)."""
 
@@ -109,9 +156,10 @@ class MemoryBank:
 
     # -- reading -------------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _db(self):
-        self.root.mkdir(parents=True, exist_ok=True)
-        con = connect(self.root / MANIFEST)
+    def _db(self, write: bool = False):
+        if write:
+            self.root.mkdir(parents=True, exist_ok=True)
+        con = connect(self.root / MANIFEST, write=write)
         try:
             yield con
         finally:
@@ -162,7 +210,36 @@ class MemoryBank:
         return row_to_info(row)
 
     def path(self, info: ModuleInfo) -> Path:
-        return self.root / info.path
+        """The version's folder. Names and paths read from the manifest are checked like user input: a row may
+        only point at modules/NAME/vN inside this bank."""
+        check_name(info.name)
+        rel = f"{MODULES}/{info.name}/v{int(info.version)}"
+        if info.path != rel:
+            raise UserError(f"manifest row {info.name}@v{info.version} points at {info.path!r}, not {rel!r}; the "
+                            f"manifest was edited or damaged: run `loramem bank verify --bank {self.root}`")
+        return self.root / rel
+
+    def verified_path(self, info: ModuleInfo) -> Path:
+        """The version's folder after checking its files against the manifest's checksum (a damaged or swapped
+        module is refused). The verdict is cached by each file's size, mtime and inode, so a hot path pays once."""
+        folder = self.path(info)
+        try:
+            check_adapter_folder(folder)
+            stamp = _stamp(folder)
+        except (UserError, OSError) as exc:
+            raise UserError(self._damaged_msg(info, f"files missing or unreadable: {exc}")) from None
+        key = (str(folder.resolve()), info.checksum)
+        if _VERIFIED.get(key) == stamp:
+            return folder
+        if folder_checksum(folder) != info.checksum:
+            raise UserError(self._damaged_msg(info, "its files do not match the manifest's checksum"))
+        _VERIFIED[key] = stamp
+        return folder
+
+    def _damaged_msg(self, info: ModuleInfo, why: str) -> str:
+        return (f"module {info.id} in bank {self.root} is damaged ({why}); it is not served. Run `loramem bank "
+                f"verify --bank {self.root}`, then `loramem bank rollback {info.name} --bank {self.root}` or write "
+                "it again")
 
     # -- writing -------------------------------------------------------------------------------------------
     def new_staging(self) -> Path:
@@ -175,10 +252,30 @@ class MemoryBank:
                    keys: list[str] | None = None, sources: dict | None = None, view_mix: dict | None = None,
                    move: bool = False) -> ModuleInfo:
         """Add a saved PEFT module folder as the next version of `name` (atomic; serialized by the bank lock)."""
-        check_name(name)
-        folder = Path(folder)
+        return self.add_folders([NewModule(Path(folder), name, record, key_text, keys or [], sources or {},
+                                           view_mix or {})], move=move)[0]
+
+    def add_folders(self, items: list[NewModule], move: bool = False) -> list[ModuleInfo]:
+        """Add several module folders in ONE manifest transaction: after a crash either all are new or none."""
+        if len({i.name for i in items}) != len(items):
+            raise UserError("one write cannot add two versions of the same module name")
+        staged = []
+        try:
+            for item in items:
+                staged.append(self._stage(item, move))
+            fault_point("bank-staged")
+            with self.lock:
+                self._clean_stale_staging()
+                return self._commit(staged)
+        finally:
+            for st in staged:
+                shutil.rmtree(st[0], ignore_errors=True)
+
+    def _stage(self, item: NewModule, move: bool) -> tuple:
+        check_name(item.name)
+        folder = item.folder
         check_adapter_folder(folder)
-        record = record if record is not None else _read_json(folder / "loramem.json")
+        record = item.record if item.record is not None else _read_json(folder / "loramem.json")
         base = record.get("base") or {}
         if not base.get("fingerprint"):
             raise UserError(f"{folder} does not record its base model (no loramem.json); write it with `loramem write`")
@@ -190,55 +287,58 @@ class MemoryBank:
             shutil.copytree(folder, staging, dirs_exist_ok=True)
             if move:
                 shutil.rmtree(folder)
-        try:
-            _fsync_tree(staging)
-            checksum = folder_checksum(staging)
-            with self.lock:
-                return self._commit(staging, name, record, conf, checksum, key_text, keys or [], sources or {},
-                                    view_mix or {})
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        _fsync_tree(staging)
+        return staging, item, record, conf, folder_checksum(staging)
 
-    def _commit(self, staging: Path, name: str, record: dict, conf: dict, checksum: str, key_text: str,
-                keys: list[str], sources: dict, view_mix: dict) -> ModuleInfo:
-        base = record["base"]
-        with self._db() as con:
+    def _clean_stale_staging(self) -> None:
+        """Remove the staging folders of writers that died (their pid is gone); called under the lock."""
+        stage = self.root / STAGING
+        for d in stage.iterdir() if stage.is_dir() else []:
+            pid = d.name.split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(d, ignore_errors=True)
+
+    def _commit(self, staged: list[tuple]) -> list[ModuleInfo]:
+        with self._db(write=True) as con:
             known = dict(con.execute("SELECT key, value FROM meta"))
-            if "base_fingerprint" in known and known["base_fingerprint"] != base["fingerprint"]:
-                raise UserError(
-                    f"bank {self.root} holds modules for base model '{known['base_name']}' "
-                    f"(weights {known['base_fingerprint']}); this module was trained for '{base.get('name')}' "
-                    f"(weights {base['fingerprint']}): write it with --model {known['base_name']} or use another bank")
-            last = con.execute("SELECT MAX(version) FROM modules WHERE name = ?", (name,)).fetchone()[0] or 0
-            version = last + 1
-            rel = f"{MODULES}/{name}/v{version}"
-            target = self.root / rel
-            if target.exists():  # left by a writer killed after the rename, before its commit: not in the manifest
-                shutil.rmtree(target)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            targets = conf.get("target_modules") or []
-            info = ModuleInfo(
-                name=name, version=version, path=rel, base_name=str(base.get("name")),
-                base_fingerprint=base["fingerprint"], rank=int(conf.get("r", 0)),
-                targets=sorted({t.split(".")[-1] for t in targets}) if isinstance(targets, list) else [str(targets)],
-                n_params=int(record.get("n_params", 0)), sources=sources, view_mix=view_mix,
-                tokens=int(record.get("knowledge_tokens", 0)), record=record, key_text=key_text, keys=keys,
-                checksum=checksum, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            infos, moves = [], []
+            for staging, item, record, conf, checksum in staged:
+                base = record["base"]
+                fp = known.get("base_fingerprint") or staged[0][2]["base"]["fingerprint"]
+                if fp != base["fingerprint"]:
+                    raise UserError(
+                        f"bank {self.root} holds modules for base model '{known.get('base_name')}' "
+                        f"(weights {fp}); this module was trained for '{base.get('name')}' "
+                        f"(weights {base['fingerprint']}): write it with --model {known.get('base_name')} or use "
+                        "another bank")
+                last = con.execute("SELECT MAX(version) FROM modules WHERE name = ?", (item.name,)).fetchone()[0]
+                info = _new_info(item, record, conf, checksum, (last or 0) + 1)
+                target = self.root / info.path
+                if target.exists():  # left by a writer killed after the rename, before its commit: not recorded
+                    shutil.rmtree(target)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                infos.append(info)
+                moves.append((staging, target))
             con.execute("BEGIN IMMEDIATE")
             try:
-                con.execute(f"INSERT INTO modules VALUES ({', '.join('?' * 18)})", info_to_row(info))
-                con.execute("INSERT OR REPLACE INTO heads VALUES (?, ?)", (name, version))
-                con.execute("INSERT OR IGNORE INTO meta VALUES ('base_name', ?)", (info.base_name,))
-                con.execute("INSERT OR IGNORE INTO meta VALUES ('base_fingerprint', ?)", (info.base_fingerprint,))
-                os.replace(staging, target)
-                _fsync_dir(target.parent)
+                for info in infos:
+                    con.execute(f"INSERT INTO modules VALUES ({', '.join('?' * 18)})", info_to_row(info))
+                    con.execute("INSERT OR REPLACE INTO heads VALUES (?, ?)", (info.name, info.version))
+                    con.execute("INSERT OR IGNORE INTO meta VALUES ('base_name', ?)", (info.base_name,))
+                    con.execute("INSERT OR IGNORE INTO meta VALUES ('base_fingerprint', ?)", (info.base_fingerprint,))
+                for i, (staging, target) in enumerate(moves):
+                    os.replace(staging, target)
+                    _fsync_dir(target.parent)
+                    if i == 0:
+                        fault_point("bank-mid-commit")
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
-                if target.exists() and not staging.exists():
-                    shutil.rmtree(target, ignore_errors=True)
+                for staging, target in moves:
+                    if target.exists() and not staging.exists():
+                        shutil.rmtree(target, ignore_errors=True)
                 raise
-        return info
+        return infos
 
     def rollback(self, name: str, to: int | None = None) -> ModuleInfo:
         """Serve an earlier version of `name` (default: the one before the current head)."""
@@ -255,7 +355,7 @@ class MemoryBank:
                 to = older[-1]
             if to not in have:
                 raise UserError(f"module '{name}' has no version {to}; versions: {have}")
-            with self._db() as con:
+            with self._db(write=True) as con:
                 con.execute("BEGIN IMMEDIATE")
                 con.execute("UPDATE heads SET version = ? WHERE name = ?", (to, name))
                 con.execute("COMMIT")
@@ -268,7 +368,7 @@ class MemoryBank:
             versions = [v.version for v in self.versions(name)]
             if not versions:
                 raise UserError(f"no module '{name}' in bank {self.root}; see `loramem bank ls --bank {self.root}`")
-            with self._db() as con:
+            with self._db(write=True) as con:
                 con.execute("BEGIN IMMEDIATE")
                 con.execute("DELETE FROM modules WHERE name = ?", (name,))
                 con.execute("DELETE FROM heads WHERE name = ?", (name,))
@@ -277,14 +377,23 @@ class MemoryBank:
         return versions
 
     def set_embeddings(self, items: list[tuple[ModuleInfo, list[float]]], model: str) -> None:
-        """Store key embeddings (computed by the embedding router) in the manifest."""
+        """Store key embeddings (computed by the embedding router) in the manifest; a read-only bank keeps them
+        in memory only (reading a bank never needs write access)."""
+        import sqlite3
+
         import numpy as np
 
-        with self.lock, self._db() as con:
-            con.execute("BEGIN IMMEDIATE")
-            con.executemany("UPDATE modules SET key_embedding = ?, embed_model = ? WHERE name = ? AND version = ?",
-                            [(np.asarray(e, dtype=np.float32).tobytes(), model, i.name, i.version) for i, e in items])
-            con.execute("COMMIT")
+        if not os.access(self.root, os.W_OK) or not os.access(self.root / MANIFEST, os.W_OK):
+            return
+        try:
+            with self.lock, self._db(write=True) as con:
+                con.execute("BEGIN IMMEDIATE")
+                con.executemany("UPDATE modules SET key_embedding = ?, embed_model = ? WHERE name = ? AND version = ?",
+                                [(np.asarray(e, dtype=np.float32).tobytes(), model, i.name, i.version)
+                                 for i, e in items])
+                con.execute("COMMIT")
+        except (OSError, sqlite3.OperationalError):  # read-only file system, or a lock we may not create
+            return
 
     # -- checking and exporting ----------------------------------------------------------------------------
     def verify(self) -> VerifyReport:
@@ -306,7 +415,12 @@ class MemoryBank:
         recorded = set()
         for info in rows:
             rep.checked += 1
-            folder = self.path(info)
+            try:
+                folder = self.path(info)
+            except UserError:
+                rep.problems.append(f"{info.name!r}@v{info.version}: unsafe name or path {info.path!r} in the "
+                                    "manifest (not followed)")
+                continue
             recorded.add(folder.resolve())
             missing = [f for f in ADAPTER_FILES if not (folder / f).is_file()]
             if missing:
@@ -343,11 +457,12 @@ class MemoryBank:
                 raise UserError(f"no modules {missing} in bank {self.root}")
             mods = [m for m in mods if m.name in names]
         written = []
-        for m in mods:
+        sources = [self.verified_path(m) for m in mods]  # every module checked before anything is written
+        for m, src in zip(mods, sources, strict=True):
             dest = out / m.name
             dest.mkdir(parents=True, exist_ok=True)
             for f in ADAPTER_FILES:
-                shutil.copy2(self.path(m) / f, dest / f)
+                shutil.copy2(src / f, dest / f)
             written.append(dest)
         index = [{"name": m.name, "version": m.version, "path": m.name, "base": m.base_name, "rank": m.rank,
                   "key_text": m.key_text} for m in mods]

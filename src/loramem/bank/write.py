@@ -6,8 +6,8 @@ from pathlib import Path
 
 from loramem.bank.manifest import ModuleInfo
 from loramem.bank.partition import Part, partition_file
-from loramem.bank.store import MemoryBank, check_name, file_sha256
-from loramem.config import WriterConfig
+from loramem.bank.store import MemoryBank, NewModule, check_name, file_sha256
+from loramem.config import WriterConfig, fault_point
 from loramem.models import Base
 
 ADAPTER = "bank_write"
@@ -27,12 +27,36 @@ def write_to_bank(train_file: str | Path, bank: MemoryBank, name: str, base: Bas
 
         raise UserError(f"bank {bank.root} holds modules for base model '{known[0]}', not '{base.name}'; "
                         f"pass --model {known[0]} or use another bank")
-    return [write_part(p, bank, name + p.suffix, base, cfg, view_mix) for p in parts]
+    return write_parts(parts, bank, name, base, cfg, view_mix)
+
+
+def write_parts(parts: list[Part], bank: MemoryBank, name: str, base: Base, cfg: WriterConfig,
+                view_mix: dict | None = None) -> list[ModuleInfo]:
+    """Train every part into the bank's staging area, then commit them all in one manifest transaction (a write
+    killed half-way leaves every module at its old version, never some new and some old)."""
+    import shutil
+
+    staged: list[NewModule] = []
+    try:
+        for i, p in enumerate(parts):
+            staged.append(train_part(p, bank, name + p.suffix, base, cfg, view_mix))
+            if i == 0:
+                fault_point("bank-part-trained")
+        return bank.add_folders(staged, move=True)
+    finally:
+        for item in staged:
+            shutil.rmtree(item.folder, ignore_errors=True)
 
 
 def write_part(part: Part, bank: MemoryBank, name: str, base: Base, cfg: WriterConfig,
                view_mix: dict | None = None) -> ModuleInfo:
     """Train one module on a part and commit it to the bank (staged inside the bank, then renamed in)."""
+    return bank.add_folders([train_part(part, bank, name, base, cfg, view_mix)], move=True)[0]
+
+
+def train_part(part: Part, bank: MemoryBank, name: str, base: Base, cfg: WriterConfig,
+               view_mix: dict | None = None) -> NewModule:
+    """Train one module on a part into a fresh staging folder of the bank (not yet in the manifest)."""
     import shutil
 
     from loramem.writer import write_module
@@ -46,5 +70,4 @@ def write_part(part: Part, bank: MemoryBank, name: str, base: Base, cfg: WriterC
     res.model.delete_adapter(ADAPTER)
     # a generated knowledge set has no file: its data hash stands in
     sources = {str(part.source): file_sha256(part.source) if part.source.is_file() else res.record["data_hash"]}
-    return bank.add_folder(staging, name, record=res.record, key_text=part.key_text, keys=part.keys,
-                           sources=sources, view_mix=view_mix or {"qa": 1.0}, move=True)
+    return NewModule(staging, name, res.record, part.key_text, part.keys, sources, view_mix or {"qa": 1.0})

@@ -51,6 +51,9 @@ def index_cmd(
     if (out is None) == (bank is None):
         raise UserError("give exactly one of --out DIR or --bank DIR")
     folder = out if out is not None else index_dir_for_bank(bank)
+    from loramem.retrieval.index import check_index_folder
+
+    check_index_folder(Path(folder))  # before any work: a folder of other files is never written into
     cfg = _retrieval_config(method=method, chunk_tokens=chunk_tokens, overlap=overlap, k=k)
     index, rebuilt = ensure_index(read_documents(docs), folder, cfg, _tokenizer(model))
     what = "built" if rebuilt else "up to date"

@@ -15,10 +15,12 @@ neighborhood_prompts) gives true objects and neighborhood prompts, so locality i
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loramem.data.reading import read_json, read_text
 from loramem.errors import UserError
 from loramem.formats import Example
 
@@ -61,7 +63,7 @@ def read_edits(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"CounterFact file {p} does not exist; pass --paper-data pointing at the paper's release")
-    with p.open(newline="", encoding="utf-8") as f:
+    with io.StringIO(read_text(p), newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "text" not in reader.fieldnames:
             raise UserError(f"{p} is not a CounterFact edit file: expected a CSV with a 'text' column")
@@ -70,7 +72,7 @@ def read_edits(path: str | Path) -> list[str]:
 
 def read_meta(path: str | Path) -> list[str]:
     """Subjects edited in one size (`counterfact_edit_*K_meta.json`)."""
-    data = json.loads(Path(path).read_text())
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("subjects"), list):
         raise UserError(f"{path} is not a CounterFact meta file: expected {{'subjects': [...]}}")
     return [str(s) for s in data["subjects"]]
@@ -78,7 +80,7 @@ def read_meta(path: str | Path) -> list[str]:
 
 def read_eval(path: str | Path) -> list[tuple[str, str]]:
     """(cloze prompt, new object) pairs of `counterfact_eval_qa.json`."""
-    data = json.loads(Path(path).read_text())
+    data = read_json(path)
     try:
         return [(str(d["question"]).strip(), str(d["answer"]).strip()) for d in data]
     except (TypeError, KeyError):
@@ -114,7 +116,7 @@ def load_rome(path: str | Path, limit: int | None = None) -> EditSet:
     """ROME's counterfact.json: requested_rewrite {prompt with '{}', subject, target_new, target_true},
     paraphrase_prompts and neighborhood_prompts."""
     try:
-        records = json.loads(Path(path).read_text())
+        records = read_json(path)
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"cannot read CounterFact file {path} ({exc})") from None
     edits, probes, subjects = [], [], []

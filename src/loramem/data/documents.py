@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loramem.data.reading import loads, read_json, read_text
 from loramem.errors import UserError
 
 SUFFIXES = (".txt", ".md", ".markdown", ".jsonl", ".json", ".csv")
@@ -102,7 +103,7 @@ def load_questions(path: str | Path) -> list[Question]:
 
 
 def _text_file(p: Path) -> Document:
-    text = p.read_text(encoding="utf-8").strip()
+    text = read_text(p).strip()
     if not text:
         raise UserError(f"{p} is empty; a document needs text")
     title = p.stem
@@ -116,13 +117,10 @@ def _text_file(p: Path) -> Document:
 def jsonl_rows(p: Path) -> list[tuple[int, dict]]:
     """(line number, object) per non-empty line of a JSONL file; a clear error for bad JSON or no rows."""
     rows = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(read_text(p).splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{p}:{n}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
+        row = loads(line, f"{p}:{n}")
         if not isinstance(row, dict):
             raise UserError(f"{p}:{n}: each line must be a JSON object")
         rows.append((n, row))
@@ -161,10 +159,7 @@ def _jsonl(p: Path) -> list[Document]:
 def _json(p: Path) -> list[Document]:
     from loramem.data.paperqa import looks_like_paperqa, papers_from_json
 
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = read_json(p)
     if looks_like_paperqa(data):
         return papers_from_json(data, str(p))
     if isinstance(data, list) and data and all(isinstance(r, dict) and {"question", "answer"} <= set(r)

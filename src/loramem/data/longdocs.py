@@ -12,11 +12,11 @@ QuALITY (github.com/nyu-mll/quality), JSON-lines files such as QuALITY.v1.0.1.ht
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loramem.data.reading import csv_rows, read_text
 from loramem.errors import UserError
 
 
@@ -83,7 +83,7 @@ def read_quality(path: str | Path, limit: int | None = None) -> list[LongDoc]:
     if not p.is_file():
         raise UserError(f"QuALITY file {p} does not exist; download it from github.com/nyu-mll/quality")
     docs = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(p).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -91,7 +91,7 @@ def read_quality(path: str | Path, limit: int | None = None) -> list[LongDoc]:
             qs = [LongQA(q["question"].strip(), options=tuple(q["options"]), gold=int(q["gold_label"]) - 1)
                   for q in row["questions"] if q.get("gold_label")]
             docs.append(LongDoc(str(row["article_id"]), row.get("title", ""), row["article"], qs))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (json.JSONDecodeError, RecursionError, KeyError, TypeError, ValueError):
             raise UserError(f"{p}:{n} is not a QuALITY article row (article_id, article, questions)") from None
         if limit is not None and len(docs) >= limit:
             break
@@ -99,5 +99,4 @@ def read_quality(path: str | Path, limit: int | None = None) -> list[LongDoc]:
 
 
 def _csv(path: Path) -> list[dict]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    return csv_rows(path)[1]

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from loramem.data.documents import Document, Question
+from loramem.data.reading import read_json
 from loramem.errors import UserError
 
 LEVELS = {1: "recall", 2: "contextual understanding", 3: "logical structure"}
@@ -28,7 +29,7 @@ def read_paperqa(path: str | Path) -> list[Document]:
     """Papers of a PaperQA-format file as Documents (text = introduction, questions = its QA)."""
     p = Path(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = read_json(p)
     except FileNotFoundError:
         raise UserError(f"PaperQA file not found: {p}") from None
     except json.JSONDecodeError as exc:

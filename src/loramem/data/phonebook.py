@@ -8,7 +8,6 @@ and the 128K file's sector files with their routing meta) and generates new Phon
 from __future__ import annotations
 
 import csv
-import json
 import math
 import random
 import re
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from loramem.data.reading import csv_rows, read_json
 from loramem.errors import UserError
 from loramem.formats import Example, question_prompt, render
 
@@ -119,19 +119,17 @@ def read(path: str | Path) -> list[Entry]:
         raise UserError(f"PhoneBook file not found: {p}; pass an existing file (e.g. phonebook_qa_1K.csv)")
     if p.suffix.lower() == ".json":
         return _read_eval_json(p)
-    with p.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip().lower() for c in (reader.fieldnames or [])]
-        rows = list(reader)
+    fieldnames, rows = csv_rows(p)
+    cols = [c.strip().lower() for c in fieldnames]
     if cols == ["text"]:
-        entries = [_parse_row(r[reader.fieldnames[0]], p, i) for i, r in enumerate(rows, start=2)]
+        entries = [_parse_row(r[fieldnames[0]], p, i) for i, r in enumerate(rows, start=2)]
     elif {"name", "phone"} <= set(cols):
-        name_col = reader.fieldnames[cols.index("name")]
-        phone_col = reader.fieldnames[cols.index("phone")]
-        entries = [Entry(r[name_col].strip(), r[phone_col].strip()) for r in rows]
+        name_col = fieldnames[cols.index("name")]
+        phone_col = fieldnames[cols.index("phone")]
+        entries = [Entry((r[name_col] or "").strip(), (r[phone_col] or "").strip()) for r in rows]
     else:
         raise UserError(
-            f"{p}: columns {reader.fieldnames} are not a PhoneBook; expected one 'text' column of rows "
+            f"{p}: columns {fieldnames} are not a PhoneBook; expected one 'text' column of rows "
             "'Question: What is the phone number of NAME? Answer: ddd-ddd-dddd' or columns Name,Phone"
         )
     if not entries:
@@ -147,10 +145,7 @@ def _parse_row(text: str, p: Path, line: int) -> Entry:
 
 
 def _read_eval_json(p: Path) -> list[Entry]:
-    try:
-        items = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{p} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    items = read_json(p)
     if not isinstance(items, list) or not all(isinstance(i, dict) and {"question", "answer"} <= i.keys() for i in items):
         raise UserError(f"{p}: expected a JSON list of objects with 'question' and 'answer'")
     out = []
@@ -180,7 +175,7 @@ def read_sectors(meta_path: str | Path) -> list[Sector]:
     meta_p = Path(meta_path)
     if not meta_p.is_file():
         raise UserError(f"routing meta not found: {meta_p}; pass e.g. phonebook_qa_128K_routing_meta.json")
-    meta = json.loads(meta_p.read_text())
+    meta = read_json(meta_p)
     if "sector_map" not in meta:
         raise UserError(f"{meta_p} has no 'sector_map'; expected the paper's routing meta format")
     sectors = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from statistics import mean
 
-from loramem.bank.merging import METHODS, merge_weights
+from loramem.bank.merging import METHODS, check_method, merge_weights
 from loramem.bank.routing import build_router, route_many
 from loramem.config import MergeConfig
 from loramem.experiments.partitioned import eval_groups_tokens, exact_match, grid, questions, setup
@@ -23,7 +23,7 @@ MERGES = [m for m in METHODS if m != "none"]
 
 def cells(opts: RecipeOptions) -> list[dict]:
     g = grid(opts)
-    methods = opts.params.get("methods") or MERGES
+    methods = [check_method(m) for m in opts.params.get("methods") or MERGES]
     refs = [{"cell": "single", "method": "single"}, {"cell": "gold-only", "method": "none"}]
     # each method with its default weights, and the additive ones also unscaled (weights 1: no dilution)
     merged = [{"cell": f"merge-{m}", "method": m, "weights": "auto"} for m in methods] + [

@@ -102,7 +102,9 @@ def run_recipe(recipe: Recipe, opts: RecipeOptions, executor: str = "local", add
     ok = _latest_ok(rows)
     summary = recipe.summarize(ok, opts) if ok else {}
     failed = sorted({r["cell"] for r in rows if r.get("status") == "error"} - {r["cell"] for r in ok})
-    summary = {**summary, "recipe": recipe.name, "cells": len(cells), "ok": len(ok), "failed": failed}
+    errors = [r.get("error") for r in rows if r.get("status") == "error" and r["cell"] in failed]
+    summary = {**summary, "recipe": recipe.name, "cells": len(cells), "ok": len(ok), "failed": failed,
+               **({"first_error": errors[0]} if errors else {})}
     (opts.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 

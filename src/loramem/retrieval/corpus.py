@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from loramem.data.reading import loads, read_text
 from loramem.errors import UserError
 
 TEXT_SUFFIXES = (".txt", ".md")
@@ -61,16 +62,16 @@ def read_documents(paths: Iterable[str | Path]) -> list[Document]:
 def _read_file(f: Path, name: str) -> list[Document]:
     if f.suffix == ".jsonl":
         out = []
-        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(read_text(f).splitlines(), 1):
             if not line.strip():
                 continue
+            row = loads(line, f"{f}:{n}")
             try:
-                row = json.loads(line)
                 out.append(Document(str(row.get("id", f"{name}:{n}")), row["text"], str(row.get("title", ""))))
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            except (KeyError, TypeError, AttributeError):
                 raise UserError(f"{f}:{n}: a document row must be JSON with a 'text' field") from None
         return out
-    return [Document(name, f.read_text(encoding="utf-8", errors="replace"))]
+    return [Document(name, read_text(f))]
 
 
 def corpus_hash(docs: Iterable[Document]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -107,9 +108,13 @@ class Index:
         return [Hit(self.chunks[i], score, r) for r, (i, score) in enumerate(ranked)]
 
     def save(self, folder: str | Path) -> Path:
-        """Write the index folder atomically (a temp folder renamed into place)."""
+        """Write the index into `folder`, replacing only the index's own files (each written whole first).
+
+        A folder that holds other files and is not an index is refused: an index never deletes what it did
+        not write (`--out docs/` must not eat the documents)."""
         folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".tmp")
+        check_index_folder(folder)
+        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for name, r in self.retrievers.items():
@@ -119,8 +124,18 @@ class Index:
                 f.write(json.dumps(asdict(d)) + "\n")
         info = {"config": self.cfg.model_dump(), **self.meta, "chunks": [asdict(c) for c in self.chunks]}
         (tmp / INDEX_FILE).write_text(json.dumps(info, indent=1))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / INDEX_FILE).unlink(missing_ok=True)  # no index.json while the parts are swapped: never half valid
+        for name in OWN_ENTRIES:
+            old, new = folder / name, tmp / name
+            if old.is_dir():
+                shutil.rmtree(old)
+            elif old.exists():
+                old.unlink()
+            if new.exists() and name != INDEX_FILE:
+                os.replace(new, old)
+        os.replace(tmp / INDEX_FILE, folder / INDEX_FILE)
+        shutil.rmtree(tmp, ignore_errors=True)
         self.folder = folder
         return folder
 
@@ -142,6 +157,21 @@ class Index:
         if self.folder is None:
             return 0
         return sum(f.stat().st_size for f in Path(self.folder).rglob("*") if f.is_file())
+
+
+OWN_ENTRIES = ("bm25", "dense", DOCUMENTS_FILE, INDEX_FILE)
+
+
+def check_index_folder(folder: Path) -> None:
+    """An index goes into a new or empty folder, or over an earlier index; anything else is refused."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"index folder {folder} is a file; pass a folder")
+    if not folder.is_dir() or (folder / INDEX_FILE).is_file():
+        return
+    others = sorted(p.name for p in folder.iterdir())
+    if others:
+        raise UserError(f"{folder} already holds files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) "
+                        "and is not a loramem index; give --out a new or empty folder")
 
 
 def _fuse(rankings: list[list[tuple[int, float]]], k: int) -> list[tuple[int, float]]:
