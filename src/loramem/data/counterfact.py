@@ -14,13 +14,10 @@ neighborhood_prompts) gives true objects and neighborhood prompts, so locality i
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loramem.data.reading import read_json, read_text
+from loramem.data.reading import csv_rows, read_json
 from loramem.errors import UserError
 from loramem.formats import Example
 
@@ -63,11 +60,10 @@ def read_edits(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"CounterFact file {p} does not exist; pass --paper-data pointing at the paper's release")
-    with io.StringIO(read_text(p), newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "text" not in reader.fieldnames:
-            raise UserError(f"{p} is not a CounterFact edit file: expected a CSV with a 'text' column")
-        return [row["text"].strip() for row in reader if row["text"].strip()]
+    fieldnames, rows = csv_rows(p)
+    if "text" not in fieldnames:
+        raise UserError(f"{p} is not a CounterFact edit file: expected a CSV with a 'text' column")
+    return [(row["text"] or "").strip() for row in rows if (row["text"] or "").strip()]
 
 
 def read_meta(path: str | Path) -> list[str]:
@@ -82,8 +78,10 @@ def read_eval(path: str | Path) -> list[tuple[str, str]]:
     """(cloze prompt, new object) pairs of `counterfact_eval_qa.json`."""
     data = read_json(path)
     try:
+        if not isinstance(data, list):
+            raise TypeError
         return [(str(d["question"]).strip(), str(d["answer"]).strip()) for d in data]
-    except (TypeError, KeyError):
+    except (TypeError, KeyError, IndexError):
         raise UserError(f"{path} is not a CounterFact eval file: expected [{{'question', 'answer'}}, ...]") from None
 
 
@@ -115,10 +113,9 @@ def load_paper(size: str, release_dir: str | Path) -> EditSet:
 def load_rome(path: str | Path, limit: int | None = None) -> EditSet:
     """ROME's counterfact.json: requested_rewrite {prompt with '{}', subject, target_new, target_true},
     paraphrase_prompts and neighborhood_prompts."""
-    try:
-        records = read_json(path)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read CounterFact file {path} ({exc})") from None
+    records = read_json(path)
+    if not isinstance(records, list):
+        raise UserError(f"{path} is not ROME's counterfact.json (a JSON list of records with requested_rewrite)")
     edits, probes, subjects = [], [], []
     for rec in records[:limit]:
         try:
@@ -126,13 +123,13 @@ def load_rome(path: str | Path, limit: int | None = None) -> EditSet:
             subject = rw["subject"]
             prompt = rw["prompt"].replace("{}", subject)
             new, old = rw["target_new"]["str"].strip(), rw["target_true"]["str"].strip()
+            more = [(p.strip(), kind) for kind in ("paraphrase", "neighborhood") for p in rec.get(f"{kind}_prompts", [])]
         except (KeyError, TypeError, AttributeError):
             raise UserError(f"{path} is not ROME's counterfact.json (records need requested_rewrite)") from None
         edits.append(f"{prompt} {new}")
         subjects.append(subject)
         probes.append(Probe(prompt, new, old, "rewrite", subject))
-        probes += [Probe(p.strip(), new, old, "paraphrase", subject) for p in rec.get("paraphrase_prompts", [])]
-        probes += [Probe(p.strip(), new, old, "neighborhood", subject) for p in rec.get("neighborhood_prompts", [])]
+        probes += [Probe(p, new, old, kind, subject) for p, kind in more]
     return EditSet(edits, probes, subjects, str(path))
 
 
