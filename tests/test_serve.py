@@ -154,3 +154,24 @@ def test_bad_bodies_get_json_errors(server, body, status):
 def test_openai_client_sees_bad_request_errors(server):
     with pytest.raises(openai.BadRequestError, match="unknown model"):
         _client(server).chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_a_damaged_module_gets_its_request_an_error_and_the_others_answers(server, tiny_base):
+    """Runs last: it adds (and removes) a module, so the other tests see the bank as the fixture built it."""
+    cat = phonebook.write([phonebook.Entry("Cat Moss", "777-888-9999")], server["root"] / "cat.csv")
+    bank = make_bank(server["bank"].root, tiny_base, cat, name="cat", partition=None, cfg=QUICK)
+    f = bank.path(bank.get("cat")) / "adapter_model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    c = _client(server)
+    try:
+        msg = [{"role": "user", "content": "What is the phone number of Cat Moss?"}]
+        with pytest.raises(openai.APIStatusError) as err:
+            c.chat.completions.create(model="loramem:cat", messages=msg, max_tokens=8)
+        assert "damaged" in str(err.value) and "cat@v1" in str(err.value)
+        ok = c.chat.completions.create(model="loramem:ann", max_tokens=8,
+                                       messages=[{"role": "user", "content": "What is the phone number of Ann Lee?"}])
+        assert ok.choices[0].message.content is not None
+    finally:
+        bank.remove("cat")
