@@ -180,17 +180,12 @@ def exact_match_items(model, items: Sequence[Rendered], pad_id: int, autocast=co
     return ok
 
 
-def _lr_lambda(cfg: WriterConfig, total: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-        if cfg.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-        if cfg.schedule == "linear":
-            return max(0.0, 1 - frac)
-        return 1.0
-    return f
+def lr_scheduler(opt: torch.optim.Optimizer, cfg: WriterConfig, total: int):
+    """transformers' schedule of that name (constant, cosine, linear), with `warmup_steps` of linear warmup."""
+    from transformers import get_scheduler
+
+    name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
+    return get_scheduler(name, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=total)
 
 
 def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out: str | Path | None = None,
@@ -229,7 +224,7 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
     last_ok = [False] * len(items)  # per fact: all answer tokens right on its last training pass
     confirm_after = 0  # after a failed confirmation, wait a full epoch of visits before the next
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))
+    sched = lr_scheduler(opt, cfg, total)
 
     history: list[list[float]] = []  # full teacher-forced checks: [step, exact match]
     running_history: list[list[float]] = []  # the free running estimate, once per epoch
