@@ -189,8 +189,10 @@ def lr_scheduler(opt: torch.optim.Optimizer, cfg: WriterConfig, total: int):
 
 
 def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out: str | Path | None = None,
-                 adapter: str = "default", on_step: Callable[[dict], None] | None = None) -> WriteResult:
-    """Train one LoRA module on `examples` and save it as a standard PEFT adapter folder with a run record."""
+                 adapter: str = "default", on_step: Callable[[dict], None] | None = None,
+                 data_license: str | None = None) -> WriteResult:
+    """Train one LoRA module on `examples` and save it as a standard PEFT adapter folder with a run record
+    (`data_license`: the licence of the facts, shown on the exported model card)."""
     if not examples:
         raise UserError("no training examples; pass a file with at least one row")
     t_start = time.time()
@@ -318,10 +320,13 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
     train_s = time.time() - train_t0
     record = {
         "loramem_version": __version__,
-        "base": {"name": base.name, "fingerprint": base.fingerprint, "source": base.source},
+        # hub_id is what the adapter names as its base; the fingerprint says which exact weights it was trained on
+        "base": {"name": base.name, "hub_id": base.hub_id, "fingerprint": base.fingerprint, "source": base.source,
+                 "weights": base.weights},
         "config": cfg.model_dump(),
         "n_examples": len(items),
         "data_hash": data_hash(examples),
+        "data_license": data_license,
         "knowledge_tokens": sum(len(r.ids) for r in items),
         "tokens_seen": tokens_seen,
         "steps": step,
@@ -376,7 +381,7 @@ def save_adapter(host, adapter: str, out: str | Path, record: dict) -> Path:
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(out / "adapter_model.safetensors"),
               metadata={"format": "pt"})
     conf = copy.deepcopy(host.peft_config[adapter])
-    conf.base_model_name_or_path = record["base"]["source"]
+    conf.base_model_name_or_path = record["base"].get("hub_id") or record["base"]["source"]
     conf.save_pretrained(str(out))
     (out / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str))
     return out

@@ -331,7 +331,8 @@ class MemoryBank:
         return rep
 
     def export(self, out: str | Path, names: list[str] | None = None) -> list[Path]:
-        """Copy the serving version of each module to OUT/NAME as a plain PEFT folder (for PEFT, vLLM, LoRAX)."""
+        """Write the serving version of each module to OUT/NAME as a portable PEFT folder with a model card
+        (for PEFT, vLLM, LoRAX); see loramem.bank.export."""
         out = Path(out).expanduser()
         if out.resolve() == self.root.resolve() or self.root.resolve() in out.resolve().parents:
             raise UserError(f"export folder {out} is inside the bank; pick a folder outside it")
@@ -342,15 +343,11 @@ class MemoryBank:
             if missing:
                 raise UserError(f"no modules {missing} in bank {self.root}")
             mods = [m for m in mods if m.name in names]
-        written = []
-        for m in mods:
-            dest = out / m.name
-            dest.mkdir(parents=True, exist_ok=True)
-            for f in ADAPTER_FILES:
-                shutil.copy2(self.path(m) / f, dest / f)
-            written.append(dest)
-        index = [{"name": m.name, "version": m.version, "path": m.name, "base": m.base_name, "rank": m.rank,
-                  "key_text": m.key_text} for m in mods]
+        from loramem.bank.export import base_hub_id, export_module
+
+        written = [export_module(m, self.path(m), out / m.name) for m in mods]
+        index = [{"name": m.name, "version": m.version, "path": m.name, "base": base_hub_id(m),
+                  "base_fingerprint": m.base_fingerprint, "rank": m.rank, "key_text": m.key_text} for m in mods]
         out.mkdir(parents=True, exist_ok=True)
         (out / "modules.json").write_text(json.dumps(index, indent=2))
         return written

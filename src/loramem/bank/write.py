@@ -15,7 +15,7 @@ ADAPTER = "bank_write"
 
 def write_to_bank(train_file: str | Path, bank: MemoryBank, name: str, base: Base, cfg: WriterConfig,
                   partition: int | None = None, limit: int | None = None,
-                  view_mix: dict | None = None) -> list[ModuleInfo]:
+                  view_mix: dict | None = None, data_license: str | None = None) -> list[ModuleInfo]:
     """Train one module per part of `train_file` and add each as the next version of NAME (or NAME-00, ...)."""
     check_name(name)
     parts = partition_file(train_file, partition, limit)
@@ -27,11 +27,11 @@ def write_to_bank(train_file: str | Path, bank: MemoryBank, name: str, base: Bas
 
         raise UserError(f"bank {bank.root} holds modules for base model '{known[0]}', not '{base.name}'; "
                         f"pass --model {known[0]} or use another bank")
-    return [write_part(p, bank, name + p.suffix, base, cfg, view_mix) for p in parts]
+    return [write_part(p, bank, name + p.suffix, base, cfg, view_mix, data_license) for p in parts]
 
 
 def write_part(part: Part, bank: MemoryBank, name: str, base: Base, cfg: WriterConfig,
-               view_mix: dict | None = None) -> ModuleInfo:
+               view_mix: dict | None = None, data_license: str | None = None) -> ModuleInfo:
     """Train one module on a part and commit it to the bank (staged inside the bank, then renamed in)."""
     import shutil
 
@@ -39,7 +39,7 @@ def write_part(part: Part, bank: MemoryBank, name: str, base: Base, cfg: WriterC
 
     staging = bank.new_staging()
     try:
-        res = write_module(part.examples, base, cfg, out=staging, adapter=ADAPTER)
+        res = write_module(part.examples, base, cfg, out=staging, adapter=ADAPTER, data_license=data_license)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -119,11 +119,24 @@ def bank_verify(bank: Path = BANK_OPT, as_json: bool = typer.Option(False, "--js
 
 
 @bank_app.command("export")
-def bank_export(out: Path = typer.Argument(..., help="folder to write plain PEFT folders into"),
-                bank: Path = BANK_OPT, names: str | None = typer.Option(None, help="comma list (default: all)")) -> None:
-    """Copy each module's serving version to OUT/NAME as a plain PEFT folder (PEFT, vLLM, LoRAX load it as is)."""
-    written = _open(bank).export(out, csv_list(names))
-    console.print(f"exported {len(written)} modules to {out}")
+def bank_export(out: Path = typer.Argument(..., help="folder to write portable PEFT folders into"),
+                bank: Path = BANK_OPT, names: str | None = typer.Option(None, help="comma list (default: all)"),
+                as_json: bool = typer.Option(False, "--json", help="print what was written as one JSON object")) -> None:
+    """Write each module's serving version to OUT/NAME as a PEFT folder with a model card (README.md), and print
+    the vLLM and PEFT lines that load them."""
+    from loramem.bank.export import serve_lines
+
+    b = _open(bank)
+    written = b.export(out, csv_list(names))
+    mods = [b.get(p.name) for p in written]
+    lines = serve_lines(mods, out)
+    if as_json:
+        print(json.dumps({"out": str(out), "modules": [str(p) for p in written], "vllm": lines[:1],
+                          "peft": lines[1:]}))
+        return
+    console.print(f"exported {len(written)} modules to {out} (each with a model card README.md)")
+    for line in lines:
+        print(line)
 
 
 @app.command("ask")
