@@ -87,3 +87,23 @@ def test_write_then_eval_json_on_tiny_random(tmp_path):
 def test_eval_missing_module(args):
     proc = run_cli(*args)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_write_json_prints_one_object_with_the_run(tmp_path):
+    import json as _json
+
+    from loramem.data import phonebook
+
+    train = phonebook.write(phonebook.generate(3, 0), tmp_path / "pb.csv")
+    r = run_cli("write", str(train), "--out", str(tmp_path / "m"), "--model", "tiny-random", "--steps", "3",
+                "--rank", "2", "--json", "--data-license", "CC0-1.0")
+    assert r.returncode == 0, r.stderr
+    out = _json.loads(r.stdout)  # the whole of stdout is one JSON object
+    assert out["steps"] == 3 and 0 <= out["exact_match"] <= 1 and out["seconds"] > 0
+    assert out["base"]["hub_id"] == "loramem/tiny-random-llama" and out["data_license"] == "CC0-1.0"
+    r = run_cli("write", str(train), "--bank", str(tmp_path / "b"), "--name", "pb", "--partition", "2",
+                "--model", "tiny-random", "--steps", "2", "--rank", "2", "--json")
+    out = _json.loads(r.stdout)
+    assert out["modules"] == ["pb-00@v1", "pb-01@v1"] and out["steps"] == 4 and "exact_match" in out
+    models = _json.loads(run_cli("models", "--json").stdout)
+    assert "tiny-random" in models and "smollm2-135m" in models

@@ -31,7 +31,7 @@ from loramem.errors import UserError
 from loramem.formats import Example, Rendered, render
 from loramem.forward import PrefixCache, collate, length_batches, logits_at, prefix_cache_ok, shared_prefix_ok
 from loramem.models import Base, bf16_supported
-from loramem.progress import OptionalBar
+from loramem.progress import WriteProgress
 
 RECORD_FILE = "loramem.json"
 RECHECK_EPOCHS = 10  # with the running estimate, still a full check (and best-state snapshot) this often
@@ -235,7 +235,7 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
     tokens_seen, step, stopped, loss_val, eval_s = 0, 0, "steps", float("nan"), 0.0
     first_loss = float("nan")
     queue: list[list[int]] = []
-    progress = _Progress(total, enabled=cfg.progress)
+    progress = WriteProgress(total, enabled=cfg.progress, max_seconds=cfg.max_seconds, target_em=cfg.target_em)
     train_t0 = time.time()
 
     def check(step: int) -> float:
@@ -393,32 +393,6 @@ def package_versions() -> dict:
 
     return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
             "loramem": __version__}
-
-
-class _Progress(OptionalBar):
-    """A rich progress bar with loss, tokens/s, exact match and ETA (silent when disabled)."""
-
-    def __init__(self, total: int, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self.total = total
-        self.em: float | None = None
-        if enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("[bold]writing[/bold]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-                TextColumn("EM {task.fields[em]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                transient=True,
-            )
-            self.task = self.bar.add_task("write", total=total, loss="-", tps="-", em="-")
-
-    def update(self, step: int, loss: float, tps: float, em: float | None) -> None:
-        if em is not None:
-            self.em = em
-        if self.enabled:
-            self.bar.update(self.task, completed=step, loss=f"{loss:.3f}", tps=f"{tps:.0f}",
-                            em="-" if self.em is None else f"{self.em:.2f}")
 
 
 def load_adapter(base: Base, path: str | Path, adapter: str):

@@ -25,7 +25,7 @@ def _open(bank: Path):
 
 
 def write_bank_cmd(train_file: Path, out: Path | None, bank: Path | None, name: str | None, partition: int | None,
-                   model: str, cfg, limit: int | None) -> None:
+                   model: str, cfg, limit: int | None, data_license: str | None = None, as_json: bool = False) -> None:
     """`loramem write FILE --bank DIR --name NAME [--partition N]`: train module(s) into a bank."""
     from loramem.bank.store import MemoryBank, check_name
     from loramem.bank.write import write_to_bank
@@ -39,7 +39,16 @@ def write_bank_cmd(train_file: Path, out: Path | None, bank: Path | None, name: 
     if partition is not None and partition < 1:
         raise UserError(f"--partition must be >= 1 (got {partition})")
     b = MemoryBank(bank)
-    infos = write_to_bank(train_file, b, name, load_base(model), cfg, partition, limit)
+    infos = write_to_bank(train_file, b, name, load_base(model), cfg, partition, limit, data_license=data_license)
+    if as_json:
+        print(json.dumps({"bank": str(b.root), "modules": [m.id for m in infos],
+                          "exact_match": min(m.record.get("exact_match", 0.0) for m in infos),
+                          "steps": sum(m.record.get("steps", 0) for m in infos),
+                          "seconds": round(sum(m.record.get("wall_s", 0.0) for m in infos), 2),
+                          "per_module": [{"id": m.id, "exact_match": m.record.get("exact_match"),
+                                          "steps": m.record.get("steps"), "seconds": m.record.get("wall_s"),
+                                          "n_facts": len(m.keys), "rank": m.rank} for m in infos]}))
+        return
     for m in infos:
         em = m.record.get("exact_match", 0.0)
         console.print(f"added {m.id} to {b.root}: {len(m.keys)} facts, rank {m.rank}, {m.n_params:,} params, "
@@ -47,7 +56,7 @@ def write_bank_cmd(train_file: Path, out: Path | None, bank: Path | None, name: 
 
 
 @bank_app.command("ls")
-def bank_ls(bank: Path = BANK_OPT, as_json: bool = typer.Option(False, "--json")) -> None:
+def bank_ls(bank: Path = BANK_OPT, as_json: bool = typer.Option(False, "--json", help="print a JSON list")) -> None:
     """List the modules (serving versions) of a bank."""
     b = _open(bank)
     mods = b.list()
@@ -149,12 +158,14 @@ def ask_cmd(
     weights: str = typer.Option("auto", help="merge weights: auto, mean, sum, score or a comma list"),
     density: float = typer.Option(0.5, help="fraction kept by ties/dare/magnitude_prune"),
     model: str | None = typer.Option(None, help="base model (default: the bank's)"),
-    max_new_tokens: int = typer.Option(32),
+    max_new_tokens: int = typer.Option(32, "--max-tokens", "--max-new-tokens",
+                                       help="answer length limit in tokens (--max-new-tokens: old name)"),
     mode: str = typer.Option("lora", help="base, icl, rag, lora, lora+rag or lora+icl (context from BANK/index)"),
-    rag_k: int | None = typer.Option(None, "--rag", help="chunks retrieved for rag modes (default: the index's k)"),
+    rag_k: int | None = typer.Option(None, "--chunks", "--rag",
+                                     help="chunks retrieved for rag modes (default: the index's); --rag: old name"),
     overflow: str = typer.Option("error", help="icl/rag context over the budget: error or truncate"),
     timings: bool = typer.Option(False, "--timings", help="print route / merge / generate milliseconds"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="print the answer, modules and timings as one JSON object"),
 ) -> None:
     """Answer a question from a bank: route -> merge -> generate."""
     from pydantic import ValidationError
