@@ -37,9 +37,15 @@ def test_report_renders_every_section_for_a_tiny_grid(tmp_path, squares_register
     assert "Failed cells: x=3" in md  # the failing cell is reported, the other three finished
     assert f"| recipes at once | 2 (worker processes, {run['threads_per_worker']} threads each" in md
     assert "| LoRA training precision | " in md and "| router query encoder | all-MiniLM-L6-v2 " in md
+    assert "## Contents" in md and "- [capacity](#capacity-q1-q3" in md and "| loramem git commit | " in md
+    assert "| command | `loramem.datasheet(...) from Python` |" in md
+    assert "mean accuracy by rank (" in md.lower() and '{"' not in md.split("## Findings")[1].split("\n## ")[0]  # sentences
+    assert "[capacity/results.jsonl](capacity/results.jsonl)" in md
+    assert all(p.with_suffix(".svg").is_file() for p in (tmp_path / "capacity").glob("*.png")) and "([SVG](" in md
     assert md.count("![") >= 4  # capacity's plots
     html = (tmp_path / "report.html").read_text()
     assert "data:image/png;base64," in html and 'src="capacity/' not in html  # self-contained
+    assert 'id="capacity-q1-q3' in html  # the contents links land
     rows = read_rows(tmp_path / "results.jsonl")
     assert {r["recipe"] for r in rows} == {"capacity", "squares"}
     assert sum(r["recipe"] == "capacity" for r in rows) == 4

@@ -35,6 +35,13 @@ def _w(field: str, what: str | None = None) -> str:
     return f"{what or f.description or field} (default: {default}; --recipe paper sets its own)"
 
 
+def _command_line() -> str:
+    """The command as typed, for the report's environment (only the CLI reads sys.argv)."""
+    import shlex
+
+    return shlex.join(["loramem", *sys.argv[1:]])
+
+
 def _print_json(obj) -> None:
     print(json.dumps(obj, default=str))
 
@@ -290,7 +297,7 @@ def datasheet_cmd(
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be 1 or more (got {workers})")
     res = run_datasheet(model, scale, out, only=only, executor=executor, address=address, seed=seed,
-                        paper_data=paper_data, workers=workers)
+                        paper_data=paper_data, workers=workers, command=_command_line())
     if as_json:
         return _print_json(res)
     _print_findings(res["findings"])
@@ -320,7 +327,8 @@ def demo_cmd(
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be 1 or more (got {workers})")
     console.print(f"loramem demo: the paper's audit at smoke scale on {model}; outputs go to {out}/")
-    res = run_datasheet(model, "smoke", out, only=only, workers=workers, paper_data=paper_data)
+    res = run_datasheet(model, "smoke", out, only=only, workers=workers, paper_data=paper_data,
+                        command=_command_line())
     _print_findings(res["findings"])
     print(f"demo outputs in {out}/: report.html, report.md, results.jsonl, findings.json, one folder per recipe")
 

@@ -50,7 +50,7 @@ def line_plot(path: Path, series: dict[str, tuple[Sequence[float], Sequence[floa
         ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -77,6 +77,12 @@ def bar_plot(path: Path, labels: Sequence[str], values: Sequence[float], title: 
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    _save(fig, path)
     plt.close(fig)
     return path
+
+
+def _save(fig, path: Path) -> None:
+    """The PNG the HTML report embeds, and an SVG beside it (vector, for papers and zooming)."""
+    fig.savefig(path)
+    fig.savefig(path.with_suffix(".svg"))
