@@ -107,3 +107,16 @@ def test_write_json_prints_one_object_with_the_run(tmp_path):
     assert out["modules"] == ["pb-00@v1", "pb-01@v1"] and out["steps"] == 4 and "exact_match" in out
     models = _json.loads(run_cli("models", "--json").stdout)
     assert "tiny-random" in models and "smollm2-135m" in models
+
+
+def test_renamed_options_show_the_new_name_and_still_take_the_old(tmp_path):
+    for verb, new in ((["ask"], "--max-tokens"), (["ask"], "--chunks"), (["eval"], "--max-tokens"),
+                      (["retrieve"], "--chunks"), (["index"], "--tokenizer"), (["phonebook", "make"], "--tokenizer")):
+        r = run_cli(*verb, "--help", env={"COLUMNS": "200"})
+        assert r.returncode == 0 and new in r.stdout, (verb, new)
+    for flag in ("--tokenizer", "--model"):
+        out = tmp_path / f"pb{flag}.csv"
+        r = run_cli("phonebook", "make", "--entries", "2", flag, "tiny-random", "--out", str(out))
+        assert r.returncode == 0 and out.is_file(), r.stderr
+    r = run_cli("write", "--help", env={"COLUMNS": "200"})
+    assert "LoRA rank r (default: 8" in r.stdout and "(default: 0.002" in r.stdout and "--json" in r.stdout
