@@ -126,3 +126,15 @@ def test_demo_reads_the_paper_release_from_paper_data(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = read_rows(tmp_path / "demo" / "counterfact" / "results.jsonl")
     assert row["status"] == "error" and str(missing) in row["error"]  # the folder given, not the default one
+
+
+def test_side_results_call_out_the_base_knowledge_a_counterfact_module_lost(tmp_path):
+    from loramem.datasheet import side_results
+
+    (tmp_path / "counterfact").mkdir()
+    summary = {"mean_known_retained": 0.346, "per_cell": {"r=4": {"known_before": 26, "known_retained": 0.346}}}
+    (tmp_path / "counterfact" / "summary.json").write_text(json.dumps(summary))
+    said = side_results(tmp_path, ["counterfact"])
+    assert len(said) == 1 and "kept 0.346 of the facts the base model answered right before" in said[0]
+    assert "26 such facts" in said[0]
+    assert side_results(tmp_path, ["capacity"]) == []

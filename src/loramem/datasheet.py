@@ -192,7 +192,9 @@ def _cpu_name() -> str:
 
 def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dict) -> str:
     """The report as Markdown, built only from files in `out`."""
-    sections = ["Environment", "Findings of the paper, checked on this run", *names]
+    side = side_results(out, names)
+    sections = ["Environment", "Findings of the paper, checked on this run", *(["Notable side results"] if side
+                                                                              else []), *names]
     toc = [f"- [{s}](#{_anchor(s if s not in names else f'{s}: {experiments.get(s).question}')})" for s in sections]
     lines = [f"# loramem datasheet: {info['model']}", "",
              f"Scale `{info['scale']}`, {info['date']}, {info['wall_s'] / 60:.1f} min.", "", "## Contents", "",
@@ -214,6 +216,8 @@ def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dic
     for v in verdicts:
         ev = evidence_sentence(v["evidence"]).replace("|", "\\|")
         lines.append(f"| {v['finding']} ({v['recipe']}) | **{findings.label(v)}** | {ev} |")
+    if side:
+        lines += ["", "## Notable side results", "", *[f"- {x}" for x in side]]
     for name in names:
         recipe = experiments.get(name)
         st = info["recipes"].get(name, {})
@@ -232,6 +236,21 @@ def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dic
             svg = f" ([SVG]({name}/{png.stem}.svg))" if png.with_suffix(".svg").is_file() else ""
             lines += ["", f"![{png.stem}]({name}/{png.name}){svg}"]
     return "\n".join(lines) + "\n"
+
+
+def side_results(out: Path, names: list[str]) -> list[str]:
+    """Results a reader should not miss that no finding checks, as sentences from the recipes' summaries."""
+    said = []
+    cf = out / "counterfact" / "summary.json"
+    if "counterfact" in names and cf.is_file():
+        summary = json.loads(cf.read_text())
+        kept = summary.get("mean_known_retained")
+        known = [c.get("known_before") for c in summary.get("per_cell", {}).values() if c.get("known_before")]
+        if kept is not None:
+            said.append(f"Editing has a cost the paper does not report: after training, the CounterFact modules "
+                        f"kept {kept:.3f} of the facts the base model answered right before "
+                        f"(mean over cells; {', '.join(map(str, known)) or 'n/a'} such facts per cell).")
+    return said
 
 
 def _anchor(title: str) -> str:
