@@ -24,7 +24,7 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str], headers: Sequen
 def line_plot(path: Path, series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str, xlabel: str,
               ylabel: str, logx: bool = False, logy: bool = False, hline: float | None = None,
               hline_label: str | None = None, errors: dict[str, Sequence[float]] | None = None,
-              integer_x: bool = False) -> Path:
+              integer_x: bool = False, y_from_zero: bool = False) -> Path:
     """One PNG with a line per series (name -> (xs, ys)); `errors` (name -> y error per point) draws error bars."""
     import matplotlib
 
@@ -42,6 +42,8 @@ def line_plot(path: Path, series: dict[str, tuple[Sequence[float], Sequence[floa
             ax.errorbar(list(xs), list(ys), yerr=list(errors[name]), capsize=3, **style)
         else:
             ax.plot(list(xs), list(ys), **style)
+    if y_from_zero:  # a flat series on an axis zoomed to its own range looks like a trend
+        ax.set_ylim(bottom=0)
     if integer_x:
         from matplotlib.ticker import MaxNLocator
 
