@@ -57,3 +57,14 @@ def test_questions_are_balanced_over_levels():
     picked = docqa.balanced(qs, 5)
     assert [q.level for q in picked] == [1, 2, 3, 1, 2]
     assert len(docqa.balanced(qs, 50)) == 8
+
+
+def test_mixes_plot_shows_only_this_runs_scores_with_n(tmp_path):
+    from loramem.experiments.mixes import PAPER_JUDGE, summarize
+    from loramem.experiments.runner import RecipeOptions
+
+    rs = [{**r, "n_questions": 5, "judge_name": "embed"} for r in rows("mix", {"Original": 2.0, "QA40": 4.0})]
+    s = summarize(rs, RecipeOptions(model="tiny-random", scale="smoke", out=tmp_path))
+    assert (tmp_path / "mixes.png").is_file() and (tmp_path / "mixes.svg").is_file()
+    assert not (tmp_path / "mixes_vs_paper.png").exists()  # the paper's incomparable scores are not drawn
+    assert s["paper_judge"] == PAPER_JUDGE and str(PAPER_JUDGE["QA40"]) in (tmp_path / "mixes.md").read_text()
