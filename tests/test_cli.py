@@ -120,3 +120,26 @@ def test_renamed_options_show_the_new_name_and_still_take_the_old(tmp_path):
         assert r.returncode == 0 and out.is_file(), r.stderr
     r = run_cli("write", "--help", env={"COLUMNS": "200"})
     assert "LoRA rank r (default: 8" in r.stdout and "(default: 0.002" in r.stdout and "--json" in r.stdout
+
+
+def test_every_verb_that_reports_takes_json():
+    import typer
+
+    from loramem import cli
+
+    def verbs(app, prefix=""):
+        for c in app.registered_commands:
+            yield prefix + (c.name or c.callback.__name__), c.callback
+        for g in app.registered_groups:
+            yield from verbs(g.typer_instance, prefix + g.name + " ")
+
+    import inspect
+
+    reporting = {"write", "eval", "ask", "models", "datasheet", "bank ls", "bank show", "bank verify", "bank export",
+                 "bench capacity", "bench multi-lora", "bench routing", "bench merging", "bench n-modules"}
+    have = {}
+    for name, fn in verbs(cli.app):
+        opts = [p.default for p in inspect.signature(fn).parameters.values() if isinstance(p.default, typer.models.OptionInfo)]
+        have[name] = any("--json" in (o.param_decls or ()) for o in opts)
+    missing = sorted(v for v in reporting if not have.get(v))
+    assert not missing, missing

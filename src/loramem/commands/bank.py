@@ -212,15 +212,18 @@ def _bench_params(**kw) -> dict:
 _MODEL = typer.Option("smollm2-135m", help="base model")
 _SCALE = typer.Option("smoke", help="smoke, cpu or paper")
 _OUT = typer.Option(..., help="results folder")
+_JSON = typer.Option(False, "--json", help="print the recipe's summary as one JSON object")
 
 
 @bench_app.command("multi-lora")
 def bench_multi_lora(out: Path = _OUT, model: str = _MODEL, scale: str = _SCALE, seed: int = typer.Option(0),
                      paper_data: Path | None = typer.Option(None, help="use the paper's 128K sectors (release folder)"),
                      modules: int | None = typer.Option(None, help="number of small modules N"),
-                     facts: int | None = typer.Option(None, help="PhoneBook entries in all")) -> None:
+                     facts: int | None = typer.Option(None, help="PhoneBook entries in all"), as_json: bool = _JSON) -> None:
     """Q8: one large LoRA vs N small LoRAs (same parameter budget, oracle routing) vs ICL."""
     s = run_bench("multi-lora", out, model, scale, seed, paper_data, _bench_params(modules=modules, facts=facts))
+    if as_json:
+        return print(json.dumps(s, default=str))
     for k, v in s.get("accuracy", {}).items():
         print(f"{k:18s} exact match {v:.3f}")
 
@@ -229,10 +232,12 @@ def bench_multi_lora(out: Path = _OUT, model: str = _MODEL, scale: str = _SCALE,
 def bench_routing(out: Path = _OUT, model: str = _MODEL, scale: str = _SCALE, seed: int = typer.Option(0),
                   paper_data: Path | None = typer.Option(None), modules: int | None = typer.Option(None),
                   facts: int | None = typer.Option(None),
-                  routers: str | None = typer.Option(None, help="comma list of oracle,embed,bm25,lora")) -> None:
+                  routers: str | None = typer.Option(None, help="comma list of oracle,embed,bm25,lora"), as_json: bool = _JSON) -> None:
     """Q9: routers (oracle, embed, bm25, lora-aware) vs the single LoRA: routing and answer accuracy."""
     s = run_bench("routing", out, model, scale, seed, paper_data,
                   _bench_params(modules=modules, facts=facts, routers=csv_list(routers)))
+    if as_json:
+        return print(json.dumps(s, default=str))
     for k, v in s.get("answer_accuracy", {}).items():
         print(f"{k:18s} answer EM {v:.3f}  routing acc {s.get('routing_accuracy', {}).get(k, float('nan')):.3f}")
 
@@ -241,10 +246,12 @@ def bench_routing(out: Path = _OUT, model: str = _MODEL, scale: str = _SCALE, se
 def bench_merging(out: Path = _OUT, model: str = _MODEL, scale: str = _SCALE, seed: int = typer.Option(0),
                   paper_data: Path | None = typer.Option(None), modules: int | None = typer.Option(None),
                   facts: int | None = typer.Option(None), top_k: int | None = typer.Option(None),
-                  methods: str | None = typer.Option(None, help="comma list of merge methods")) -> None:
+                  methods: str | None = typer.Option(None, help="comma list of merge methods"), as_json: bool = _JSON) -> None:
     """Q10: each merge method over the top-k routed modules (ground truth among them)."""
     s = run_bench("merging", out, model, scale, seed, paper_data,
                   _bench_params(modules=modules, facts=facts, top_k=top_k, methods=csv_list(methods)))
+    if as_json:
+        return print(json.dumps(s, default=str))
     for k, v in s.get("accuracy", {}).items():
         print(f"{k:18s} exact match {v:.3f}")
 
@@ -253,9 +260,11 @@ def bench_merging(out: Path = _OUT, model: str = _MODEL, scale: str = _SCALE, se
 def bench_n_modules(out: Path = _OUT, model: str = _MODEL, scale: str = _SCALE, seed: int = typer.Option(0),
                     paper_data: Path | None = typer.Option(None), modules: int | None = typer.Option(None),
                     facts: int | None = typer.Option(None), method: str | None = typer.Option(None),
-                    max_n: int | None = typer.Option(None)) -> None:
+                    max_n: int | None = typer.Option(None), as_json: bool = _JSON) -> None:
     """Q11: merge the ground-truth module with 0..4 others; accuracy vs N."""
     s = run_bench("n-modules", out, model, scale, seed, paper_data,
                   _bench_params(modules=modules, facts=facts, method=method, max_n=max_n))
+    if as_json:
+        return print(json.dumps(s, default=str))
     for k, v in s.get("accuracy_by_n", {}).items():
         print(f"N = {k}: exact match {v:.3f}")
