@@ -231,7 +231,9 @@ def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dic
         for md in sorted(folder.glob("*.md")):
             lines += ["", md.read_text().strip()]
         if (folder / "results.jsonl").is_file():
-            lines += ["", f"Every cell's row, with its config: [{name}/results.jsonl]({name}/results.jsonl)."]
+            answers = '"predictions"' in (folder / "results.jsonl").read_text()
+            lines += ["", f"Every cell's row, with its config{' and each question’s answer, gold and scores' if answers else ''}: "
+                          f"[{name}/results.jsonl]({name}/results.jsonl)."]
         for png in sorted(folder.glob("*.png")):
             svg = f" ([SVG]({name}/{png.stem}.svg))" if png.with_suffix(".svg").is_file() else ""
             lines += ["", f"![{png.stem}]({name}/{png.name}){svg}"]
