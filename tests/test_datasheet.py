@@ -41,6 +41,7 @@ def test_report_renders_every_section_for_a_tiny_grid(tmp_path, squares_register
     assert "| command | `loramem.datasheet(...) from Python` |" in md
     assert "mean accuracy by rank (" in md.lower() and '{"' not in md.split("## Findings")[1].split("\n## ")[0]  # sentences
     assert "[capacity/results.jsonl](capacity/results.jsonl)" in md
+    assert "Settings of its cells (from the rows): rank 1, 4;" in md
     assert all(p.with_suffix(".svg").is_file() for p in (tmp_path / "capacity").glob("*.png")) and "([SVG](" in md
     assert md.count("![") >= 4  # capacity's plots
     html = (tmp_path / "report.html").read_text()

@@ -230,6 +230,9 @@ def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dic
         folder = out / name
         for md in sorted(folder.glob("*.md")):
             lines += ["", md.read_text().strip()]
+        used = hyperparameters([r for r in read_rows(folder / "results.jsonl") if r.get("status") == "ok"])
+        if used:
+            lines += ["", f"Settings of its cells (from the rows): {used}."]
         if (folder / "results.jsonl").is_file():
             answers = '"predictions"' in (folder / "results.jsonl").read_text()
             lines += ["", f"Every cell's row, with its config{' and each question’s answer, gold and scores' if answers else ''}: "
@@ -238,6 +241,26 @@ def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dic
             svg = f" ([SVG]({name}/{png.stem}.svg))" if png.with_suffix(".svg").is_file() else ""
             lines += ["", f"![{png.stem}]({name}/{png.name}){svg}"]
     return "\n".join(lines) + "\n"
+
+
+HYPERPARAMETERS = ("rank", "alpha", "lr", "schedule", "steps", "epochs", "batch_size", "layers", "targets", "loss",
+                   "format", "dropout", "target_em", "answer_tokens", "top_k", "method", "train_seed")
+
+
+def hyperparameters(rows: list[dict]) -> str:
+    """The training settings a recipe's ok rows used, each with its distinct values (from the rows, not typed)."""
+    seen: dict[str, list] = {}
+    for r in rows:
+        flat = dict(r)
+        for sub in ("writer", "config"):  # recipes that nest the writer's settings
+            if isinstance(r.get(sub), dict):
+                flat.update(r[sub])
+        for k in HYPERPARAMETERS:
+            v = flat.get(k)
+            if v is not None and v not in seen.setdefault(k, []):
+                seen[k].append(v)
+    parts = [f"{k} {', '.join(map(str, sorted(v, key=str)))}" for k, v in seen.items() if v]
+    return "; ".join(parts)
 
 
 def side_results(out: Path, names: list[str]) -> list[str]:
