@@ -20,6 +20,7 @@ class ChatServer:
         self.fail_first = fail_first
         self.no_json = no_json
         self.requests: list[dict] = []
+        self.retry_counts: list[str | None] = []  # the openai client's x-stainless-retry-count header per request
         self.lock = threading.Lock()
         self.in_flight = 0
         self.max_in_flight = 0
@@ -33,6 +34,7 @@ class ChatServer:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 with server.lock:
                     server.requests.append(body)
+                    server.retry_counts.append(self.headers.get("x-stainless-retry-count"))
                     n = len(server.requests)
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)

@@ -71,6 +71,13 @@ def test_write_ls_verify_rollback_ask(cli_bank, capsys, monkeypatch):
     assert [v["version"] for v in shown] == [1, 2] and shown[0]["head"] and not shown[1]["head"]
     r = run("bank", "export", str(cli_bank / "exported"), "--bank", bank)
     assert r.returncode == 0 and (cli_bank / "exported" / "people-01" / "adapter_model.safetensors").is_file()
+    conf = json.loads((cli_bank / "exported" / "people-01" / "adapter_config.json").read_text())
+    assert conf["base_model_name_or_path"] == "loramem/tiny-random-llama"
+    assert (cli_bank / "exported" / "people-01" / "README.md").is_file()
+    vllm, peft = r.stdout.strip().splitlines()
+    assert vllm.startswith("vllm serve loramem/tiny-random-llama --enable-lora --max-lora-rank 8 --lora-modules "
+                           f"people-00={(cli_bank / 'exported' / 'people-00').resolve()} people-01=")
+    assert peft.startswith('PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("loramem/tiny-random-llama")')
 
 
 def test_rm_removes_every_version(cli_bank, tmp_path, capsys, monkeypatch):

@@ -47,7 +47,8 @@ def test_export_loads_with_plain_peft_and_matches(bank, tiny_base, tmp_path):
     out = tmp_path / "export"
     written = bank.export(out)
     assert sorted(p.name for p in written) == ["people-00", "people-01", "people-02"]
-    assert sorted(os.listdir(out / "people-01")) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(os.listdir(out / "people-01")) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
+                                                     "loramem.json"]
     assert len(json.loads((out / "modules.json").read_text())) == 3
     fresh = _tiny_random(0, torch.device("cpu")).model  # the same weights as tiny_base, never touched by PEFT here
     plain = PeftModel.from_pretrained(fresh, str(out / "people-01")).eval()

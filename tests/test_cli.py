@@ -87,3 +87,59 @@ def test_write_then_eval_json_on_tiny_random(tmp_path):
 def test_eval_missing_module(args):
     proc = run_cli(*args)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_write_json_prints_one_object_with_the_run(tmp_path):
+    import json as _json
+
+    from loramem.data import phonebook
+
+    train = phonebook.write(phonebook.generate(3, 0), tmp_path / "pb.csv")
+    r = run_cli("write", str(train), "--out", str(tmp_path / "m"), "--model", "tiny-random", "--steps", "3",
+                "--rank", "2", "--json", "--data-license", "CC0-1.0")
+    assert r.returncode == 0, r.stderr
+    out = _json.loads(r.stdout)  # the whole of stdout is one JSON object
+    assert out["steps"] == 3 and 0 <= out["exact_match"] <= 1 and out["seconds"] > 0
+    assert out["base"]["hub_id"] == "loramem/tiny-random-llama" and out["data_license"] == "CC0-1.0"
+    r = run_cli("write", str(train), "--bank", str(tmp_path / "b"), "--name", "pb", "--partition", "2",
+                "--model", "tiny-random", "--steps", "2", "--rank", "2", "--json")
+    out = _json.loads(r.stdout)
+    assert out["modules"] == ["pb-00@v1", "pb-01@v1"] and out["steps"] == 4 and "exact_match" in out
+    models = _json.loads(run_cli("models", "--json").stdout)
+    assert "tiny-random" in models and "smollm2-135m" in models
+
+
+def test_renamed_options_show_the_new_name_and_still_take_the_old(tmp_path):
+    for verb, new in ((["ask"], "--max-tokens"), (["ask"], "--chunks"), (["eval"], "--max-tokens"),
+                      (["retrieve"], "--chunks"), (["index"], "--tokenizer"), (["phonebook", "make"], "--tokenizer")):
+        r = run_cli(*verb, "--help", env={"COLUMNS": "200"})
+        assert r.returncode == 0 and new in r.stdout, (verb, new)
+    for flag in ("--tokenizer", "--model"):
+        out = tmp_path / f"pb{flag}.csv"
+        r = run_cli("phonebook", "make", "--entries", "2", flag, "tiny-random", "--out", str(out))
+        assert r.returncode == 0 and out.is_file(), r.stderr
+    r = run_cli("write", "--help", env={"COLUMNS": "200"})
+    assert "LoRA rank r (default: 8" in r.stdout and "(default: 0.002" in r.stdout and "--json" in r.stdout
+
+
+def test_every_verb_that_reports_takes_json():
+    import typer
+
+    from loramem import cli
+
+    def verbs(app, prefix=""):
+        for c in app.registered_commands:
+            yield prefix + (c.name or c.callback.__name__), c.callback
+        for g in app.registered_groups:
+            yield from verbs(g.typer_instance, prefix + g.name + " ")
+
+    import inspect
+
+    reporting = {"write", "eval", "ask", "models", "datasheet", "bank ls", "bank show", "bank verify", "bank export",
+                 "bench capacity", "bench multi-lora", "bench routing", "bench merging", "bench n-modules"}
+    have = {}
+    for name, fn in verbs(cli.app):
+        opts = [p.default for p in inspect.signature(fn).parameters.values() if isinstance(p.default, typer.models.OptionInfo)]
+        have[name] = any("--json" in (o.param_decls or ()) for o in opts)
+    missing = sorted(v for v in reporting if not have.get(v))
+    assert not missing, missing

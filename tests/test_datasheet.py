@@ -37,9 +37,16 @@ def test_report_renders_every_section_for_a_tiny_grid(tmp_path, squares_register
     assert "Failed cells: x=3" in md  # the failing cell is reported, the other three finished
     assert f"| recipes at once | 2 (worker processes, {run['threads_per_worker']} threads each" in md
     assert "| LoRA training precision | " in md and "| router query encoder | all-MiniLM-L6-v2 " in md
+    assert "## Contents" in md and "- [capacity](#capacity-q1-q3" in md and "| loramem git commit | " in md
+    assert "| command | `loramem.datasheet(...) from Python` |" in md
+    assert "mean accuracy by rank (" in md.lower() and '{"' not in md.split("## Findings")[1].split("\n## ")[0]  # sentences
+    assert "[capacity/results.jsonl](capacity/results.jsonl)" in md
+    assert "Settings of its cells (from the rows): rank 1, 4;" in md
+    assert all(p.with_suffix(".svg").is_file() for p in (tmp_path / "capacity").glob("*.png")) and "([SVG](" in md
     assert md.count("![") >= 4  # capacity's plots
     html = (tmp_path / "report.html").read_text()
     assert "data:image/png;base64," in html and 'src="capacity/' not in html  # self-contained
+    assert 'id="capacity-q1-q3' in html  # the contents links land
     rows = read_rows(tmp_path / "results.jsonl")
     assert {r["recipe"] for r in rows} == {"capacity", "squares"}
     assert sum(r["recipe"] == "capacity" for r in rows) == 4
@@ -120,3 +127,15 @@ def test_demo_reads_the_paper_release_from_paper_data(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = read_rows(tmp_path / "demo" / "counterfact" / "results.jsonl")
     assert row["status"] == "error" and str(missing) in row["error"]  # the folder given, not the default one
+
+
+def test_side_results_call_out_the_base_knowledge_a_counterfact_module_lost(tmp_path):
+    from loramem.datasheet import side_results
+
+    (tmp_path / "counterfact").mkdir()
+    summary = {"mean_known_retained": 0.346, "per_cell": {"r=4": {"known_before": 26, "known_retained": 0.346}}}
+    (tmp_path / "counterfact" / "summary.json").write_text(json.dumps(summary))
+    said = side_results(tmp_path, ["counterfact"])
+    assert len(said) == 1 and "kept 0.346 of the facts the base model answered right before" in said[0]
+    assert "26 such facts" in said[0]
+    assert side_results(tmp_path, ["capacity"]) == []

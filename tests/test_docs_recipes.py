@@ -57,3 +57,30 @@ def test_questions_are_balanced_over_levels():
     picked = docqa.balanced(qs, 5)
     assert [q.level for q in picked] == [1, 2, 3, 1, 2]
     assert len(docqa.balanced(qs, 50)) == 8
+
+
+def test_mixes_plot_shows_only_this_runs_scores_with_n(tmp_path):
+    from loramem.experiments.mixes import PAPER_JUDGE, summarize
+    from loramem.experiments.runner import RecipeOptions
+
+    rs = [{**r, "n_questions": 5, "judge_name": "embed"} for r in rows("mix", {"Original": 2.0, "QA40": 4.0})]
+    s = summarize(rs, RecipeOptions(model="tiny-random", scale="smoke", out=tmp_path))
+    assert (tmp_path / "mixes.png").is_file() and (tmp_path / "mixes.svg").is_file()
+    assert not (tmp_path / "mixes_vs_paper.png").exists()  # the paper's incomparable scores are not drawn
+    assert s["paper_judge"] == PAPER_JUDGE and str(PAPER_JUDGE["QA40"]) in (tmp_path / "mixes.md").read_text()
+
+
+def test_docqa_rows_keep_every_question_answer_gold_and_score(tiny_base):
+    from loramem.config import JudgeConfig
+    from loramem.data.documents import Document, Question
+    from loramem.experiments import docqa
+    from loramem.judges import make_judge
+
+    doc = Document(id="d", title="t", text="Alpha is a planner.",
+                   questions=[Question("What is Alpha", "a planner", 1, "d"), Question("Is Beta slow", "yes", 2, "d")])
+    row = docqa.score_base(tiny_base, doc, make_judge(JudgeConfig(kind="embed")), new_tokens=3)
+    preds = row["predictions"]
+    assert [(p["question"], p["gold"], p["level"]) for p in preds] == [("What is Alpha", "a planner", 1),
+                                                                       ("Is Beta slow", "yes", 2)]
+    assert all(isinstance(p["prediction"], str) and 0 <= p["f1"] <= 1 and "judge" in p for p in preds)
+    assert row["n_questions"] == 2

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import statistics
+
+import pytest
+
 from loramem import findings
 
 
@@ -67,7 +71,12 @@ def test_rank_comparison_is_decided_only_when_the_seeds_agree_beyond_their_sprea
 
 def test_interval95_uses_student_t():
     m, lo, hi = findings.interval95([0.0, 1.0])
-    assert m == 0.5 and abs((hi - m) - 12.71 * (2 ** 0.5 / 2) / 2 ** 0.5) < 1e-9 and abs((m - lo) - (hi - m)) < 1e-12
+    # t(0.975, 1 dof) = 12.7062; stdev = sqrt(1/2), n = 2 -> half width 12.7062 * 0.5
+    assert m == 0.5 and hi - m == pytest.approx(12.7062047 * 0.5) and (m - lo) == pytest.approx(hi - m)
+    # 11 dof is between the old table's 10 and 15: scipy gives its own quantile 2.2010, not the table's 2.23
+    vals = [float(i % 2) for i in range(12)]
+    m, lo, hi = findings.interval95(vals)
+    assert hi - m == pytest.approx(2.2009852 * statistics.stdev(vals) / 12 ** 0.5)
     assert findings.interval95([0.3]) == (0.3, 0.3, 0.3)
 
 

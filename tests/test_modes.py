@@ -114,3 +114,21 @@ def test_answer_many_batches_give_the_answers_of_one_at_a_time(setup, monkeypatc
         assert (r["prompt_tokens"], r["answer"]) == (solo["prompt_tokens"], solo["answer"])
     with pytest.raises(UserError, match="unknown mode"):
         answer_many(qs, base, "lora+everything")
+
+
+def test_cached_prefix_paths_use_no_deprecated_transformers_argument(setup):
+    # transformers 5 renamed past_key_values to cache and warns on every call that still uses the old name
+    import warnings
+
+    base, host, _ = setup
+    long_docs = {"all": " ".join(DOCS.values()) * 3}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        answer_many([QUESTION, "Anna"], base, "icl", host=host, documents=long_docs, cfg=AnswerConfig(max_new_tokens=3))
+        from loramem.writer import write_module
+
+        facts = [Example(question_prompt(f"{DOCS['cat']} Who is number {i}"), str(i)) for i in range(4)]
+        res = write_module(facts, base, WriterConfig(steps=2, target_em=None, progress=False), adapter="modes_warn")
+        res.model.delete_adapter("modes_warn")
+        assert res.record["shared_prefix"]  # the writer's prefix-cache path ran
+    assert [str(w.message) for w in caught if "past_key_values" in str(w.message)] == []

@@ -4,6 +4,7 @@ equals real generation, Ctrl-C keeps the best adapter, and a module of another b
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -205,3 +206,25 @@ def test_loramem_precision_sets_the_default_training_precision(monkeypatch):
     monkeypatch.setenv("LORAMEM_PRECISION", "fp8")
     with pytest.raises(UserError, match="LORAMEM_PRECISION='fp8' is not one of auto, fp32, bf16"):
         precision_for("auto", cpu)
+
+
+def test_lr_schedules_are_transformers_schedules():
+    import torch
+
+    from loramem.writer import lr_scheduler
+
+    def lrs(schedule: str, warmup: int = 0) -> list[float]:
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = lr_scheduler(opt, WriterConfig(schedule=schedule, warmup_steps=warmup), total=10)
+        out = []
+        for _ in range(10):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    assert lrs("constant") == [1.0] * 10
+    assert lrs("constant", warmup=2)[:3] == [0.0, 0.5, 1.0]
+    assert lrs("linear") == pytest.approx([1 - i / 10 for i in range(10)])
+    cos = lrs("cosine")
+    assert cos[0] == 1.0 and cos[5] == pytest.approx(0.5) and cos[9] == pytest.approx(0.5 * (1 + math.cos(0.9 * math.pi)))

@@ -11,7 +11,6 @@ View generators (generators.py) and LLM judges (judges.py) are built on these.
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -29,7 +28,9 @@ class ChatModel(Protocol):
 
 
 class OpenAIChat:
-    """Chat completions over HTTP with retries (exponential backoff) and a concurrency limit."""
+    """Chat completions over HTTP with a concurrency limit; transient failures (connection errors, timeouts, 408,
+    409, 429, 5xx) are retried by the openai client itself (exponential backoff with jitter, honouring
+    Retry-After), `cfg.max_retries` times."""
 
     def __init__(self, cfg: EndpointConfig) -> None:
         if not cfg.base_url and not cfg.api_key:
@@ -42,11 +43,8 @@ class OpenAIChat:
 
         self.cfg = cfg
         self.name = f"openai:{cfg.model}"
-        # Retries are ours (counted, with backoff we control), so the client's own are off.
-        self.client = OpenAI(base_url=cfg.base_url, api_key=cfg.api_key or "not-needed", max_retries=0,
-                             timeout=cfg.timeout_s)
-        self.retries = 0
-        self.requests = 0
+        self.client = OpenAI(base_url=cfg.base_url, api_key=cfg.api_key or "not-needed",
+                             max_retries=cfg.max_retries, timeout=cfg.timeout_s)
 
     def chat(self, conversations: list[Messages], max_tokens: int = 256, temperature: float = 0.0,
              json_mode: bool = False) -> list[str]:
@@ -60,37 +58,33 @@ class OpenAIChat:
         import openai
 
         use_json = json_mode and self.cfg.json_mode
-        last: Exception | None = None
-        for attempt in range(self.cfg.max_retries + 1):
-            if attempt:
-                self.retries += 1
-                time.sleep(self.cfg.backoff_s * 2 ** (attempt - 1))
-            kw = {"response_format": {"type": "json_object"}} if use_json else {}
+        tries = self.cfg.max_retries + 1
+        where = self.cfg.base_url or "api.openai.com"
+        try:
             try:
-                self.requests += 1
-                resp = self.client.chat.completions.create(model=self.cfg.model, messages=messages,
-                                                           max_tokens=max_tokens, temperature=temperature, **kw)
-                return resp.choices[0].message.content or ""
-            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as exc:
-                last = exc  # transient: back off and retry (APITimeoutError is an APIConnectionError)
-            except openai.BadRequestError as exc:
-                if use_json:  # servers without JSON mode: ask again in plain text, parse robustly
-                    use_json, last = False, exc
-                    continue
-                raise UserError(f"{self.name} refused the request: {_short(exc)}") from None
-            except openai.AuthenticationError:
-                raise UserError(f"{self.name} at {self.cfg.base_url or 'api.openai.com'} rejected the API key; "
-                                "set LORAMEM_OPENAI_API_KEY") from None
-            except openai.APIStatusError as exc:
-                if exc.status_code >= 500:
-                    last = exc
-                    continue
-                raise UserError(f"{self.name} answered HTTP {exc.status_code}: {_short(exc)}") from None
-        if isinstance(last, openai.APIConnectionError):
-            raise UserError(f"cannot reach the OpenAI-compatible endpoint at {self.cfg.base_url or 'api.openai.com'} "
-                            f"after {self.cfg.max_retries + 1} tries ({_short(last)}); start the server or set "
-                            "LORAMEM_OPENAI_BASE_URL") from None
-        raise UserError(f"{self.name} kept failing after {self.cfg.max_retries + 1} tries: {_short(last)}") from None
+                return self._create(messages, max_tokens, temperature, use_json)
+            except openai.BadRequestError:
+                if not use_json:
+                    raise
+                # servers without JSON mode: ask again in plain text, parse robustly
+                return self._create(messages, max_tokens, temperature, False)
+        except openai.APIConnectionError as exc:  # APITimeoutError is one too
+            raise UserError(f"cannot reach the OpenAI-compatible endpoint at {where} after {tries} tries "
+                            f"({_short(exc)}); start the server or set LORAMEM_OPENAI_BASE_URL") from None
+        except openai.AuthenticationError:
+            raise UserError(f"{self.name} at {where} rejected the API key; set LORAMEM_OPENAI_API_KEY") from None
+        except openai.BadRequestError as exc:
+            raise UserError(f"{self.name} refused the request: {_short(exc)}") from None
+        except (openai.RateLimitError, openai.InternalServerError) as exc:
+            raise UserError(f"{self.name} kept failing after {tries} tries: {_short(exc)}") from None
+        except openai.APIStatusError as exc:
+            raise UserError(f"{self.name} answered HTTP {exc.status_code}: {_short(exc)}") from None
+
+    def _create(self, messages: Messages, max_tokens: int, temperature: float, use_json: bool) -> str:
+        kw = {"response_format": {"type": "json_object"}} if use_json else {}
+        resp = self.client.chat.completions.create(model=self.cfg.model, messages=messages,
+                                                   max_tokens=max_tokens, temperature=temperature, **kw)
+        return resp.choices[0].message.content or ""
 
 
 def _short(exc: Exception | None) -> str:

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from loramem.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="LoRA adapters as knowledge memory.")
+app = typer.Typer(add_completion=True, no_args_is_help=True, help="LoRA adapters as knowledge memory.")
 phonebook_app = typer.Typer(no_args_is_help=True, help="PhoneBook benchmark files.")
 bench_app = typer.Typer(no_args_is_help=True, help="The paper's research questions, one recipe each.")
 app.add_typer(phonebook_app, name="phonebook")
@@ -34,16 +34,30 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _writer_config(**kw):
-    from pydantic import ValidationError
+    from loramem.options import writer_config
 
+    return writer_config(kw.pop("recipe"), **kw)
+
+
+def _w(field: str, what: str | None = None) -> str:
+    """Help for a writer option, with its default read from WriterConfig (never retyped here)."""
     from loramem.config import WriterConfig
 
-    recipe = kw.pop("recipe")
-    given = {k: v for k, v in kw.items() if v is not None}
-    try:
-        return WriterConfig.recipe(recipe, **given)
-    except ValidationError as exc:
-        raise UserError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+    f = WriterConfig.model_fields[field]
+    default = "2 x rank" if field == "alpha" else f.default
+    # parentheses, not brackets: typer's rich help reads [..] as markup and drops it
+    return f"{what or f.description or field} (default: {default}; --recipe paper sets its own)"
+
+
+def _command_line() -> str:
+    """The command as typed, for the report's environment (only the CLI reads sys.argv)."""
+    import shlex
+
+    return shlex.join(["loramem", *sys.argv[1:]])
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, default=str))
 
 
 @app.command("models")
@@ -51,6 +65,7 @@ def models_cmd(
     prepare: str | None = typer.Option(None, help="load this model once so its cache is ready (the embedded model "
                                                   "is converted from GGUF to safetensors) and export the router's "
                                                   "query encoder; `make setup` does this"),
+    as_json: bool = typer.Option(False, "--json", help="print the models as one JSON object"),
 ) -> None:
     """List the built-in base models (any Hugging Face id or local folder works too)."""
     from loramem.models import list_models
@@ -70,6 +85,8 @@ def models_cmd(
         engine = f"ONNX Runtime ({' and '.join(ready)})" if ready else "PyTorch"
         print(f"router query encoder: {engine} ({time.time() - t0:.1f} s)")
         return
+    if as_json:
+        return _print_json(list_models())
     for name, what in list_models().items():
         print(f"{name:14s} {what}")
 
@@ -79,8 +96,9 @@ def phonebook_make(
     out: Path = typer.Option(..., help="CSV file to write (the paper's format)"),
     entries: int | None = typer.Option(None, help="number of entries"),
     tokens: str | None = typer.Option(None, help="size in knowledge tokens instead, e.g. 4K"),
-    model: str = typer.Option("smollm2-135m", help="tokenizer that counts tokens (with --tokens)"),
-    seed: int = typer.Option(0),
+    model: str = typer.Option("smollm2-135m", "--tokenizer", "--model",
+                              help="model whose tokenizer counts tokens (with --tokens); --model is the old name"),
+    seed: int = typer.Option(0, help="random seed of the names and numbers"),
 ) -> None:
     """Generate a fictitious PhoneBook from a seed."""
     from loramem.data import phonebook
@@ -106,22 +124,28 @@ def write_cmd(
     partition: int | None = typer.Option(None, help="split the facts into N modules NAME-00.. (with --bank)"),
     model: str = typer.Option("smollm2-135m", help="base model: registry name, HF id or local folder"),
     recipe: str = typer.Option("fast", help="preset: fast (loramem defaults) or paper (authors' settings)"),
-    rank: int | None = typer.Option(None), alpha: float | None = typer.Option(None),
-    rslora: bool | None = typer.Option(None, "--rslora/--no-rslora"),
-    targets: str | None = typer.Option(None, help="all-linear or e.g. q_proj,v_proj"),
-    layers: str | None = typer.Option(None, help="layer range, e.g. 20-29"),
-    dropout: float | None = typer.Option(None), lr: float | None = typer.Option(None),
-    schedule: str | None = typer.Option(None, help="constant, cosine or linear"),
-    steps: int | None = typer.Option(None), epochs: float | None = typer.Option(None),
-    batch_size: int | None = typer.Option(None), seed: int | None = typer.Option(None),
-    loss: str | None = typer.Option(None, help="answer (default) or sequence"),
-    format: str | None = typer.Option(None, "--format", help="plain, chat or chat-user"),
-    target_em: float | None = typer.Option(None, help="stop once training exact match reaches this"),
-    eval_every: int | None = typer.Option(None, help="full exact-match check every N steps (default: when the "
-                                                        "free running estimate reaches the target)"),
-    max_seconds: float | None = typer.Option(None),
-    limit: int | None = typer.Option(None, help="use only the first N rows of the file"),
+    rank: int | None = typer.Option(None, help=_w("rank")),
+    alpha: float | None = typer.Option(None, help=_w("alpha")),
+    rslora: bool | None = typer.Option(None, "--rslora/--no-rslora", help=_w("rslora", "rank-stabilized LoRA scaling")),
+    targets: str | None = typer.Option(None, help=_w("targets")),
+    layers: str | None = typer.Option(None, help=_w("layers")),
+    dropout: float | None = typer.Option(None, help=_w("dropout", "LoRA dropout")),
+    lr: float | None = typer.Option(None, help=_w("lr", "AdamW learning rate")),
+    schedule: str | None = typer.Option(None, help=_w("schedule", "learning-rate schedule: constant, cosine or linear")),
+    steps: int | None = typer.Option(None, help=_w("steps")),
+    epochs: float | None = typer.Option(None, help=_w("epochs", "passes over the facts (when --steps is not given)")),
+    batch_size: int | None = typer.Option(None, help=_w("batch_size", "facts per optimizer step")),
+    seed: int | None = typer.Option(None, help=_w("seed", "seed of LoRA init and batch order")),
+    loss: str | None = typer.Option(None, help=_w("loss", "answer (loss on answer tokens) or sequence")),
+    format: str | None = typer.Option(None, "--format", help=_w("format", "plain, chat or chat-user")),
+    target_em: float | None = typer.Option(None, help=_w("target_em")),
+    eval_every: int | None = typer.Option(None, help=_w("eval_every")),
+    max_seconds: float | None = typer.Option(None, help=_w("max_seconds", "stop training after this many seconds")),
+    limit: int | None = typer.Option(None, help="use only the first N rows of the file (default: all)"),
     force: bool = typer.Option(False, "--force", help="with --out: replace an existing module folder"),
+    data_license: str | None = typer.Option(None, help="licence of the facts, shown on the exported model card"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object (exact_match, steps, seconds, ...) "
+                                                      "on stdout instead of the summary line"),
 ) -> None:
     """Train one LoRA memory module from a training file."""
     from loramem.data.examples import read_examples
@@ -135,14 +159,17 @@ def write_cmd(
     if bank is not None or name is not None or partition is not None:
         from loramem.commands.bank import write_bank_cmd
 
-        return write_bank_cmd(train_file, out, bank, name, partition, model, cfg, limit)
+        return write_bank_cmd(train_file, out, bank, name, partition, model, cfg, limit, data_license, as_json)
     if out is None:
         raise UserError("give --out FOLDER, or --bank DIR --name NAME to add the module to a bank")
     check_out_folder(out, force)
     examples = read_examples(train_file)[:limit]
     base = load_base(model)
-    res = write_module(examples, base, cfg, out=out)
+    res = write_module(examples, base, cfg, out=out, data_license=data_license)
     r = res.record
+    if as_json:
+        return _print_json({**{k: v for k, v in r.items() if k not in ("em_history", "em_running")},
+                            "seconds": r["wall_s"], "out": str(out)})
     console.print(
         f"wrote {out}: {r['n_examples']} facts, rank {cfg.rank}, {r['n_params']:,} params, {r['steps']} steps "
         f"({r['stopped']}), exact match {r['exact_match']:.3f}, {r['tokens_per_s']:.0f} tok/s, {r['wall_s']:.0f} s"
@@ -155,10 +182,11 @@ def eval_cmd(
     data: Path = typer.Option(..., help="facts to check (same kinds of file as `write` takes)"),
     model: str | None = typer.Option(None, help="base model (default: the one the module records)"),
     generate: bool = typer.Option(False, "--generate", help="also check by real greedy generation"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     metrics: str | None = typer.Option(None, help="generate answers and score them: em,f1,rougeL,bleu,judge"),
     judge: str = typer.Option("embed", help="with --metrics ...judge: embed (offline), openai or local"),
-    max_new_tokens: int = typer.Option(64, help="with --metrics: answer length limit"),
+    max_new_tokens: int = typer.Option(64, "--max-tokens", "--max-new-tokens",
+                                       help="with --metrics: answer length limit in tokens (--max-new-tokens: old name)"),
 ) -> None:
     """Exact match of a module on a set of facts (teacher-forced; --generate also decodes; --metrics scores
     generated answers overall and per question level)."""
@@ -247,14 +275,16 @@ def bench_capacity(
     tau: float = typer.Option(0.9, help="accuracy threshold for T_max"),
     targets: str | None = typer.Option(None, help="LoRA targets (default per scale)"),
     layers: str | None = typer.Option(None, help="LoRA layer range (default per scale)"),
-    lr: float | None = typer.Option(None), epochs: float | None = typer.Option(None),
-    steps: int | None = typer.Option(None),
-    seed: int = typer.Option(0),
+    lr: float | None = typer.Option(None, help=_w("lr", "writer learning rate (default per scale)")),
+    epochs: float | None = typer.Option(None, help="writer epochs per cell (default: per scale)"),
+    steps: int | None = typer.Option(None, help="writer steps per cell (default: per scale, from epochs)"),
+    seed: int = typer.Option(0, help="first seed of the grid"),
     seeds: int | None = typer.Option(None, help="train every cell this many times (seeds SEED, SEED+1, ...: a fresh "
                                                 "PhoneBook and LoRA init each); tables, plots and findings use the "
                                                 "mean and spread (default per scale: smoke 3, else 1)"),
     paper_data: Path | None = typer.Option(None, help="the paper's release folder"),
     executor: str = typer.Option("local", help="local or ray"),
+    as_json: bool = typer.Option(False, "--json", help="print the recipe's summary as one JSON object"),
 ) -> None:
     """Q1-Q3: PhoneBook capacity per rank, T_max and Efficiency = T_max / N_params."""
     from loramem.data.phonebook import parse_size
@@ -273,6 +303,8 @@ def bench_capacity(
               "entries": csv_list(entries, int, "--entries"), "paper_sizes": csv_list(paper_sizes, str),
               "writer": {"targets": targets, "layers": layers, "lr": lr, "epochs": epochs, "steps": steps}}
     summary = run_bench("capacity", out, model, scale, seed, paper_data, params, executor)
+    if as_json:
+        return _print_json(summary)
     for rank, v in summary.get("per_rank", {}).items():
         print(f"rank {rank:>4}: T_max {v['t_max']:>6} tokens, {v['n_params']:>8,} params, "
               f"efficiency {v['efficiency']:.4f} tokens/param")
@@ -286,10 +318,11 @@ def datasheet_cmd(
     only: str | None = typer.Option(None, help="comma list of recipes, e.g. capacity,routing"),
     executor: str = typer.Option("local", help="local or ray"),
     address: str | None = typer.Option(None, help="Ray cluster address (with --executor ray)"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="seed of every recipe"),
     paper_data: Path | None = typer.Option(None, help="the paper's release folder, where recipes can use it"),
     workers: int | None = typer.Option(None, help="recipes at once, each in its own process with its share of the "
                                                   "cores (local executor); default: one per core up to 4 as memory allows (~6 GiB each), 1 with a GPU"),
+    as_json: bool = typer.Option(False, "--json", help="print the findings and report paths as one JSON object"),
 ) -> None:
     """Run the paper's audit on a base model and write report.html, report.md, results.jsonl, findings.json."""
     from loramem.datasheet import run_datasheet
@@ -299,7 +332,9 @@ def datasheet_cmd(
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be 1 or more (got {workers})")
     res = run_datasheet(model, scale, out, only=only, executor=executor, address=address, seed=seed,
-                        paper_data=paper_data, workers=workers)
+                        paper_data=paper_data, workers=workers, command=_command_line())
+    if as_json:
+        return _print_json(res)
     _print_findings(res["findings"])
     print(f"report: {Path(out) / 'report.html'}")
 
@@ -327,7 +362,8 @@ def demo_cmd(
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be 1 or more (got {workers})")
     console.print(f"loramem demo: the paper's audit at smoke scale on {model}; outputs go to {out}/")
-    res = run_datasheet(model, "smoke", out, only=only, workers=workers, paper_data=paper_data)
+    res = run_datasheet(model, "smoke", out, only=only, workers=workers, paper_data=paper_data,
+                        command=_command_line())
     _print_findings(res["findings"])
     print(f"demo outputs in {out}/: report.html, report.md, results.jsonl, findings.json, one folder per recipe")
 

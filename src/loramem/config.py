@@ -287,8 +287,8 @@ class EndpointConfig(BaseModel):
     base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1; env LORAMEM_OPENAI_BASE_URL")
     model: str | None = Field(None, description="model name the server knows; env LORAMEM_OPENAI_MODEL")
     api_key: str | None = Field(None, description="env LORAMEM_OPENAI_API_KEY or OPENAI_API_KEY")
-    max_retries: int = Field(4, description="retries after a failed request (5xx, 429, connection errors)")
-    backoff_s: float = Field(1.0, description="first retry waits this long; doubles each retry")
+    max_retries: int = Field(4, description="retries after a failed request (5xx, 429, connection errors), done by "
+                             "the openai client with its exponential backoff")
     concurrency: int = Field(4, description="requests in flight at once")
     timeout_s: float = 120.0
     json_mode: bool = Field(True, description="ask for response_format=json_object where a JSON answer is wanted")

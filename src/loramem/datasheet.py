@@ -43,7 +43,8 @@ def recipe_names(only: str | None = None) -> list[str]:
 
 def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, executor: str = "local",
                   address: str | None = None, seed: int = 0, paper_data: Path | None = None,
-                  progress: bool = True, params: dict[str, dict] | None = None, workers: int | None = None) -> dict:
+                  progress: bool = True, params: dict[str, dict] | None = None, workers: int | None = None,
+                  command: str | None = None) -> dict:
     """Run the recipes, gather rows, compute findings, write the report. Returns the findings and paths.
 
     `workers`: recipes run at once, each in its own process with its share of the cores (local executor only);
@@ -56,7 +57,8 @@ def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, ex
     n_workers = 1 if executor != "local" else (pool.auto_workers() if workers is None else max(1, int(workers)))
     n_workers = min(n_workers, len(pool.plan(names)))
     t0 = time.time()
-    info = environment(model)  # loads the base model (converting it once if needed) before any worker starts
+    info = {**environment(model), "command": command or "loramem.datasheet(...) from Python",
+            "git_commit": git_commit()}  # environment() loads the base model (converting it once if needed) before any worker starts
     jobs = [(experiments.get(name), RecipeOptions(model=model, scale=scale, out=out / name, seed=seed,
                                                   paper_data=paper_data, progress=progress,
                                                   params=(params or {}).get(name, {}))) for name in names]
@@ -142,6 +144,42 @@ def environment(model: str) -> dict:
     }
 
 
+def git_commit() -> str:
+    """The commit of the loramem checkout that ran (with '+dirty' for uncommitted changes), or 'not a checkout'."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return "not a checkout"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha.stdout.strip()[:12] + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "not a checkout"
+
+
+def evidence_sentence(evidence: dict) -> str:
+    """The evidence of a verdict as a readable sentence with its numbers (the JSON stays in findings.json)."""
+    why = evidence.get("why")
+    parts = [_phrase(k, v) for k, v in evidence.items() if k != "why"]
+    text = "; ".join(p for p in parts if p)
+    return (f"{why}. " if why else "") + (text[:1].upper() + text[1:] + "." if text else "")
+
+
+def _phrase(key: str, value) -> str:
+    name = key.replace("_", " ")
+    if isinstance(value, float):
+        return f"{name} {value:.3g}"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}" for k, v in value.items())
+        return f"{name} ({inner})"
+    if isinstance(value, list):
+        return f"{name} " + ", ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in value)
+    return f"{name} {value}"
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -154,10 +192,15 @@ def _cpu_name() -> str:
 
 def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dict) -> str:
     """The report as Markdown, built only from files in `out`."""
+    side = side_results(out, names)
+    sections = ["Environment", "Findings of the paper, checked on this run", *(["Notable side results"] if side
+                                                                              else []), *names]
+    toc = [f"- [{s}](#{_anchor(s if s not in names else f'{s}: {experiments.get(s).question}')})" for s in sections]
     lines = [f"# loramem datasheet: {info['model']}", "",
-             f"Scale `{info['scale']}`, {info['date']}, {info['wall_s'] / 60:.1f} min.", "", "## Environment", "",
-             "| item | value |", "|---|---|"]
-    env_items = {"model source": info["model_source"], "model fingerprint": info["model_fingerprint"],
+             f"Scale `{info['scale']}`, {info['date']}, {info['wall_s'] / 60:.1f} min.", "", "## Contents", "",
+             *toc, "", "## Environment", "", "| item | value |", "|---|---|"]
+    env_items = {"command": f"`{info.get('command', 'not recorded')}`",
+                 "loramem git commit": info.get("git_commit", "not recorded"), "model source": info["model_source"], "model fingerprint": info["model_fingerprint"],
                  "model parameters": f"{info['model_params']:,}", "cpu": info["cpu"], "cores": info["cores"],
                  "memory (GiB)": info["memory_gib"], "gpu": info["gpu"] or "none", "python": info["python"],
                  "router query encoder": info.get("router_query_encoder", "all-MiniLM-L6-v2"),
@@ -171,8 +214,10 @@ def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dic
               "| finding | verdict | evidence |",
               "|---|---|---|"]
     for v in verdicts:
-        ev = json.dumps(v["evidence"], default=str).replace("|", "\\|")
-        lines.append(f"| {v['finding']} ({v['recipe']}) | **{findings.label(v)}** | `{ev}` |")
+        ev = evidence_sentence(v["evidence"]).replace("|", "\\|")
+        lines.append(f"| {v['finding']} ({v['recipe']}) | **{findings.label(v)}** | {ev} |")
+    if side:
+        lines += ["", "## Notable side results", "", *[f"- {x}" for x in side]]
     for name in names:
         recipe = experiments.get(name)
         st = info["recipes"].get(name, {})
@@ -185,16 +230,66 @@ def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dic
         folder = out / name
         for md in sorted(folder.glob("*.md")):
             lines += ["", md.read_text().strip()]
+        used = hyperparameters([r for r in read_rows(folder / "results.jsonl") if r.get("status") == "ok"])
+        if used:
+            lines += ["", f"Settings of its cells (from the rows): {used}."]
+        if (folder / "results.jsonl").is_file():
+            answers = '"predictions"' in (folder / "results.jsonl").read_text()
+            lines += ["", f"Every cell's row, with its config{' and each question’s answer, gold and scores' if answers else ''}: "
+                          f"[{name}/results.jsonl]({name}/results.jsonl)."]
         for png in sorted(folder.glob("*.png")):
-            lines += ["", f"![{png.stem}]({name}/{png.name})"]
+            svg = f" ([SVG]({name}/{png.stem}.svg))" if png.with_suffix(".svg").is_file() else ""
+            lines += ["", f"![{png.stem}]({name}/{png.name}){svg}"]
     return "\n".join(lines) + "\n"
+
+
+HYPERPARAMETERS = ("rank", "alpha", "lr", "schedule", "steps", "epochs", "batch_size", "layers", "targets", "loss",
+                   "format", "dropout", "target_em", "answer_tokens", "top_k", "method", "train_seed")
+
+
+def hyperparameters(rows: list[dict]) -> str:
+    """The training settings a recipe's ok rows used, each with its distinct values (from the rows, not typed)."""
+    seen: dict[str, list] = {}
+    for r in rows:
+        flat = dict(r)
+        for sub in ("writer", "config"):  # recipes that nest the writer's settings
+            if isinstance(r.get(sub), dict):
+                flat.update(r[sub])
+        for k in HYPERPARAMETERS:
+            v = flat.get(k)
+            if v is not None and v not in seen.setdefault(k, []):
+                seen[k].append(v)
+    parts = [f"{k} {', '.join(map(str, sorted(v, key=str)))}" for k, v in seen.items() if v]
+    return "; ".join(parts)
+
+
+def side_results(out: Path, names: list[str]) -> list[str]:
+    """Results a reader should not miss that no finding checks, as sentences from the recipes' summaries."""
+    said = []
+    cf = out / "counterfact" / "summary.json"
+    if "counterfact" in names and cf.is_file():
+        summary = json.loads(cf.read_text())
+        kept = summary.get("mean_known_retained")
+        known = [c.get("known_before") for c in summary.get("per_cell", {}).values() if c.get("known_before")]
+        if kept is not None:
+            said.append(f"Editing has a cost the paper does not report: after training, the CounterFact modules "
+                        f"kept {kept:.3f} of the facts the base model answered right before "
+                        f"(mean over cells; {', '.join(map(str, known)) or 'n/a'} such facts per cell).")
+    return said
+
+
+def _anchor(title: str) -> str:
+    """The id Python-Markdown's toc extension gives a heading."""
+    import re
+
+    return re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", title).strip().lower())
 
 
 def render_html(md: str, out: Path) -> str:
     """Self-contained HTML: the Markdown rendered, every image embedded as base64."""
     import markdown
 
-    body = markdown.markdown(md, extensions=["tables", "fenced_code"])
+    body = markdown.markdown(md, extensions=["tables", "fenced_code", "toc"])
     for png in out.glob("*/*.png"):
         ref = f'src="{png.parent.name}/{png.name}"'
         if ref in body:

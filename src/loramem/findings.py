@@ -27,17 +27,14 @@ def _r(x: float) -> float:
     return round(float(x), 4)
 
 
-# Two-sided 95% Student t quantiles by degrees of freedom (seeds - 1).
-_T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 15: 2.13, 20: 2.09}
-
-
 def interval95(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95% t interval of per-seed values; with one value the interval is that value."""
+    """Mean and 95% Student t interval of per-seed values; with one value the interval is that value."""
+    from scipy import stats
+
     m = mean(values)
     if len(values) < 2:
         return m, m, m
-    dof = len(values) - 1
-    t = _T95[max(d for d in _T95 if d <= dof)]  # the nearest tabulated dof at or below: never too narrow
+    t = float(stats.t.ppf(0.975, df=len(values) - 1))
     half = t * stdev(values) / math.sqrt(len(values))
     return m, m - half, m + half
 

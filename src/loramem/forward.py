@@ -116,7 +116,7 @@ def prefix_kv_cache(model, ids: torch.Tensor, att: torch.Tensor, rows: int):
 
     lm = _inner(model)
     cache = DynamicCache(config=lm.config)
-    lm.get_decoder()(input_ids=ids, attention_mask=att, past_key_values=cache, use_cache=True)
+    lm.get_decoder()(input_ids=ids, attention_mask=att, cache=cache, use_cache=True)
     cache.batch_repeat_interleave(rows)
     return cache
 
@@ -141,7 +141,7 @@ def logits_at(model, batch: Batch, mask: torch.Tensor, hidden_in: torch.Tensor |
     if P:
         ids = batch.input_ids.to(dev)
         cache = prefix_kv_cache(model, ids[:1, :P], att[:1, :P], ids.shape[0])
-        out = decoder(input_ids=ids[:, P:], attention_mask=att, past_key_values=cache, use_cache=True)
+        out = decoder(input_ids=ids[:, P:], attention_mask=att, cache=cache, use_cache=True)
         h = out.last_hidden_state[mask[:, P:].to(dev)]
         return _softcap(model, lm.get_output_embeddings()(h).float())
     if hidden_in is None:

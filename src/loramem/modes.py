@@ -267,7 +267,7 @@ def answer_many(questions: Sequence[str], base: Base, mode: str = "base", host=N
             extra = {}
             if P:  # the documents every prompt starts with (icl) run once; each row continues from their cache
                 prefix = ids[:1, :P].to(base.device)
-                extra["past_key_values"] = prefix_kv_cache(model, prefix, torch.ones_like(prefix), len(idx))
+                extra["cache"] = prefix_kv_cache(model, prefix, torch.ones_like(prefix), len(idx))
             stop = StoppingCriteriaList([_EndOfLine(T, newlines, base.device)])
             gen = model.generate(input_ids=ids.to(base.device), attention_mask=att.to(base.device),
                                  max_new_tokens=cfg.max_new_tokens, do_sample=False, pad_token_id=pad,

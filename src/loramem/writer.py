@@ -31,7 +31,7 @@ from loramem.errors import UserError
 from loramem.formats import Example, Rendered, render
 from loramem.forward import PrefixCache, collate, length_batches, logits_at, prefix_cache_ok, shared_prefix_ok
 from loramem.models import Base, bf16_supported
-from loramem.progress import OptionalBar
+from loramem.progress import WriteProgress
 
 RECORD_FILE = "loramem.json"
 RECHECK_EPOCHS = 10  # with the running estimate, still a full check (and best-state snapshot) this often
@@ -180,22 +180,19 @@ def exact_match_items(model, items: Sequence[Rendered], pad_id: int, autocast=co
     return ok
 
 
-def _lr_lambda(cfg: WriterConfig, total: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-        if cfg.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-        if cfg.schedule == "linear":
-            return max(0.0, 1 - frac)
-        return 1.0
-    return f
+def lr_scheduler(opt: torch.optim.Optimizer, cfg: WriterConfig, total: int):
+    """transformers' schedule of that name (constant, cosine, linear), with `warmup_steps` of linear warmup."""
+    from transformers import get_scheduler
+
+    name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
+    return get_scheduler(name, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=total)
 
 
 def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out: str | Path | None = None,
-                 adapter: str = "default", on_step: Callable[[dict], None] | None = None) -> WriteResult:
-    """Train one LoRA module on `examples` and save it as a standard PEFT adapter folder with a run record."""
+                 adapter: str = "default", on_step: Callable[[dict], None] | None = None,
+                 data_license: str | None = None) -> WriteResult:
+    """Train one LoRA module on `examples` and save it as a standard PEFT adapter folder with a run record
+    (`data_license`: the licence of the facts, shown on the exported model card)."""
     if not examples:
         raise UserError("no training examples; pass a file with at least one row")
     t_start = time.time()
@@ -229,7 +226,7 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
     last_ok = [False] * len(items)  # per fact: all answer tokens right on its last training pass
     confirm_after = 0  # after a failed confirmation, wait a full epoch of visits before the next
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))
+    sched = lr_scheduler(opt, cfg, total)
 
     history: list[list[float]] = []  # full teacher-forced checks: [step, exact match]
     running_history: list[list[float]] = []  # the free running estimate, once per epoch
@@ -238,7 +235,7 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
     tokens_seen, step, stopped, loss_val, eval_s = 0, 0, "steps", float("nan"), 0.0
     first_loss = float("nan")
     queue: list[list[int]] = []
-    progress = _Progress(total, enabled=cfg.progress)
+    progress = WriteProgress(total, enabled=cfg.progress, max_seconds=cfg.max_seconds, target_em=cfg.target_em)
     train_t0 = time.time()
 
     def check(step: int) -> float:
@@ -323,10 +320,13 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
     train_s = time.time() - train_t0
     record = {
         "loramem_version": __version__,
-        "base": {"name": base.name, "fingerprint": base.fingerprint, "source": base.source},
+        # hub_id is what the adapter names as its base; the fingerprint says which exact weights it was trained on
+        "base": {"name": base.name, "hub_id": base.hub_id, "fingerprint": base.fingerprint, "source": base.source,
+                 "weights": base.weights},
         "config": cfg.model_dump(),
         "n_examples": len(items),
         "data_hash": data_hash(examples),
+        "data_license": data_license,
         "knowledge_tokens": sum(len(r.ids) for r in items),
         "tokens_seen": tokens_seen,
         "steps": step,
@@ -385,7 +385,7 @@ def save_adapter(host, adapter: str, out: str | Path, record: dict) -> Path:
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(out / "adapter_model.safetensors"),
               metadata={"format": "pt"})
     conf = copy.deepcopy(host.peft_config[adapter])
-    conf.base_model_name_or_path = record["base"]["source"]
+    conf.base_model_name_or_path = record["base"].get("hub_id") or record["base"]["source"]
     conf.save_pretrained(str(out))
     (out / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str))
     return out
@@ -397,32 +397,6 @@ def package_versions() -> dict:
 
     return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
             "loramem": __version__}
-
-
-class _Progress(OptionalBar):
-    """A rich progress bar with loss, tokens/s, exact match and ETA (silent when disabled)."""
-
-    def __init__(self, total: int, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self.total = total
-        self.em: float | None = None
-        if enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("[bold]writing[/bold]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-                TextColumn("EM {task.fields[em]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                transient=True,
-            )
-            self.task = self.bar.add_task("write", total=total, loss="-", tps="-", em="-")
-
-    def update(self, step: int, loss: float, tps: float, em: float | None) -> None:
-        if em is not None:
-            self.em = em
-        if self.enabled:
-            self.bar.update(self.task, completed=step, loss=f"{loss:.3f}", tps=f"{tps:.0f}",
-                            em="-" if self.em is None else f"{self.em:.2f}")
 
 
 def load_adapter(base: Base, path: str | Path, adapter: str):

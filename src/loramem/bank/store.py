@@ -445,7 +445,8 @@ class MemoryBank:
         return rep
 
     def export(self, out: str | Path, names: list[str] | None = None) -> list[Path]:
-        """Copy the serving version of each module to OUT/NAME as a plain PEFT folder (for PEFT, vLLM, LoRAX)."""
+        """Write the serving version of each module to OUT/NAME as a portable PEFT folder with a model card
+        (for PEFT, vLLM, LoRAX); see loramem.bank.export."""
         out = Path(out).expanduser()
         if out.resolve() == self.root.resolve() or self.root.resolve() in out.resolve().parents:
             raise UserError(f"export folder {out} is inside the bank; pick a folder outside it")
@@ -456,16 +457,12 @@ class MemoryBank:
             if missing:
                 raise UserError(f"no modules {missing} in bank {self.root}")
             mods = [m for m in mods if m.name in names]
-        written = []
+        from loramem.bank.export import base_hub_id, export_module
+
         sources = [self.verified_path(m) for m in mods]  # every module checked before anything is written
-        for m, src in zip(mods, sources, strict=True):
-            dest = out / m.name
-            dest.mkdir(parents=True, exist_ok=True)
-            for f in ADAPTER_FILES:
-                shutil.copy2(src / f, dest / f)
-            written.append(dest)
-        index = [{"name": m.name, "version": m.version, "path": m.name, "base": m.base_name, "rank": m.rank,
-                  "key_text": m.key_text} for m in mods]
+        written = [export_module(m, src, out / m.name) for m, src in zip(mods, sources, strict=True)]
+        index = [{"name": m.name, "version": m.version, "path": m.name, "base": base_hub_id(m),
+                  "base_fingerprint": m.base_fingerprint, "rank": m.rank, "key_text": m.key_text} for m in mods]
         out.mkdir(parents=True, exist_ok=True)
         (out / "modules.json").write_text(json.dumps(index, indent=2))
         return written

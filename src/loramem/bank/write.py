@@ -15,7 +15,7 @@ ADAPTER = "bank_write"
 
 def write_to_bank(train_file: str | Path, bank: MemoryBank, name: str, base: Base, cfg: WriterConfig,
                   partition: int | None = None, limit: int | None = None,
-                  view_mix: dict | None = None) -> list[ModuleInfo]:
+                  view_mix: dict | None = None, data_license: str | None = None) -> list[ModuleInfo]:
     """Train one module per part of `train_file` and add each as the next version of NAME (or NAME-00, ...)."""
     check_name(name)
     parts = partition_file(train_file, partition, limit)
@@ -27,11 +27,11 @@ def write_to_bank(train_file: str | Path, bank: MemoryBank, name: str, base: Bas
 
         raise UserError(f"bank {bank.root} holds modules for base model '{known[0]}', not '{base.name}'; "
                         f"pass --model {known[0]} or use another bank")
-    return write_parts(parts, bank, name, base, cfg, view_mix)
+    return write_parts(parts, bank, name, base, cfg, view_mix, data_license)
 
 
 def write_parts(parts: list[Part], bank: MemoryBank, name: str, base: Base, cfg: WriterConfig,
-                view_mix: dict | None = None) -> list[ModuleInfo]:
+                view_mix: dict | None = None, data_license: str | None = None) -> list[ModuleInfo]:
     """Train every part into the bank's staging area, then commit them all in one manifest transaction (a write
     killed half-way leaves every module at its old version, never some new and some old)."""
     import shutil
@@ -39,7 +39,7 @@ def write_parts(parts: list[Part], bank: MemoryBank, name: str, base: Base, cfg:
     staged: list[NewModule] = []
     try:
         for i, p in enumerate(parts):
-            staged.append(train_part(p, bank, name + p.suffix, base, cfg, view_mix))
+            staged.append(train_part(p, bank, name + p.suffix, base, cfg, view_mix, data_license))
             if i == 0:
                 fault_point("bank-part-trained")
         return bank.add_folders(staged, move=True)
@@ -49,13 +49,13 @@ def write_parts(parts: list[Part], bank: MemoryBank, name: str, base: Base, cfg:
 
 
 def write_part(part: Part, bank: MemoryBank, name: str, base: Base, cfg: WriterConfig,
-               view_mix: dict | None = None) -> ModuleInfo:
+               view_mix: dict | None = None, data_license: str | None = None) -> ModuleInfo:
     """Train one module on a part and commit it to the bank (staged inside the bank, then renamed in)."""
-    return bank.add_folders([train_part(part, bank, name, base, cfg, view_mix)], move=True)[0]
+    return bank.add_folders([train_part(part, bank, name, base, cfg, view_mix, data_license)], move=True)[0]
 
 
 def train_part(part: Part, bank: MemoryBank, name: str, base: Base, cfg: WriterConfig,
-               view_mix: dict | None = None) -> NewModule:
+               view_mix: dict | None = None, data_license: str | None = None) -> NewModule:
     """Train one module on a part into a fresh staging folder of the bank (not yet in the manifest)."""
     import shutil
 
@@ -63,7 +63,7 @@ def train_part(part: Part, bank: MemoryBank, name: str, base: Base, cfg: WriterC
 
     staging = bank.new_staging()
     try:
-        res = write_module(part.examples, base, cfg, out=staging, adapter=ADAPTER)
+        res = write_module(part.examples, base, cfg, out=staging, adapter=ADAPTER, data_license=data_license)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

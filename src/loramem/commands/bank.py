@@ -25,7 +25,7 @@ def _open(bank: Path):
 
 
 def write_bank_cmd(train_file: Path, out: Path | None, bank: Path | None, name: str | None, partition: int | None,
-                   model: str, cfg, limit: int | None) -> None:
+                   model: str, cfg, limit: int | None, data_license: str | None = None, as_json: bool = False) -> None:
     """`loramem write FILE --bank DIR --name NAME [--partition N]`: train module(s) into a bank."""
     from loramem.bank.store import MemoryBank, check_name
     from loramem.bank.write import write_to_bank
@@ -39,7 +39,16 @@ def write_bank_cmd(train_file: Path, out: Path | None, bank: Path | None, name: 
     if partition is not None and partition < 1:
         raise UserError(f"--partition must be >= 1 (got {partition})")
     b = MemoryBank(bank)
-    infos = write_to_bank(train_file, b, name, load_base(model), cfg, partition, limit)
+    infos = write_to_bank(train_file, b, name, load_base(model), cfg, partition, limit, data_license=data_license)
+    if as_json:
+        print(json.dumps({"bank": str(b.root), "modules": [m.id for m in infos],
+                          "exact_match": min(m.record.get("exact_match", 0.0) for m in infos),
+                          "steps": sum(m.record.get("steps", 0) for m in infos),
+                          "seconds": round(sum(m.record.get("wall_s", 0.0) for m in infos), 2),
+                          "per_module": [{"id": m.id, "exact_match": m.record.get("exact_match"),
+                                          "steps": m.record.get("steps"), "seconds": m.record.get("wall_s"),
+                                          "n_facts": len(m.keys), "rank": m.rank} for m in infos]}))
+        return
     for m in infos:
         em = m.record.get("exact_match", 0.0)
         console.print(f"added {m.id} to {b.root}: {len(m.keys)} facts, rank {m.rank}, {m.n_params:,} params, "
@@ -47,7 +56,7 @@ def write_bank_cmd(train_file: Path, out: Path | None, bank: Path | None, name: 
 
 
 @bank_app.command("ls")
-def bank_ls(bank: Path = BANK_OPT, as_json: bool = typer.Option(False, "--json")) -> None:
+def bank_ls(bank: Path = BANK_OPT, as_json: bool = typer.Option(False, "--json", help="print a JSON list")) -> None:
     """List the modules (serving versions) of a bank."""
     b = _open(bank)
     mods = b.list()
@@ -119,11 +128,24 @@ def bank_verify(bank: Path = BANK_OPT, as_json: bool = typer.Option(False, "--js
 
 
 @bank_app.command("export")
-def bank_export(out: Path = typer.Argument(..., help="folder to write plain PEFT folders into"),
-                bank: Path = BANK_OPT, names: str | None = typer.Option(None, help="comma list (default: all)")) -> None:
-    """Copy each module's serving version to OUT/NAME as a plain PEFT folder (PEFT, vLLM, LoRAX load it as is)."""
-    written = _open(bank).export(out, csv_list(names))
-    console.print(f"exported {len(written)} modules to {out}")
+def bank_export(out: Path = typer.Argument(..., help="folder to write portable PEFT folders into"),
+                bank: Path = BANK_OPT, names: str | None = typer.Option(None, help="comma list (default: all)"),
+                as_json: bool = typer.Option(False, "--json", help="print what was written as one JSON object")) -> None:
+    """Write each module's serving version to OUT/NAME as a PEFT folder with a model card (README.md), and print
+    the vLLM and PEFT lines that load them."""
+    from loramem.bank.export import serve_lines
+
+    b = _open(bank)
+    written = b.export(out, csv_list(names))
+    mods = [b.get(p.name) for p in written]
+    lines = serve_lines(mods, out)
+    if as_json:
+        print(json.dumps({"out": str(out), "modules": [str(p) for p in written], "vllm": lines[:1],
+                          "peft": lines[1:]}))
+        return
+    console.print(f"exported {len(written)} modules to {out} (each with a model card README.md)")
+    for line in lines:
+        print(line)
 
 
 @app.command("ask")
@@ -136,12 +158,14 @@ def ask_cmd(
     weights: str = typer.Option("auto", help="merge weights: auto, mean, sum, score or a comma list"),
     density: float = typer.Option(0.5, help="fraction kept by ties/dare/magnitude_prune"),
     model: str | None = typer.Option(None, help="base model (default: the bank's)"),
-    max_new_tokens: int = typer.Option(32),
+    max_new_tokens: int = typer.Option(32, "--max-tokens", "--max-new-tokens",
+                                       help="answer length limit in tokens (--max-new-tokens: old name)"),
     mode: str = typer.Option("lora", help="base, icl, rag, lora, lora+rag or lora+icl (context from BANK/index)"),
-    rag_k: int | None = typer.Option(None, "--rag", help="chunks retrieved for rag modes (default: the index's k)"),
+    rag_k: int | None = typer.Option(None, "--chunks", "--rag",
+                                     help="chunks retrieved for rag modes (default: the index's); --rag: old name"),
     overflow: str = typer.Option("error", help="icl/rag context over the budget: error or truncate"),
     timings: bool = typer.Option(False, "--timings", help="print route / merge / generate milliseconds"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="print the answer, modules and timings as one JSON object"),
 ) -> None:
     """Answer a question from a bank: route -> merge -> generate."""
     from pydantic import ValidationError
@@ -188,15 +212,18 @@ def _bench_params(**kw) -> dict:
 _MODEL = typer.Option("smollm2-135m", help="base model")
 _SCALE = typer.Option("smoke", help="smoke, cpu or paper")
 _OUT = typer.Option(..., help="results folder")
+_JSON = typer.Option(False, "--json", help="print the recipe's summary as one JSON object")
 
 
 @bench_app.command("multi-lora")
 def bench_multi_lora(out: Path = _OUT, model: str = _MODEL, scale: str = _SCALE, seed: int = typer.Option(0),
                      paper_data: Path | None = typer.Option(None, help="use the paper's 128K sectors (release folder)"),
                      modules: int | None = typer.Option(None, help="number of small modules N"),
-                     facts: int | None = typer.Option(None, help="PhoneBook entries in all")) -> None:
+                     facts: int | None = typer.Option(None, help="PhoneBook entries in all"), as_json: bool = _JSON) -> None:
     """Q8: one large LoRA vs N small LoRAs (same parameter budget, oracle routing) vs ICL."""
     s = run_bench("multi-lora", out, model, scale, seed, paper_data, _bench_params(modules=modules, facts=facts))
+    if as_json:
+        return print(json.dumps(s, default=str))
     for k, v in s.get("accuracy", {}).items():
         print(f"{k:18s} exact match {v:.3f}")
 
@@ -205,10 +232,12 @@ def bench_multi_lora(out: Path = _OUT, model: str = _MODEL, scale: str = _SCALE,
 def bench_routing(out: Path = _OUT, model: str = _MODEL, scale: str = _SCALE, seed: int = typer.Option(0),
                   paper_data: Path | None = typer.Option(None), modules: int | None = typer.Option(None),
                   facts: int | None = typer.Option(None),
-                  routers: str | None = typer.Option(None, help="comma list of oracle,embed,bm25,lora")) -> None:
+                  routers: str | None = typer.Option(None, help="comma list of oracle,embed,bm25,lora"), as_json: bool = _JSON) -> None:
     """Q9: routers (oracle, embed, bm25, lora-aware) vs the single LoRA: routing and answer accuracy."""
     s = run_bench("routing", out, model, scale, seed, paper_data,
                   _bench_params(modules=modules, facts=facts, routers=csv_list(routers)))
+    if as_json:
+        return print(json.dumps(s, default=str))
     for k, v in s.get("answer_accuracy", {}).items():
         print(f"{k:18s} answer EM {v:.3f}  routing acc {s.get('routing_accuracy', {}).get(k, float('nan')):.3f}")
 
@@ -217,10 +246,12 @@ def bench_routing(out: Path = _OUT, model: str = _MODEL, scale: str = _SCALE, se
 def bench_merging(out: Path = _OUT, model: str = _MODEL, scale: str = _SCALE, seed: int = typer.Option(0),
                   paper_data: Path | None = typer.Option(None), modules: int | None = typer.Option(None),
                   facts: int | None = typer.Option(None), top_k: int | None = typer.Option(None),
-                  methods: str | None = typer.Option(None, help="comma list of merge methods")) -> None:
+                  methods: str | None = typer.Option(None, help="comma list of merge methods"), as_json: bool = _JSON) -> None:
     """Q10: each merge method over the top-k routed modules (ground truth among them)."""
     s = run_bench("merging", out, model, scale, seed, paper_data,
                   _bench_params(modules=modules, facts=facts, top_k=top_k, methods=csv_list(methods)))
+    if as_json:
+        return print(json.dumps(s, default=str))
     for k, v in s.get("accuracy", {}).items():
         print(f"{k:18s} exact match {v:.3f}")
 
@@ -229,9 +260,11 @@ def bench_merging(out: Path = _OUT, model: str = _MODEL, scale: str = _SCALE, se
 def bench_n_modules(out: Path = _OUT, model: str = _MODEL, scale: str = _SCALE, seed: int = typer.Option(0),
                     paper_data: Path | None = typer.Option(None), modules: int | None = typer.Option(None),
                     facts: int | None = typer.Option(None), method: str | None = typer.Option(None),
-                    max_n: int | None = typer.Option(None)) -> None:
+                    max_n: int | None = typer.Option(None), as_json: bool = _JSON) -> None:
     """Q11: merge the ground-truth module with 0..4 others; accuracy vs N."""
     s = run_bench("n-modules", out, model, scale, seed, paper_data,
                   _bench_params(modules=modules, facts=facts, method=method, max_n=max_n))
+    if as_json:
+        return print(json.dumps(s, default=str))
     for k, v in s.get("accuracy_by_n", {}).items():
         print(f"N = {k}: exact match {v:.3f}")

@@ -39,11 +39,13 @@ def index_cmd(
     docs: list[Path] = typer.Argument(..., help="text/markdown files, JSONL rows {id?, text} or folders of them"),
     out: Path | None = typer.Option(None, help="index folder to write"),
     bank: Path | None = typer.Option(None, help="write the index beside a bank instead (BANK/index)"),
-    model: str = typer.Option("smollm2-135m", help="base model whose tokenizer counts chunk tokens"),
+    model: str = typer.Option("smollm2-135m", "--tokenizer", "--model",
+                              help="model whose tokenizer counts chunk tokens (--model: old name)"),
     method: str | None = typer.Option(None, help="bm25 (default), dense (all-MiniLM-L6-v2) or hybrid"),
     chunk_tokens: int | None = typer.Option(None, help="chunk length in tokens (default 128)"),
     overlap: int | None = typer.Option(None, help="tokens shared by consecutive chunks (default 32)"),
-    k: int | None = typer.Option(None, help="chunks per question at answer time (default 3)"),
+    k: int | None = typer.Option(None, "--chunks", "--k", help="chunks per question at answer time (default 3; --k: "
+                                                                "old name)"),
 ) -> None:
     """Chunk documents and build a RAG index folder (rebuilt only when documents or settings change)."""
     from loramem.retrieval import ensure_index, index_dir_for_bank, read_documents
@@ -65,9 +67,10 @@ def index_cmd(
 def retrieve_cmd(
     query: str = typer.Argument(..., help="question or search text"),
     index: Path = typer.Option(..., help="index folder from `loramem index`"),
-    k: int | None = typer.Option(None, "-k", "--k", help="how many chunks (default: the index's k)"),
+    k: int | None = typer.Option(None, "--chunks", "-k", "--k",
+                                 help="how many chunks (default: the index's; -k/--k: old names)"),
     method: str | None = typer.Option(None, help="bm25, dense or hybrid (must be in the index)"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="print the chunks as one JSON object"),
 ) -> None:
     """Show the chunks a RAG answer would put in the prompt."""
     from loramem.retrieval import Index

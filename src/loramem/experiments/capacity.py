@@ -168,13 +168,14 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
               hline=tau, hline_label=f"tau = {tau}",
               errors={f"rank {k}": [p["accuracy_sd"] for p in pts] for k, pts in curve.items()} if n_seeds > 1 else None)
     line_plot(out / "tmax_vs_rank.png", {"T_max": (ranks, [per_rank[str(k)]["t_max"] for k in ranks])},
-              f"T_max (largest size with accuracy >= {tau}) vs rank", "rank", "T_max (tokens)", logx=True)
+              f"T_max (largest size with accuracy >= {tau}) vs rank", "rank", "T_max (tokens)", logx=True,
+              y_from_zero=True)
     line_plot(out / "efficiency_vs_rank.png",
               {"efficiency": (ranks, [per_rank[str(k)]["efficiency"] for k in ranks])},
-              "Efficiency = T_max / N_params vs rank", "rank", "tokens per parameter", logx=True)
+              "Efficiency = T_max / N_params vs rank", "rank", "tokens per parameter", logx=True, y_from_zero=True)
     line_plot(out / "bits_per_param_vs_rank.png",
               {"measured (best cell)": (ranks, [per_rank[str(k)]["max_bits_per_param"] for k in ranks])},
-              "Bits stored per LoRA parameter", "rank", "bits / parameter", logx=True,
+              "Bits stored per LoRA parameter (log scale)", "rank", "bits / parameter", logx=True, logy=True,
               hline=BITS_PER_PARAM_LIMIT, hline_label="~2 bits/param limit")
     order = sorted(rows, key=lambda r: (r["rank"], r["size_tokens"], r.get("train_seed", 0)))
     seed_col = ["train_seed"] if n_seeds > 1 else []

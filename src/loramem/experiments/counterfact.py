@@ -149,8 +149,8 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     rows = sorted(rows, key=lambda r: (r["rank"], r["size_tokens"]))
     cols = ["rank", "size", "n_edits", "efficacy_before", "efficacy", "generation_accuracy_before",
             "generation_accuracy", "paraphrase_efficacy", "neighborhood_locality", "unrelated_unchanged",
-            "known_retained", "n_params", "storage_bytes", "train_s"]
-    fmt = {c: ".3f" for c in cols if c not in ("rank", "size", "n_edits", "n_params", "storage_bytes")}
+            "known_before", "known_retained", "n_params", "storage_bytes", "train_s"]
+    fmt = {c: ".3f" for c in cols if c not in ("rank", "size", "n_edits", "known_before", "n_params", "storage_bytes")}
     (out / "counterfact.md").write_text("### CounterFact editing with LoRA modules\n\n"
                                         + markdown_table(rows, cols, fmt=fmt))
     curves = {}

@@ -109,7 +109,7 @@ def score_base(base, doc: Document, judge, new_tokens: int = 48) -> dict:
     ctx = host.disable_adapter() if host is not None and host.peft_config else contextlib.nullcontext()
     with ctx:
         res = evaluate_questions(base.model, base, doc.questions, "plain", METRICS, judge, max_new_tokens=new_tokens)
-    return scores(res)
+    return {**scores(res), "predictions": predictions(res)}
 
 
 def write_and_score(base, doc: Document, rows: list[dict], cfg: WriterConfig, judge, adapter: str = "docqa",
@@ -128,7 +128,13 @@ def write_and_score(base, doc: Document, rows: list[dict], cfg: WriterConfig, ju
     return {**scores(ev), "train_tokens": rec["knowledge_tokens"], "tokens_seen": rec["tokens_seen"],
             "steps": rec["steps"], "n_params": rec["n_params"], "train_s": rec["train_s"],
             "rows": len(rows), "layers": cfg.layers, "rank": cfg.rank, "lr": cfg.lr, "answer_tokens": new_tokens,
-            "sample_answers": [r["prediction"] for r in ev["rows"][:2]]}
+            "predictions": predictions(ev)}
+
+
+def predictions(result: dict) -> list[dict]:
+    """Every question's answer with its gold and scores, kept in the recipe's rows so a verdict can be audited."""
+    keep = ("question", "gold", "prediction", "level", *SCORE_KEYS)
+    return [{k: r[k] for k in keep if k in r} for r in result["rows"]]
 
 
 def mean_by(rows: list[dict], key: str, value: str) -> dict:

@@ -83,8 +83,11 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     for r in rows:
         r["variant"] = r["method"] + ("" if r.get("weights", "auto") == "auto" else f" ({r['weights']})")
     acc = {r["variant"]: r["accuracy"] for r in rows}
+    # both metrics: the finding falls back to token accuracy when exact match cannot tell the methods apart
     bar_plot(out / "merging.png", list(acc), list(acc.values()),
-             f"Q10: merge of the top-{rows[0]['top_k']} candidates (gold among them)", "exact match")
+             f"Q10: merge of the top-{rows[0]['top_k']} candidates (gold among them, n = {rows[0].get('n_eval')})",
+             "score", reference=[r.get("token_accuracy") or 0.0 for r in rows], reference_label="answer-token accuracy",
+             label="exact match")
     (out / "merging.md").write_text("### Q10: merge methods (gold module among the candidates)\n\n" + markdown_table(
         rows, ["variant", "accuracy", "token_accuracy", "merge_ms", "n_merges", "n_eval", "top_k", "modules"],
         fmt={"accuracy": ".3f", "token_accuracy": ".3f", "merge_ms": ".1f"}))

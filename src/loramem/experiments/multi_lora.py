@@ -59,14 +59,14 @@ def icl_exact_match(s: Setup, idx: list[int]) -> list[bool]:
     with off:
         model.eval()
         out = model(input_ids=ctx, use_cache=True)
-        cache = out.past_key_values
+        cache = out.cache
         for i in idx:
             e = s.entries[i]
             q = tok(f"Question: {e.question()}? Answer:", add_special_tokens=False).input_ids
             # rows in the prompt end with a newline, so a right answer is the number, then "\n"
             a = tok(" " + e.number, add_special_tokens=False).input_ids + newline
             ids = torch.tensor([q + a[:-1]], device=s.base.device)
-            logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+            logits = model(input_ids=ids, cache=cache, use_cache=True).logits
             pred = logits[0, len(q) - 1:].argmax(-1).tolist()
             hits.append(pred == a)
             cache.crop(-ids.shape[1])  # drop this question again (transformers 5: negative = tokens to remove)

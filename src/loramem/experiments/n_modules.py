@@ -44,15 +44,20 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
 def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     out = opts.out
     methods = sorted({r["method"] for r in rows})
-    curves, by, by_tok = {}, {}, {}
+    curves, tok_curves, by, by_tok = {}, {}, {}, {}
     for m in methods:
         rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["n"])
         curves[m] = ([r["n"] for r in rs], [r["accuracy"] for r in rs])
         by[m] = {str(r["n"]): r["accuracy"] for r in rs}
         by_tok[m] = {str(r["n"]): r.get("token_accuracy") for r in rs}
-        curves[f"{m} (token accuracy)"] = ([r["n"] for r in rs], [r.get("token_accuracy", 0.0) for r in rs])
-    line_plot(out / "n_modules.png", curves, "Q11: exact match vs number of merged modules N (gold included)",
-              "N merged modules", "exact match")
+        tok_curves[m] = ([r["n"] for r in rs], [r.get("token_accuracy", 0.0) for r in rs])
+    n_eval = max((r.get("n_eval", 0) for r in rows), default=0)
+    # one metric per plot: the finding reads exact match; token accuracy (partial recall) gets its own axis
+    line_plot(out / "n_modules.png", curves, f"Q11: exact match vs N merged modules (gold included, n = {n_eval})",
+              "N merged modules", "exact match", integer_x=True)
+    line_plot(out / "n_modules_token_accuracy.png", tok_curves,
+              f"Q11: answer-token accuracy vs N merged modules (n = {n_eval})", "N merged modules",
+              "answer-token accuracy", integer_x=True)
     (out / "n_modules.md").write_text("### Q11: accuracy vs N\n\n" + markdown_table(
         sorted(rows, key=lambda r: (r["method"], r["n"])), ["method", "n", "accuracy", "token_accuracy", "n_eval", "modules"],
         fmt={"accuracy": ".3f", "token_accuracy": ".3f"}))
