@@ -49,11 +49,21 @@ class Session:
     def router(self, kind: str) -> Router:
         mods = self.modules()
         if kind not in self._routers:
+            keys, index = self.row_keys()
             self._routers[kind] = build_router(kind, mods, resident=self.resident,
-                                               on_new_embeddings=self.bank.set_embeddings,
+                                               on_new_embeddings=self.bank.set_embeddings, keys=keys, index=index,
                                                **({"candidates": self.cfg.lora_candidates} if kind == "lora" else {}))
             self._stamp = (self.bank.root / MANIFEST).stat().st_mtime_ns  # storing embeddings touched it
         return self._routers[kind]
+
+    def row_keys(self):
+        """The serving modules' row keys and their vector index, read once per manifest change (all routers)."""
+        from loramem.bank import vindex
+
+        if "_keys" not in self._routers:
+            keys = self.bank.row_keys(self.modules())
+            self._routers["_keys"] = (keys, vindex.for_keys(self.bank, keys))
+        return self._routers["_keys"]
 
 
 _SESSIONS: dict[tuple, Session] = {}
@@ -171,7 +181,7 @@ def ask_mode(question: str, bank, mode: str = "lora", base: str | None = None, c
     return {**res, **{k: v for k, v in info.items() if k not in res}}
 
 
-def ask_batch(questions: list[str], bank, base: str | None = None, route: str = "embed",
+def ask_batch(questions: list[str], bank, base: str | None = None, route: str = "hybrid",
               max_new_tokens: int = 32) -> list[dict]:
     """Top-1 routing with no merge for many questions at once: each row runs through its own module in one
     mixed-adapter batch."""

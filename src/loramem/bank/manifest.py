@@ -39,6 +39,14 @@ CREATE TABLE IF NOT EXISTS modules (
     PRIMARY KEY (name, version)
 );
 CREATE TABLE IF NOT EXISTS heads (name TEXT PRIMARY KEY, version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS row_keys (  -- fact-level routing keys, one per training row (see rowkeys.py)
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    row INTEGER NOT NULL,
+    text TEXT NOT NULL,              -- the row's question / prompt, without the `Question: ... Answer:` frame
+    embedding BLOB NOT NULL,         -- float32 unit vector of text (all-MiniLM-L6-v2)
+    PRIMARY KEY (name, version, row)
+);
 """
 
 COLUMNS = ("name", "version", "path", "base_name", "base_fingerprint", "rank", "targets", "n_params", "sources",

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from loramem.bank import rowkeys, vindex
 from loramem.bank.manifest import SELECT, ModuleInfo, connect, info_to_row, row_to_info
 from loramem.errors import UserError
 
@@ -173,8 +174,9 @@ class MemoryBank:
 
     def add_folder(self, folder: str | Path, name: str, record: dict | None = None, key_text: str = "",
                    keys: list[str] | None = None, sources: dict | None = None, view_mix: dict | None = None,
-                   move: bool = False) -> ModuleInfo:
-        """Add a saved PEFT module folder as the next version of `name` (atomic; serialized by the bank lock)."""
+                   move: bool = False, rows: list[str] | None = None) -> ModuleInfo:
+        """Add a saved PEFT module folder as the next version of `name` (atomic; serialized by the bank lock).
+        `rows`: the fact-level routing keys of its training rows (questions), embedded here and stored with it."""
         check_name(name)
         folder = Path(folder)
         check_adapter_folder(folder)
@@ -193,14 +195,17 @@ class MemoryBank:
         try:
             _fsync_tree(staging)
             checksum = folder_checksum(staging)
+            row_keys = (rows, rowkeys.embed_rows(rows)) if rows else None  # before the lock: other writers go on
             with self.lock:
-                return self._commit(staging, name, record, conf, checksum, key_text, keys or [], sources or {},
-                                    view_mix or {})
+                info = self._commit(staging, name, record, conf, checksum, key_text, keys or [], sources or {},
+                                    view_mix or {}, row_keys)
+            vindex.after_change(self)
+            return info
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
     def _commit(self, staging: Path, name: str, record: dict, conf: dict, checksum: str, key_text: str,
-                keys: list[str], sources: dict, view_mix: dict) -> ModuleInfo:
+                keys: list[str], sources: dict, view_mix: dict, row_keys=None) -> ModuleInfo:
         base = record["base"]
         with self._db() as con:
             known = dict(con.execute("SELECT key, value FROM meta"))
@@ -227,6 +232,8 @@ class MemoryBank:
             con.execute("BEGIN IMMEDIATE")
             try:
                 con.execute(f"INSERT INTO modules VALUES ({', '.join('?' * 18)})", info_to_row(info))
+                if row_keys is not None:
+                    rowkeys.insert(con, name, version, *row_keys)
                 con.execute("INSERT OR REPLACE INTO heads VALUES (?, ?)", (name, version))
                 con.execute("INSERT OR IGNORE INTO meta VALUES ('base_name', ?)", (info.base_name,))
                 con.execute("INSERT OR IGNORE INTO meta VALUES ('base_fingerprint', ?)", (info.base_fingerprint,))
@@ -259,6 +266,7 @@ class MemoryBank:
                 con.execute("BEGIN IMMEDIATE")
                 con.execute("UPDATE heads SET version = ? WHERE name = ?", (to, name))
                 con.execute("COMMIT")
+        vindex.after_change(self)
         return self.get(name, to)
 
     def remove(self, name: str) -> list[int]:
@@ -272,9 +280,25 @@ class MemoryBank:
                 con.execute("BEGIN IMMEDIATE")
                 con.execute("DELETE FROM modules WHERE name = ?", (name,))
                 con.execute("DELETE FROM heads WHERE name = ?", (name,))
+                rowkeys.delete(con, name)
                 con.execute("COMMIT")
             shutil.rmtree(self.root / MODULES / name, ignore_errors=True)
+        vindex.after_change(self)
         return versions
+
+    def row_keys(self, modules: list[ModuleInfo]) -> rowkeys.RowKeys:
+        """The fact-level routing keys of these module versions (key text for modules without training rows)."""
+        from loramem.bank.routing import module_vectors
+
+        with self._db() as con:
+            return rowkeys.RowKeys.of(con, modules, lambda mods: module_vectors(mods, self.set_embeddings))
+
+    def row_count(self) -> int:
+        """Training-row keys recorded for all versions (a cheap size check)."""
+        if not self.exists():
+            return 0
+        with self._db() as con:
+            return con.execute("SELECT COUNT(*) FROM row_keys").fetchone()[0]
 
     def set_embeddings(self, items: list[tuple[ModuleInfo, list[float]]], model: str) -> None:
         """Store key embeddings (computed by the embedding router) in the manifest."""
@@ -325,6 +349,8 @@ class MemoryBank:
             if vdir.resolve() not in recorded:
                 rep.notes.append(f"{vdir.relative_to(self.root)} is not in the manifest (left by an interrupted "
                                  "write or remove); it is ignored")
+        if not rep.problems and (off := vindex.check(self)) is not None:
+            rep.problems.append(f"row index: {off}; rebuild it with `loramem bank verify --bank {self.root} --repair`")
         stage = self.root / STAGING
         if stage.is_dir() and any(stage.iterdir()):
             rep.notes.append(f"{STAGING}/ holds unfinished writes; they are ignored")

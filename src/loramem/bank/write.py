@@ -6,6 +6,7 @@ from pathlib import Path
 
 from loramem.bank.manifest import ModuleInfo
 from loramem.bank.partition import Part, partition_file
+from loramem.bank.rowkeys import row_texts
 from loramem.bank.store import MemoryBank, check_name, file_sha256
 from loramem.config import WriterConfig
 from loramem.models import Base
@@ -47,4 +48,5 @@ def write_part(part: Part, bank: MemoryBank, name: str, base: Base, cfg: WriterC
     # a generated knowledge set has no file: its data hash stands in
     sources = {str(part.source): file_sha256(part.source) if part.source.is_file() else res.record["data_hash"]}
     return bank.add_folder(staging, name, record=res.record, key_text=part.key_text, keys=part.keys,
-                           sources=sources, view_mix=view_mix or {"qa": 1.0}, move=True)
+                           sources=sources, view_mix=view_mix or {"qa": 1.0}, move=True,
+                           rows=row_texts(part.examples))
