@@ -39,11 +39,16 @@ def aggregate(owner: np.ndarray, scores: np.ndarray, n_modules: int, how: str = 
     return out
 
 
-def rrf(rankings: list[np.ndarray], k: int = RRF_K) -> tuple[np.ndarray, np.ndarray]:
-    """Reciprocal-rank fusion of row rankings (each best first): (rows, fused scores), best first."""
+def rrf(rankings: list[tuple[np.ndarray, np.ndarray]], k: int = RRF_K) -> tuple[np.ndarray, np.ndarray]:
+    """Reciprocal-rank fusion of scored row rankings (rows, scores; best first): (rows, fused scores), best first.
+    Rows with equal scores share a rank (competition ranking): BM25 often ties rows that share the question's
+    words ("In which city was X born?" and "In what year was X born?" for "Where was X born?"), and an arbitrary
+    order among them would decide the fusion instead of the other ranking."""
     fused: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, row in enumerate(ranking.tolist()):
+    for rows, scores in rankings:
+        ranks = np.searchsorted(-np.asarray(scores, dtype=np.float64), -np.asarray(scores, dtype=np.float64),
+                                side="left")  # scores are descending: the first equal score's position
+        for row, rank in zip(rows.tolist(), ranks.tolist(), strict=True):
             fused[row] = fused.get(row, 0.0) + 1.0 / (k + rank + 1)
     rows = np.fromiter(fused, dtype=np.int64, count=len(fused))
     scores = np.fromiter(fused.values(), dtype=np.float64, count=len(fused))
@@ -94,19 +99,60 @@ class FactEmbedRouter:
 
 
 class FactBM25Router:
-    """BM25 between the question and every training row, best row per module."""
+    """BM25 between the question and every training row, best row per module.
+
+    Scored from bm25s's term -> rows weight lists directly: rows sharing a rare term with the question (df at most
+    RARE_DF of the rows: a name, a title word) are the candidates, and only they are scored, with all the
+    question's terms. bm25s's own `retrieve` scores every row (~6 ms a question over 100,000 rows); this costs
+    the postings of the question's rare terms. A row that shares only common words ("phone", "born") with a
+    question that names something rare is not the fact asked about; a question with no rare term scores all rows."""
 
     name = "bm25"
+    RARE_DF = 0.01
 
     def __init__(self, modules, keys: RowKeys) -> None:
         from loramem.retrieval.bm25 import BM25Retriever
 
         self.modules, self.keys = modules, keys
-        self.retriever = BM25Retriever.build(keys.texts)
+        model = BM25Retriever.build(keys.texts).model
+        self.vocab = model.vocab_dict
+        sc = model.scores
+        self.data, self.rows, self.ptr = sc["data"], sc["indices"].astype(np.int64), sc["indptr"]
+        self.n = int(sc["num_docs"])
+        for t in range(len(self.ptr) - 1):  # rows ascending within a term (searchsorted below relies on it)
+            a, b = self.ptr[t], self.ptr[t + 1]
+            if b - a > 1 and np.any(np.diff(self.rows[a:b]) < 0):
+                order = np.argsort(self.rows[a:b], kind="stable") + a
+                self.rows[a:b], self.data[a:b] = self.rows[order], self.data[order]
+
+    def _terms(self, question: str) -> list[int]:
+        from loramem.retrieval.bm25 import _tokens
+
+        return list(dict.fromkeys(t for t in (self.vocab.get(w) for w in _tokens([question])[0]) if t is not None))
 
     def search(self, question: str, n: int = ROWS) -> tuple[np.ndarray, np.ndarray]:
-        got = [(r, s) for r, s in self.retriever.search(question, n) if s > 0]  # 0: no query term in the row
-        return (np.asarray([r for r, _ in got], dtype=np.int64), np.asarray([s for _, s in got], dtype=np.float64))
+        """(rows, BM25 scores) best first, up to n; rows sharing no term with the question are left out."""
+        terms = self._terms(question)
+        if not terms:
+            return np.zeros(0, np.int64), np.zeros(0)
+        df = {t: self.ptr[t + 1] - self.ptr[t] for t in terms}
+        rare = [t for t in terms if df[t] <= max(64, self.RARE_DF * self.n)]
+        if not rare:
+            rows = np.concatenate([self.rows[self.ptr[t]:self.ptr[t + 1]] for t in terms])
+            w = np.concatenate([self.data[self.ptr[t]:self.ptr[t + 1]] for t in terms])
+            cand, inv = np.unique(rows, return_inverse=True)
+            scores = np.bincount(inv, weights=w)
+        else:
+            cand = np.unique(np.concatenate([self.rows[self.ptr[t]:self.ptr[t + 1]] for t in rare]))
+            scores = np.zeros(len(cand))
+            for t in terms:
+                post, w = self.rows[self.ptr[t]:self.ptr[t + 1]], self.data[self.ptr[t]:self.ptr[t + 1]]
+                at = np.minimum(np.searchsorted(post, cand), len(post) - 1)
+                hit = post[at] == cand
+                scores[hit] += w[at[hit]]
+        top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return cand[top], scores[top]
 
     def route(self, question: str, k: int = 1):
         rows, scores = self.search(question, max(ROWS, 4 * k))
@@ -135,7 +181,7 @@ class HybridRouter:
         n = max(ROWS, 4 * k)
         dense = self.dense.search(Embedder.encode_queries(questions), n)
         out = []
-        for q, (d_rows, _) in zip(questions, dense, strict=True):
-            rows, scores = rrf([d_rows, self.lexical.search(q, n)[0]])
+        for q, d in zip(questions, dense, strict=True):
+            rows, scores = rrf([d, self.lexical.search(q, n)])
             out.append(top_modules(self.modules, self.keys, rows, scores, k))
         return out
