@@ -44,16 +44,16 @@ def rrf(rankings: list[tuple[np.ndarray, np.ndarray]], k: int = RRF_K) -> tuple[
     Rows with equal scores share a rank (competition ranking): BM25 often ties rows that share the question's
     words ("In which city was X born?" and "In what year was X born?" for "Where was X born?"), and an arbitrary
     order among them would decide the fusion instead of the other ranking."""
-    fused: dict[int, float] = {}
+    all_rows, weights = [], []
     for rows, scores in rankings:
-        ranks = np.searchsorted(-np.asarray(scores, dtype=np.float64), -np.asarray(scores, dtype=np.float64),
-                                side="left")  # scores are descending: the first equal score's position
-        for row, rank in zip(rows.tolist(), ranks.tolist(), strict=True):
-            fused[row] = fused.get(row, 0.0) + 1.0 / (k + rank + 1)
-    rows = np.fromiter(fused, dtype=np.int64, count=len(fused))
-    scores = np.fromiter(fused.values(), dtype=np.float64, count=len(fused))
-    order = np.argsort(-scores, kind="stable")
-    return rows[order], scores[order]
+        neg = -np.asarray(scores, dtype=np.float64)
+        ranks = np.searchsorted(neg, neg, side="left")  # descending scores: the first equal score's position
+        all_rows.append(np.asarray(rows, dtype=np.int64))
+        weights.append(1.0 / (k + ranks + 1))
+    rows, inv = np.unique(np.concatenate(all_rows), return_inverse=True)
+    fused = np.bincount(inv, weights=np.concatenate(weights))
+    order = np.argsort(-fused, kind="stable")
+    return rows[order], fused[order]
 
 
 def top_modules(modules, keys: RowKeys, rows: np.ndarray, scores: np.ndarray, k: int, how: str = "max",
