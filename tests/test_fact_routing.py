@@ -159,3 +159,12 @@ def test_ask_cli_routes_by_fact_and_refuses_an_unknown_router(bank):
     assert bad.returncode == 2 and "--route hybrid" in (bad.stdout + bad.stderr)
     with pytest.raises(UserError, match="unknown router"):
         build_router("nearest", bank.list())
+
+
+def test_q9_finding_judges_the_papers_module_level_embedding_router():
+    from loramem.experiments.routing import finding_embed_can_fall_below
+
+    rows = [{"router": "single", "answer_accuracy": 0.7}, {"router": "embed", "answer_accuracy": 1.0},
+            {"router": "embed-module", "answer_accuracy": 0.4}]
+    verdict, ev = finding_embed_can_fall_below(rows)
+    assert verdict is True and ev["router"] == "embed-module"
