@@ -168,3 +168,13 @@ def test_q9_finding_judges_the_papers_module_level_embedding_router():
             {"router": "embed-module", "answer_accuracy": 0.4}]
     verdict, ev = finding_embed_can_fall_below(rows)
     assert verdict is True and ev["router"] == "embed-module"
+
+
+def test_verify_repair_cli_rebuilds_the_row_index(bank, tmp_path):
+    b = copy_bank(bank, tmp_path / "b")
+    vindex.folder(b).mkdir()
+    (vindex.folder(b) / vindex.INDEX_FILE).write_bytes(b"not an index")  # a damaged index file
+    assert run_cli("bank", "verify", "--bank", str(b.root)).returncode == 1
+    fixed = run_cli("bank", "verify", "--bank", str(b.root), "--repair")
+    assert fixed.returncode == 0 and "exact search" in fixed.stderr + fixed.stdout
+    assert not vindex.folder(b).exists()

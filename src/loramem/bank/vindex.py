@@ -136,7 +136,9 @@ def drift(bank, keys) -> str | None:
         return None
     got = load(bank)
     if got is None:
-        return f"{FOLDER}/ is missing or unreadable ({len(keys)} rows need one)" if len(keys) > EXACT_MAX else None
+        if folder(bank).is_dir():
+            return f"{FOLDER}/ is unreadable or incomplete"
+        return f"{FOLDER}/ is missing ({len(keys)} rows need one)"
     index, labels = got
     have, want = set(labels.tolist()), set(keys.labels.tolist())
     if index.ntotal != len(labels):
