@@ -49,7 +49,8 @@ class Session:
     def router(self, kind: str) -> Router:
         mods = self.modules()
         if kind not in self._routers:
-            keys, index = self.row_keys()
+            # only the fact-level routers (and lora's prefilter) read the row keys: oracle stays cheap
+            keys, index = self.row_keys() if kind in ("embed", "bm25", "hybrid", "lora") else (None, None)
             self._routers[kind] = build_router(kind, mods, resident=self.resident,
                                                on_new_embeddings=self.bank.set_embeddings, keys=keys, index=index,
                                                **({"candidates": self.cfg.lora_candidates} if kind == "lora" else {}))

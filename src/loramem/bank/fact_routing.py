@@ -14,10 +14,15 @@ module for holding many facts that merely look alike (every PhoneBook row reads 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+from bm25s.stopwords import STOPWORDS_EN
 
 from loramem.bank.rowkeys import RowKeys
 
+_WORD = re.compile(r"(?u)\b\w\w+\b")  # bm25s.tokenize's default token pattern
+_STOP = frozenset(STOPWORDS_EN)
 ROWS = 64  # rows retrieved per question: enough for top-k modules when k is small, and cheap for the index
 RRF_K = 60  # the reciprocal-rank-fusion constant of Cormack et al. (2009); damps the head of each ranking
 AGGREGATIONS = ("max", "sum")
@@ -126,9 +131,10 @@ class FactBM25Router:
                 self.rows[a:b], self.data[a:b] = self.rows[order], self.data[order]
 
     def _terms(self, question: str) -> list[int]:
-        from loramem.retrieval.bm25 import _tokens
-
-        return list(dict.fromkeys(t for t in (self.vocab.get(w) for w in _tokens([question])[0]) if t is not None))
+        """Vocabulary ids of the question's words, tokenized as bm25s.tokenize does (lowercase, its token
+        pattern, English stopwords) without its per-call progress-bar set-up (~0.2 ms a question)."""
+        words = _WORD.findall(question.lower())
+        return list(dict.fromkeys(t for t in (self.vocab.get(w) for w in words if w not in _STOP) if t is not None))
 
     def search(self, question: str, n: int = ROWS) -> tuple[np.ndarray, np.ndarray]:
         """(rows, BM25 scores) best first, up to n; rows sharing no term with the question are left out."""
