@@ -1,9 +1,9 @@
 """The vector index over a bank's row keys: exact search for small banks, FAISS IVF-Flat above `EXACT_MAX` rows,
 kept beside the manifest (BANK/row-index/) and updated on every write, rollback and remove.
 
-Why IVF-Flat (measured on 100,000 random unit vectors, 2 CPU cores, benchmarks/routing_latency.py has the
-numbers): build 4.8 s against 29 s for FAISS HNSW and 39 s for usearch HNSW (f16); 0.31 ms a query at nprobe 32
-with the planted nearest row found 200/200 times (HNSW: 0.5-1.0 ms, 80-85%). hnswlib has no wheel for
+Why IVF-Flat (measured on 100,000 random unit vectors, 2 CPU cores; the numbers are in the README, "Routing:
+fact-level keys"): build 4.8 s against 29 s for FAISS HNSW and 39 s for usearch HNSW (f16); 0.31 ms a query at
+nprobe 32 with the planted nearest row found 200/200 times (HNSW: 0.5-1.0 ms, 74-85%). hnswlib has no wheel for
 Python 3.11. Exact numpy search costs ~0.1 ms per 1,000 rows, so below EXACT_MAX rows it is as fast and exact.
 
 Labels are stable across writes: a fact row is labelled by its SQLite rowid in `row_keys`, a module keyed by its
