@@ -156,7 +156,7 @@ def test_ask_cli_routes_by_fact_and_refuses_an_unknown_router(bank):
         assert out.returncode == 0, out.stderr
         assert f'"name": "{gold}"' in out.stdout
     bad = run_cli("ask", q, "--bank", str(bank.root), "--route", "nearest")
-    assert bad.returncode == 2 and "--route hybrid" in (bad.stdout + bad.stderr)
+    assert bad.returncode == 2 and "--route embed" in (bad.stdout + bad.stderr)
     with pytest.raises(UserError, match="unknown router"):
         build_router("nearest", bank.list())
 

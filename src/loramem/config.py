@@ -148,7 +148,7 @@ RouterName = Literal["oracle", "embed", "bm25", "hybrid", "lora", "embed-module"
 class AskConfig(BaseModel):
     """One question against a bank (`loramem ask`, the server): route, merge, generate."""
 
-    route: RouterName = "hybrid"  # routes best on benchmarks/routing_quality.py (README table)
+    route: RouterName = "embed"  # fact-level; routes best on benchmarks/routing_quality.py (README table)
     top_k: int = Field(1, ge=1, le=64)
     merge: MergeConfig = Field(default_factory=MergeConfig)
     max_new_tokens: int = Field(32, ge=1, le=4096)

@@ -182,7 +182,7 @@ def ask_mode(question: str, bank, mode: str = "lora", base: str | None = None, c
     return {**res, **{k: v for k, v in info.items() if k not in res}}
 
 
-def ask_batch(questions: list[str], bank, base: str | None = None, route: str = "hybrid",
+def ask_batch(questions: list[str], bank, base: str | None = None, route: str = "embed",
               max_new_tokens: int = 32) -> list[dict]:
     """Top-1 routing with no merge for many questions at once: each row runs through its own module in one
     mixed-adapter batch."""

@@ -9,7 +9,7 @@ Every router retrieves the top `ROWS` rows and scores each module by its best ro
 not a sum or a vote count: a question asks for one fact, which one row of one module holds; summing rewards a
 module for holding many facts that merely look alike (every PhoneBook row reads "What is the phone number of
 ..."), so big modules would win questions about small ones. The routing benchmark measures both
-(benchmarks/routing_quality.py, `embed-sum`), and max routes better.
+(benchmarks/routing_quality.py, `embed-sum`), and max routes better. `embed` is the default router.
 """
 
 from __future__ import annotations

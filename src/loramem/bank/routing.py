@@ -4,13 +4,12 @@
     router.route("What is the phone number of Ann Lee?", k=3) -> [Scored(module, score), ...] best first
 
 - oracle: the module whose facts include the question's key (the gold module, known from the data);
-- embed:  fact-level: cosine between the question and every training row's question (all-MiniLM-L6-v2; rows by
+- embed:  (the default: it routes best on benchmarks/routing_quality.py) fact-level: cosine between the question and every training row's question (all-MiniLM-L6-v2; rows by
           the exact network, questions by the query encoder: int8 by default, see embeddings.query_encoder), the
           module of the best rows wins (fact_routing.py); modules without rows are keyed by their key text;
 - bm25:   fact-level BM25 over the training rows (bm25s);
-- hybrid: embed and bm25 row rankings fused by reciprocal rank (the default: it routes best on
-          benchmarks/routing_quality.py);
-- lora:   LoRA-aware, a second stage: ask each of the hybrid router's top candidates the question (one
+- hybrid: embed and bm25 row rankings fused by reciprocal rank;
+- lora:   LoRA-aware, a second stage: ask each of the embed router's top candidates the question (one
           mixed-adapter batch) and rank them by how confident each is in its own greedy answer (mean
           log-probability of the answer tokens). A module that stores the fact answers it sharply; others guess.
 - embed-module, bm25-module: the module-level keys of before (one key text per module), kept as baselines.
@@ -28,9 +27,8 @@ from loramem.bank.manifest import ModuleInfo
 from loramem.errors import UserError
 
 ROUTERS = ("oracle", "embed", "bm25", "hybrid", "lora", "embed-module", "bm25-module")
-DEFAULT_ROUTER = "hybrid"
+DEFAULT_ROUTER = "embed"
 EMBED_MODEL = "all-MiniLM-L6-v2"
-_FACT_LEVEL = ("embed", "bm25", "hybrid")
 
 
 @dataclass(frozen=True)

@@ -137,8 +137,8 @@ def bank_export(out: Path = typer.Argument(..., help="folder to write plain PEFT
 def ask_cmd(
     question: str = typer.Argument(..., help="the question"),
     bank: Path = BANK_OPT,
-    route: str = typer.Option("hybrid", help="hybrid (dense + BM25 over training rows), embed, bm25, lora (LoRA-aware "
-                              "second stage), oracle, embed-module or bm25-module (one key per module)"),
+    route: str = typer.Option("embed", help="embed (MiniLM over training rows), hybrid (+ BM25, RRF), bm25, lora "
+                              "(LoRA-aware second stage), oracle, embed-module or bm25-module (one key per module)"),
     top_k: int = typer.Option(1, help="modules to route to (merged unless --merge none)"),
     merge: str = typer.Option("none", help="none, linear, cat, ties, dare_linear, dare_ties, svd, magnitude_prune"),
     weights: str = typer.Option("auto", help="merge weights: auto, mean, sum, score or a comma list"),
