@@ -131,7 +131,7 @@ def main() -> None:
         print("query encoder side by side (one question, median): " + ", ".join(
             f"{name} {t:.3f} ms" for name, t in enc_ms.items()) + ", ratios vs PyTorch: " + ", ".join(
             f"{name} {enc_ms['PyTorch fp32'] / t:.2f}x" for name, t in enc_ms.items() if name != "PyTorch fp32"))
-        accuracy(s.router("embed"), questions, [i // 3 for i in range(0, len(entries), max(1, len(entries) //
+        accuracy(s.router("embed-module"), questions, [i // 3 for i in range(0, len(entries), max(1, len(entries) //
                                                                                       args.queries))][: args.queries],
                  f"PhoneBook, {len(questions)} questions over {args.modules} modules")
         if args.paperqa.is_file():

@@ -38,7 +38,7 @@ def test_routers_find_the_module_holding_the_fact(bank, kind, least):
 
 
 def test_embed_router_stores_key_embeddings_in_the_manifest(bank):
-    build_router("embed", bank.list(), on_new_embeddings=bank.set_embeddings)
+    build_router("embed-module", bank.list(), on_new_embeddings=bank.set_embeddings)
     mods = bank.list()
     assert all(m.key_embedding is not None and m.key_embedding.shape == (384,) for m in mods)
     assert all(m.embed_model == "all-MiniLM-L6-v2" for m in mods)

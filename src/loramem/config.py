@@ -211,10 +211,13 @@ class MergeConfig(BaseModel):
         return v
 
 
+RouterName = Literal["oracle", "embed", "bm25", "hybrid", "lora", "embed-module", "bm25-module"]  # bank/routing.py
+
+
 class AskConfig(BaseModel):
     """One question against a bank (`loramem ask`, the server): route, merge, generate."""
 
-    route: Literal["oracle", "embed", "bm25", "lora"] = "embed"
+    route: RouterName = "embed"  # fact-level; routes best on benchmarks/routing_quality.py (README table)
     top_k: int = Field(1, ge=1, le=64)
     merge: MergeConfig = Field(default_factory=MergeConfig)
     max_new_tokens: int = Field(32, ge=1, le=4096)

@@ -49,11 +49,22 @@ class Session:
     def router(self, kind: str) -> Router:
         mods = self.modules()
         if kind not in self._routers:
+            # only the fact-level routers (and lora's prefilter) read the row keys: oracle stays cheap
+            keys, index = self.row_keys() if kind in ("embed", "bm25", "hybrid", "lora") else (None, None)
             self._routers[kind] = build_router(kind, mods, resident=self.resident,
-                                               on_new_embeddings=self.bank.set_embeddings,
+                                               on_new_embeddings=self.bank.set_embeddings, keys=keys, index=index,
                                                **({"candidates": self.cfg.lora_candidates} if kind == "lora" else {}))
             self._stamp = (self.bank.root / MANIFEST).stat().st_mtime_ns  # storing embeddings touched it
         return self._routers[kind]
+
+    def row_keys(self):
+        """The serving modules' row keys and their vector index, read once per manifest change (all routers)."""
+        from loramem.bank import vindex
+
+        if "_keys" not in self._routers:
+            keys = self.bank.row_keys(self.modules())
+            self._routers["_keys"] = (keys, vindex.for_keys(self.bank, keys))
+        return self._routers["_keys"]
 
 
 _SESSIONS: dict[tuple, Session] = {}

@@ -42,6 +42,14 @@ CREATE TABLE IF NOT EXISTS modules (
     PRIMARY KEY (name, version)
 );
 CREATE TABLE IF NOT EXISTS heads (name TEXT PRIMARY KEY, version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS row_keys (  -- fact-level routing keys, one per training row (see rowkeys.py)
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    row INTEGER NOT NULL,
+    text TEXT NOT NULL,              -- the row's question / prompt, without the `Question: ... Answer:` frame
+    embedding BLOB NOT NULL,         -- float32 unit vector of text (all-MiniLM-L6-v2)
+    PRIMARY KEY (name, version, row)
+);
 """
 
 COLUMNS = ("name", "version", "path", "base_name", "base_fingerprint", "rank", "targets", "n_params", "sources",
@@ -114,11 +122,18 @@ def connect(path: Path, write: bool = False) -> sqlite3.Connection:
             con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         else:
             _check_identity(con, path, write)
+            if write:
+                con.executescript(SCHEMA)  # tables a newer loramem added (e.g. row_keys) appear on the next write
         if write:
             con.execute("PRAGMA synchronous=FULL")
         return con
     except sqlite3.DatabaseError as exc:
         raise ManifestError(_damaged(path, f"{type(exc).__name__}: {exc}")) from None
+
+
+def has_table(con: sqlite3.Connection, name: str) -> bool:
+    """Whether the manifest has a table (a bank written before it existed, opened read-only, has not)."""
+    return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
 def _damaged(path: Path, why: str) -> str:

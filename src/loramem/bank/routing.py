@@ -4,12 +4,15 @@
     router.route("What is the phone number of Ann Lee?", k=3) -> [Scored(module, score), ...] best first
 
 - oracle: the module whose facts include the question's key (the gold module, known from the data);
-- embed:  cosine between the question's embedding and each module's key-text embedding (all-MiniLM-L6-v2; keys
-          by the exact network, questions by the query encoder: int8 by default, see embeddings.query_encoder);
-- bm25:   BM25 over the modules' key texts (bm25s);
-- lora:   LoRA-aware: ask each candidate module the question (one mixed-adapter batch) and rank modules by how
-          confident each is in its own greedy answer (mean log-probability of the answer tokens). A module that
-          stores the fact answers it sharply; the others guess.
+- embed:  (the default: it routes best on benchmarks/routing_quality.py) fact-level: cosine between the question and every training row's question (all-MiniLM-L6-v2; rows by
+          the exact network, questions by the query encoder: int8 by default, see embeddings.query_encoder), the
+          module of the best rows wins (fact_routing.py); modules without rows are keyed by their key text;
+- bm25:   fact-level BM25 over the training rows (bm25s);
+- hybrid: embed and bm25 row rankings fused by reciprocal rank;
+- lora:   LoRA-aware, a second stage: ask each of the embed router's top candidates the question (one
+          mixed-adapter batch) and rank them by how confident each is in its own greedy answer (mean
+          log-probability of the answer tokens). A module that stores the fact answers it sharply; others guess.
+- embed-module, bm25-module: the module-level keys of before (one key text per module), kept as baselines.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import numpy as np
 from loramem.bank.manifest import ModuleInfo
 from loramem.errors import UserError
 
-ROUTERS = ("oracle", "embed", "bm25", "lora")
+ROUTERS = ("oracle", "embed", "bm25", "hybrid", "lora", "embed-module", "bm25-module")
+DEFAULT_ROUTER = "embed"
 EMBED_MODEL = "all-MiniLM-L6-v2"
 
 
@@ -103,21 +107,26 @@ class Embedder:
         return embed_queries(questions)
 
 
-class EmbedRouter:
-    """Top-k by cosine between the question and each module's key-text embedding."""
+def module_vectors(modules: list[ModuleInfo], on_new_embeddings=None) -> np.ndarray:
+    """Key-text embeddings of modules, computed once and stored in the manifest (`on_new_embeddings`)."""
+    todo = [m for m in modules if m.key_embedding is None or m.embed_model != EMBED_MODEL]
+    if todo:
+        fresh = Embedder.encode([m.key_text or m.name for m in todo])
+        for m, e in zip(todo, fresh, strict=True):
+            m.key_embedding, m.embed_model = e, EMBED_MODEL
+        if on_new_embeddings is not None:  # the bank stores them, so the next process skips this
+            on_new_embeddings([(m, m.key_embedding) for m in todo], EMBED_MODEL)
+    return np.stack([m.key_embedding for m in modules]).astype(np.float32)
 
-    name = "embed"
+
+class EmbedRouter:
+    """Module-level: top-k by cosine between the question and each module's key-text embedding."""
+
+    name = "embed-module"
 
     def __init__(self, modules: list[ModuleInfo], on_new_embeddings=None) -> None:
         self.modules = modules
-        todo = [m for m in modules if m.key_embedding is None or m.embed_model != EMBED_MODEL]
-        if todo:
-            fresh = Embedder.encode([m.key_text or m.name for m in todo])
-            for m, e in zip(todo, fresh, strict=True):
-                m.key_embedding, m.embed_model = e, EMBED_MODEL
-            if on_new_embeddings is not None:  # the bank stores them, so the next process skips this
-                on_new_embeddings([(m, m.key_embedding) for m in todo], EMBED_MODEL)
-        self.matrix = np.stack([m.key_embedding for m in modules]).astype(np.float32)
+        self.matrix = module_vectors(modules, on_new_embeddings)
 
     def route(self, question: str, k: int = 1) -> list[Scored]:
         q = Embedder.encode_queries([question])[0]
@@ -131,9 +140,9 @@ class EmbedRouter:
 
 
 class BM25Router:
-    """Top-k by BM25 between the question and each module's key text."""
+    """Module-level: top-k by BM25 between the question and each module's key text."""
 
-    name = "bm25"
+    name = "bm25-module"
 
     def __init__(self, modules: list[ModuleInfo]) -> None:
         import bm25s
@@ -162,13 +171,13 @@ class LoraRouter:
 
     name = "lora"
 
-    def __init__(self, modules: list[ModuleInfo], resident, candidates: int = 8, prefilter: str = "bm25",
-                 max_new_tokens: int = 16) -> None:
+    def __init__(self, modules: list[ModuleInfo], resident, candidates: int = 8, prefilter: str = DEFAULT_ROUTER,
+                 max_new_tokens: int = 16, keys=None) -> None:
         self.modules = modules
         self.resident = resident
         self.candidates = candidates
         self.max_new_tokens = max_new_tokens
-        self.pre = None if len(modules) <= candidates else build_router(prefilter, modules)
+        self.pre = None if len(modules) <= candidates else build_router(prefilter, modules, keys=keys)
 
     def route(self, question: str, k: int = 1) -> list[Scored]:
         from loramem.bank.generate import answer_confidence
@@ -215,18 +224,37 @@ def route_many(router: Router, questions: list[str], k: int = 1) -> list[list[Sc
     return many(questions, k) if many is not None else [router.route(q, k) for q in questions]
 
 
-def build_router(kind: str, modules: list[ModuleInfo], resident=None, on_new_embeddings=None, **kw) -> Router:
-    """A router by name over a list of modules (the serving versions of a bank)."""
+def check_router(kind: str) -> str:
+    if kind not in ROUTERS:
+        raise UserError(f"unknown router '{kind}'; choose one of {', '.join(ROUTERS)} (e.g. --route {DEFAULT_ROUTER})")
+    return kind
+
+
+def build_router(kind: str, modules: list[ModuleInfo], resident=None, on_new_embeddings=None, keys=None,
+                 index=None, **kw) -> Router:
+    """A router by name over a list of modules (the serving versions of a bank). `keys`: their fact-level row
+    keys (`MemoryBank.row_keys`); without them the fact-level routers key each module by its key text.
+    `index`: a vector index over `keys.matrix` (the bank's persisted one), else one is built."""
+    from loramem.bank import fact_routing
+    from loramem.bank.rowkeys import RowKeys
+
+    check_router(kind)
     if not modules:
         raise UserError("the bank has no modules to route to; write one with `loramem write FILE --bank DIR --name N`")
     if kind == "oracle":
         return OracleRouter(modules)
-    if kind == "embed":
+    if kind == "embed-module":
         return EmbedRouter(modules, on_new_embeddings)
-    if kind == "bm25":
+    if kind == "bm25-module":
         return BM25Router(modules)
     if kind == "lora":
         if resident is None:
             raise ValueError("the lora router needs loaded modules (a Resident)")
-        return LoraRouter(modules, resident, **kw)
-    raise UserError(f"unknown router '{kind}'; choose one of {', '.join(ROUTERS)}")
+        return LoraRouter(modules, resident, keys=keys, **kw)
+    if keys is None:
+        keys = RowKeys.modules_only(modules, lambda mods: module_vectors(mods, on_new_embeddings))
+    if kind == "embed":
+        return fact_routing.FactEmbedRouter(modules, keys, index, **kw)
+    if kind == "bm25":
+        return fact_routing.FactBM25Router(modules, keys)
+    return fact_routing.HybridRouter(modules, keys, index)

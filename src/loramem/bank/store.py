@@ -26,7 +26,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from loramem.bank.manifest import SELECT, ModuleInfo, connect, info_to_row, row_to_info
+from loramem.bank import rowkeys, vindex
+from loramem.bank.manifest import SELECT, ModuleInfo, connect, has_table, info_to_row, row_to_info
 from loramem.config import fault_point
 from loramem.errors import UserError
 
@@ -101,6 +102,7 @@ class NewModule:
     keys: list[str] = field(default_factory=list)
     sources: dict = field(default_factory=dict)
     view_mix: dict = field(default_factory=dict)
+    rows: list[str] | None = None  # fact-level routing keys of its training rows (questions), embedded on add
 
 
 _VERIFIED: dict[tuple[str, str], tuple] = {}  # (folder, checksum) -> file stamps when it last matched
@@ -250,10 +252,11 @@ class MemoryBank:
 
     def add_folder(self, folder: str | Path, name: str, record: dict | None = None, key_text: str = "",
                    keys: list[str] | None = None, sources: dict | None = None, view_mix: dict | None = None,
-                   move: bool = False) -> ModuleInfo:
-        """Add a saved PEFT module folder as the next version of `name` (atomic; serialized by the bank lock)."""
+                   move: bool = False, rows: list[str] | None = None) -> ModuleInfo:
+        """Add a saved PEFT module folder as the next version of `name` (atomic; serialized by the bank lock).
+        `rows`: the fact-level routing keys of its training rows (questions), embedded here and stored with it."""
         return self.add_folders([NewModule(Path(folder), name, record, key_text, keys or [], sources or {},
-                                           view_mix or {})], move=move)[0]
+                                           view_mix or {}, rows)], move=move)[0]
 
     def add_folders(self, items: list[NewModule], move: bool = False) -> list[ModuleInfo]:
         """Add several module folders in ONE manifest transaction: after a crash either all are new or none."""
@@ -266,7 +269,9 @@ class MemoryBank:
             fault_point("bank-staged")
             with self.lock:
                 self._clean_stale_staging()
-                return self._commit(staged)
+                infos = self._commit(staged)
+            vindex.after_change(self)
+            return infos
         finally:
             for st in staged:
                 shutil.rmtree(st[0], ignore_errors=True)
@@ -288,7 +293,8 @@ class MemoryBank:
             if move:
                 shutil.rmtree(folder)
         _fsync_tree(staging)
-        return staging, item, record, conf, folder_checksum(staging)
+        row_keys = (item.rows, rowkeys.embed_rows(item.rows)) if item.rows else None  # before the lock
+        return staging, item, record, conf, folder_checksum(staging), row_keys
 
     def _clean_stale_staging(self) -> None:
         """Remove the staging folders of writers that died (their pid is gone); called under the lock."""
@@ -302,7 +308,7 @@ class MemoryBank:
         with self._db(write=True) as con:
             known = dict(con.execute("SELECT key, value FROM meta"))
             infos, moves = [], []
-            for staging, item, record, conf, checksum in staged:
+            for staging, item, record, conf, checksum, _ in staged:
                 base = record["base"]
                 fp = known.get("base_fingerprint") or staged[0][2]["base"]["fingerprint"]
                 if fp != base["fingerprint"]:
@@ -321,8 +327,10 @@ class MemoryBank:
                 moves.append((staging, target))
             con.execute("BEGIN IMMEDIATE")
             try:
-                for info in infos:
+                for info, st in zip(infos, staged, strict=True):
                     con.execute(f"INSERT INTO modules VALUES ({', '.join('?' * 18)})", info_to_row(info))
+                    if st[5] is not None:
+                        rowkeys.insert(con, info.name, info.version, *st[5])
                     con.execute("INSERT OR REPLACE INTO heads VALUES (?, ?)", (info.name, info.version))
                     con.execute("INSERT OR IGNORE INTO meta VALUES ('base_name', ?)", (info.base_name,))
                     con.execute("INSERT OR IGNORE INTO meta VALUES ('base_fingerprint', ?)", (info.base_fingerprint,))
@@ -359,6 +367,7 @@ class MemoryBank:
                 con.execute("BEGIN IMMEDIATE")
                 con.execute("UPDATE heads SET version = ? WHERE name = ?", (to, name))
                 con.execute("COMMIT")
+        vindex.after_change(self)
         return self.get(name, to)
 
     def remove(self, name: str) -> list[int]:
@@ -372,9 +381,27 @@ class MemoryBank:
                 con.execute("BEGIN IMMEDIATE")
                 con.execute("DELETE FROM modules WHERE name = ?", (name,))
                 con.execute("DELETE FROM heads WHERE name = ?", (name,))
+                rowkeys.delete(con, name)
                 con.execute("COMMIT")
             shutil.rmtree(self.root / MODULES / name, ignore_errors=True)
+        vindex.after_change(self)
         return versions
+
+    def row_keys(self, modules: list[ModuleInfo]) -> rowkeys.RowKeys:
+        """The fact-level routing keys of these module versions (key text for modules without training rows)."""
+        from loramem.bank.routing import module_vectors
+
+        with self._db() as con:
+            return rowkeys.RowKeys.of(con, modules, lambda mods: module_vectors(mods, self.set_embeddings))
+
+    def row_count(self) -> int:
+        """Training-row keys recorded for all versions (a cheap size check)."""
+        if not self.exists():
+            return 0
+        with self._db() as con:
+            if not has_table(con, "row_keys"):
+                return 0
+            return con.execute("SELECT COUNT(*) FROM row_keys").fetchone()[0]
 
     def set_embeddings(self, items: list[tuple[ModuleInfo, list[float]]], model: str) -> None:
         """Store key embeddings (computed by the embedding router) in the manifest; a read-only bank keeps them
@@ -439,6 +466,8 @@ class MemoryBank:
             if vdir.resolve() not in recorded:
                 rep.notes.append(f"{vdir.relative_to(self.root)} is not in the manifest (left by an interrupted "
                                  "write or remove); it is ignored")
+        if not rep.problems and (off := vindex.check(self)) is not None:
+            rep.problems.append(f"row index: {off}; rebuild it with `loramem bank verify --bank {self.root} --repair`")
         stage = self.root / STAGING
         if stage.is_dir() and any(stage.iterdir()):
             rep.notes.append(f"{STAGING}/ holds unfinished writes; they are ignored")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from loramem.bank.manifest import ModuleInfo
 from loramem.bank.partition import Part, partition_file
+from loramem.bank.rowkeys import row_texts
 from loramem.bank.store import MemoryBank, NewModule, check_name, file_sha256
 from loramem.config import WriterConfig, fault_point
 from loramem.models import Base
@@ -70,4 +71,5 @@ def train_part(part: Part, bank: MemoryBank, name: str, base: Base, cfg: WriterC
     res.model.delete_adapter(ADAPTER)
     # a generated knowledge set has no file: its data hash stands in
     sources = {str(part.source): file_sha256(part.source) if part.source.is_file() else res.record["data_hash"]}
-    return NewModule(staging, name, res.record, part.key_text, part.keys, sources, view_mix or {"qa": 1.0})
+    return NewModule(staging, name, res.record, part.key_text, part.keys, sources, view_mix or {"qa": 1.0},
+                     row_texts(part.examples))

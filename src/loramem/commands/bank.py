@@ -107,13 +107,20 @@ def bank_rollback(name: str = typer.Argument(...), bank: Path = BANK_OPT,
 
 
 @bank_app.command("verify")
-def bank_verify(bank: Path = BANK_OPT, as_json: bool = typer.Option(False, "--json")) -> None:
+def bank_verify(bank: Path = BANK_OPT, as_json: bool = typer.Option(False, "--json"),
+                repair: bool = typer.Option(False, "--repair", help="rebuild the row index from the manifest")) -> None:
     """Check that manifest and files agree (exit 0 when sound, 1 with a report of what is wrong)."""
     from loramem.bank.store import MemoryBank
 
-    rep = MemoryBank(bank, create=False).verify() if Path(bank).is_dir() else None
-    if rep is None:
+    if not Path(bank).is_dir():
         raise UserError(f"no bank folder at {bank}")
+    if repair:
+        from loramem.bank import vindex
+
+        b = MemoryBank(bank, create=False)
+        with b.lock:
+            console.print(vindex.rebuild(b, b.row_keys(b.list())))
+    rep = MemoryBank(bank, create=False).verify()
     if as_json:
         print(json.dumps({"ok": rep.ok, "checked": rep.checked, "problems": rep.problems, "notes": rep.notes}))
     else:
@@ -152,7 +159,8 @@ def bank_export(out: Path = typer.Argument(..., help="folder to write portable P
 def ask_cmd(
     question: str = typer.Argument(..., help="the question"),
     bank: Path = BANK_OPT,
-    route: str = typer.Option("embed", help="oracle, embed, bm25 or lora"),
+    route: str = typer.Option("embed", help="embed (MiniLM over training rows), hybrid (+ BM25, RRF), bm25, lora "
+                              "(LoRA-aware second stage), oracle, embed-module or bm25-module (one key per module)"),
     top_k: int = typer.Option(1, help="modules to route to (merged unless --merge none)"),
     merge: str = typer.Option("none", help="none, linear, cat, ties, dare_linear, dare_ties, svd, magnitude_prune"),
     weights: str = typer.Option("auto", help="merge weights: auto, mean, sum, score or a comma list"),
@@ -172,11 +180,10 @@ def ask_cmd(
 
     from loramem.bank.ask import ask
     from loramem.bank.merging import check_method
-    from loramem.bank.routing import ROUTERS
+    from loramem.bank.routing import check_router
     from loramem.config import AskConfig, MergeConfig
 
-    if route not in ROUTERS:
-        raise UserError(f"unknown router '{route}'; choose one of {', '.join(ROUTERS)}")
+    check_router(route)
     check_method(merge)
     w = weights if weights in ("auto", "mean", "sum", "score") else csv_list(weights, float, "--weights")
     try:

@@ -17,7 +17,8 @@ def serve_cmd(
     port: int = typer.Option(8000),
     api_key: str | None = typer.Option(None, help="require this Bearer key (default: $LORAMEM_API_KEY)"),
     model: str | None = typer.Option(None, help="base model (default: the bank's)"),
-    route: str = typer.Option("embed", help="default router: oracle, embed, bm25 or lora"),
+    route: str = typer.Option("embed", help="default router: embed, hybrid, bm25, lora, oracle, embed-module or "
+                              "bm25-module"),
     max_batch: int = typer.Option(16, help="requests decoded together in one mixed-adapter batch"),
     max_tokens: int = typer.Option(256, help="largest max_tokens a request may ask for"),
     max_concurrent: int = typer.Option(64, help="requests in flight before 429"),

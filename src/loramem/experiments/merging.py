@@ -33,7 +33,7 @@ def cells(opts: RecipeOptions) -> list[dict]:
 
 def candidate_sets(s, k: int) -> list[tuple[int, ...]]:
     """Per fact: the gold part and the k-1 other parts the embedding router ranks highest (sorted tuple)."""
-    router = build_router("embed", s.parts)
+    router = build_router("embed", s.parts, keys=s.bank.row_keys(s.parts))
     sets = []
     for routed, gold in zip(route_many(router, questions(s), len(s.parts)), s.gold, strict=True):
         ranked = [s.parts.index(x.module) for x in routed]

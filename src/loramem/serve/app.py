@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from loramem.config import ServeConfig
+from loramem.config import RouterName, ServeConfig
 from loramem.errors import UserError
 from loramem.serve.batcher import Batcher, Job
 
@@ -40,7 +40,7 @@ class ChatRequest(BaseModel):
     stream: bool = False
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    route: Literal["oracle", "embed", "bm25", "lora"] | None = None
+    route: RouterName | None = None
     top_k: int | None = Field(None, ge=1, le=64)
     merge: str | None = None
     mode: Literal["lora", "base", "rag", "icl", "lora+rag", "lora+icl"] | None = None

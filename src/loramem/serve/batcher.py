@@ -22,7 +22,7 @@ class Job:
     question: str
     max_tokens: int
     module: str | None = None  # a module name forced by the request's model ("loramem:NAME")
-    route: str = "embed"
+    route: str = "embed"  # AskConfig's default router
     top_k: int = 1
     merge: str = "none"
     mode: str = "lora"  # lora (routed memory), base (memory off), or rag/icl/lora+rag/lora+icl (BANK/index)

@@ -1,0 +1,116 @@
+"""Routing quality of every router as a fraction of the oracle, on banks where each question's gold module is
+known (src/loramem/experiments/route_cases.py):
+
+    PYTHONPATH=src python benchmarks/routing_quality.py [--quick] [--paper-data DIR] [--latency-rows N]
+
+(a) the paper's 128K PhoneBook in 16 sectors, (b) QA facts in JSONL partitioned 8 and 32 ways, (c) PaperQA with
+one module per paper; (a) and (b) asked with the trained questions and with template paraphrases. Routing top-1 /
+top-3 accuracy needs no trained module (the oracle routes every question to its gold module: 1.0). Answer exact
+match with trained modules, and so the lora router (it asks the modules), is not measured here yet: its line
+reads nan.
+
+Ends with `route_<name>_of_oracle: X` per router (mean top-1 routing accuracy as a fraction of the oracle's over
+all cases and question kinds) and `route_ms_per_query_100k: Y` (the default router, embed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROUTED = ("embed", "bm25", "hybrid", "embed-sum", "embed-module", "bm25-module")
+
+
+def routers(case):
+    from loramem.bank.fact_routing import FactEmbedRouter
+    from loramem.bank.routing import build_router
+
+    for name in ROUTED:
+        if name == "embed-sum":  # the aggregation ablation: sum of the retrieved rows' cosines per module
+            yield name, FactEmbedRouter(case.modules, case.keys, how="sum")
+        else:
+            yield name, build_router(name, case.modules, keys=case.keys)
+
+
+def route_table(cases) -> list[dict]:
+    from loramem.experiments.route_cases import accuracy
+
+    rows = []
+    for case in cases:
+        for name, router in routers(case):
+            for kind in case.questions:
+                t0 = time.perf_counter()
+                acc = accuracy(router, case, kind)
+                rows.append({"case": case.name, "questions": kind, "router": name, "top1": acc["top1"],
+                             "top3": acc["top3"], "n": acc["n"], "s": time.perf_counter() - t0})
+                print(f"{case.name:18s} {kind:10s} {name:12s} top-1 {acc['top1']:.3f} top-3 {acc['top3']:.3f} "
+                      f"(n={acc['n']}, {rows[-1]['s']:.1f} s)", flush=True)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    cols = list(dict.fromkeys((r["case"], r["questions"]) for r in rows))
+    head = "| router | " + " | ".join(f"{c} {q}" for c, q in cols) + " | mean |"
+    lines = [head, "|" + "---|" * (len(cols) + 2), "| oracle | " + " | ".join("1.000" for _ in cols) + " | 1.000 |"]
+    for name in dict.fromkeys(r["router"] for r in rows):
+        got = {(r["case"], r["questions"]): r for r in rows if r["router"] == name}
+        cells = [f"{got[c]['top1']:.3f} / {got[c]['top3']:.3f}" for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {np.mean([got[c]['top1'] for c in cols]):.3f} |")
+    return "\n".join(lines) + "\n\n(top-1 / top-3 routing accuracy; the oracle's is 1.0, so these are fractions of it)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--paper-data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/paper-release")
+    ap.add_argument("--quick", action="store_true", help="small run: fewer PhoneBook questions and QA facts")
+    ap.add_argument("--qa-facts", type=int, default=None, help="QA facts of case (b) (default 480, quick 160)")
+    ap.add_argument("--phonebook-questions", type=int, default=None, help="sampled (default 2000, quick 300)")
+    ap.add_argument("--latency-rows", type=int, default=100_000, help="rows of the latency bank (0: skip)")
+    ap.add_argument("--out", type=Path, default=None, help="write the table (routing_quality.md) here")
+    args = ap.parse_args()
+
+    import torch
+
+    from loramem.experiments import route_cases
+
+    torch.set_num_threads(1)
+    qa_n = args.qa_facts or (160 if args.quick else 480)
+    pb_n = args.phonebook_questions or (300 if args.quick else 2000)
+    if not args.paper_data.is_dir():
+        print(f"paper release not found at {args.paper_data}; cases (a) and (c) skipped (pass --paper-data DIR)")
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = []
+        if args.paper_data.is_dir():
+            cases.append(route_cases.phonebook(args.paper_data, pb_n))
+        cases += [route_cases.qa(qa_n, 8, Path(tmp)), route_cases.qa(qa_n, 32, Path(tmp))]
+        if args.paper_data.is_dir():
+            cases.append(route_cases.paperqa(args.paper_data))
+        rows = route_table(cases)
+        table = markdown(rows)
+        print("\n" + table + "\n")
+        summary = {name: float(np.mean([r["top1"] for r in rows if r["router"] == name]))
+                   for name in dict.fromkeys(r["router"] for r in rows)}
+        summary["oracle"] = 1.0
+        summary["lora"] = float("nan")  # needs trained modules (answer confidence): not measured here
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "routing_quality.md").write_text(table + "\n")
+    if args.latency_rows:
+        from routing_latency import measure, report
+
+        m = measure(args.latency_rows, max(1, args.latency_rows // 100))
+        report(m)
+    for name, v in summary.items():
+        print(f"route_{name}_of_oracle: {v:.3f}")
+    if args.latency_rows:
+        print(f"route_ms_per_query_{args.latency_rows // 1000}k: {m['embed_ms']:.3f}")  # the default router
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
