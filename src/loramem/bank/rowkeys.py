@@ -87,9 +87,8 @@ class RowKeys:
     def of(cls, con, modules, module_vectors=None) -> RowKeys:
         """Row keys of these module versions from a manifest connection; module key text for modules without
         rows (their vectors from `module_vectors(modules_without_rows)`, default: embed the key texts)."""
-        from loramem.bank.vindex import MODULE_LABEL
-
         from loramem.bank.manifest import has_table
+        from loramem.bank.vindex import MODULE_LABEL
 
         where = {(m.name, m.version): i for i, m in enumerate(modules)}
         texts, blobs, owner, labels = [], [], [], []
