@@ -224,19 +224,20 @@ def test_a_read_only_bank_can_be_listed_verified_and_asked(bank, tmp_path):
 
 def test_a_full_disk_fails_the_write_and_keeps_the_bank(bank, tmp_path):
     mnt = tmp_path / "full"
-    if not _mount_tmpfs(mnt, "3m"):
+    size = sum(f.stat().st_size for f in bank.root.rglob("*") if f.is_file()) + 2 * 1024 * 1024
+    if not _mount_tmpfs(mnt, str(size)):
         pytest.skip("cannot mount a small tmpfs here (needs root or CAP_SYS_ADMIN); the disk-full case is untested")
     try:
         shutil.copytree(bank.root, mnt / "bank")
         b = MemoryBank(mnt / "bank")
         before = _heads(b)
         filler = mnt / "filler"
-        with filler.open("wb") as f:  # leave a few KB: room to start, not to stage a module
-            try:
+        try:  # fill it: no room to stage a module
+            with filler.open("wb") as f:
                 while True:
                     f.write(b"\0" * 65536)
-            except OSError:
-                pass
+        except OSError:
+            pass
         p = run_cli("write", str(phonebook_file(tmp_path, 9, seed=7)), "--bank", str(b.root), "--name", "people",
                     "--partition", "3", "--model", "tiny-random", "--steps", "2")
         assert p.returncode != 0
