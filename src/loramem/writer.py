@@ -377,7 +377,7 @@ def save_adapter(host, adapter: str, out: str | Path, record: dict) -> Path:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = get_peft_model_state_dict(host, adapter_name=adapter)
+    state = get_peft_model_state_dict(host, adapter_name=adapter, save_embedding_layers=False)
     bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
     if bad:  # a diverged run (too high --lr) would save a module that answers nothing
         raise UserError(f"training diverged: {len(bad)} LoRA tensors hold NaN or inf (e.g. {bad[0]}); nothing was "
@@ -438,7 +438,9 @@ def check_loaded_keys(host, adapter: str, folder: str | Path) -> None:
             saved = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
     except Exception as exc:  # a truncated or garbled file
         raise UserError(f"{f} is not a readable safetensors file ({exc}); write the module again") from None
-    want = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(host, adapter_name=adapter).items()}
+    # save_embedding_layers=False: modules are on linear layers only, and "auto" asks the hub about the base
+    state = get_peft_model_state_dict(host, adapter_name=adapter, save_embedding_layers=False)
+    want = {k: tuple(v.shape) for k, v in state.items()}
     if saved != want:
         extra, missing = sorted(set(saved) - set(want)), sorted(set(want) - set(saved))
         bad = [k for k in set(saved) & set(want) if saved[k] != want[k]]
