@@ -59,6 +59,24 @@ chat: question in the user turn, answer in the assistant turn of the model's cha
 chat-user: the whole row in the user turn (the paper's released recipe)."""
 
 
+# field -> (check, message): the writer's numbers, checked where the config is built (CLI, API and recipes alike)
+_WRITER_LIMITS = {
+    "rank": (lambda v: 1 <= v <= MAX_RANK, f"rank must be in 1..{MAX_RANK} (got {{v}}); pass e.g. --rank 8"),
+    "lr": (lambda v: math.isfinite(v) and 0 < v <= 10,
+           "lr must be a finite number in (0, 10] (got {v}); pass e.g. --lr 2e-3"),
+    "alpha": (lambda v: math.isfinite(v) and v > 0,
+              "alpha must be a finite number > 0 (got {v}); leave it out for 2 * rank"),
+    "dropout": (lambda v: 0 <= v < 1, "dropout must be in [0, 1) (got {v})"),
+    "epochs": (lambda v: math.isfinite(v) and 0 < v <= 1e6,
+               "epochs must be a finite number in (0, 1e6] (got {v}); or pass --steps N"),
+    "steps": (lambda v: 1 <= v <= 10**8, "steps must be in 1..1e8 (got {v}); --steps 0 would save an untrained module"),
+    "target_em": (lambda v: 0 < v <= 1, "target exact match must be in (0, 1] (got {v})"),
+    "max_seconds": (lambda v: v > 0, "max seconds must be > 0 (got {v})"),
+    "batch_size": (lambda v: 1 <= v <= 65536, "batch size must be in 1..65536 (got {v})"),
+    "eval_every": (lambda v: v >= 1, "eval every must be >= 1 step (got {v}); leave it out for the running estimate"),
+}
+
+
 class WriterConfig(BaseModel):
     """Options of one LoRA module's training run (`loramem write`)."""
 
@@ -86,74 +104,13 @@ class WriterConfig(BaseModel):
     max_seconds: float | None = None
     progress: bool = True
 
-    @field_validator("rank")
+    @field_validator(*_WRITER_LIMITS)
     @classmethod
-    def _rank_positive(cls, v: int) -> int:
-        if not 1 <= v <= MAX_RANK:
-            raise ValueError(f"rank must be in 1..{MAX_RANK} (got {v}); pass e.g. --rank 8")
-        return v
-
-    @field_validator("lr")
-    @classmethod
-    def _lr_positive(cls, v: float) -> float:
-        if not math.isfinite(v) or not 0 < v <= 10:
-            raise ValueError(f"lr must be a finite number in (0, 10] (got {v}); pass e.g. --lr 2e-3")
-        return v
-
-    @field_validator("alpha")
-    @classmethod
-    def _alpha_finite(cls, v: float | None) -> float | None:
-        if v is not None and (not math.isfinite(v) or v <= 0):
-            raise ValueError(f"alpha must be a finite number > 0 (got {v}); leave it out for 2 * rank")
-        return v
-
-    @field_validator("dropout")
-    @classmethod
-    def _dropout_range(cls, v: float) -> float:
-        if not 0 <= v < 1:  # NaN fails this too
-            raise ValueError(f"dropout must be in [0, 1) (got {v})")
-        return v
-
-    @field_validator("epochs")
-    @classmethod
-    def _epochs_finite(cls, v: float) -> float:
-        if not math.isfinite(v) or not 0 < v <= 1e6:
-            raise ValueError(f"epochs must be a finite number in (0, 1e6] (got {v}); or pass --steps N")
-        return v
-
-    @field_validator("steps")
-    @classmethod
-    def _steps_positive(cls, v: int | None) -> int | None:
-        if v is not None and not 1 <= v <= 10**8:
-            raise ValueError(f"steps must be in 1..1e8 (got {v}); --steps 0 would save an untrained module")
-        return v
-
-    @field_validator("target_em")
-    @classmethod
-    def _target_range(cls, v: float | None) -> float | None:
-        if v is not None and not 0 < v <= 1:
-            raise ValueError(f"target exact match must be in (0, 1] (got {v})")
-        return v
-
-    @field_validator("max_seconds")
-    @classmethod
-    def _seconds_positive(cls, v: float | None) -> float | None:
-        if v is not None and not (v > 0 and not math.isnan(v)):
-            raise ValueError(f"max seconds must be > 0 (got {v})")
-        return v
-
-    @field_validator("batch_size")
-    @classmethod
-    def _batch_positive(cls, v: int) -> int:
-        if not 1 <= v <= 65536:
-            raise ValueError(f"batch size must be in 1..65536 (got {v})")
-        return v
-
-    @field_validator("eval_every")
-    @classmethod
-    def _eval_every_positive(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError(f"eval every must be >= 1 step (got {v}); leave it out for the running estimate")
+    def _within_limits(cls, v, info):
+        """Finite and in range, or a message naming the fix (NaN fails every comparison, so it is refused too)."""
+        ok, message = _WRITER_LIMITS[info.field_name]
+        if v is not None and not ok(v):
+            raise ValueError(message.format(v=v))
         return v
 
     @model_validator(mode="after")
