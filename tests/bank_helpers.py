@@ -18,6 +18,19 @@ def phonebook_file(folder: Path, n: int = 9, seed: int = 0) -> Path:
     return phonebook.write(phonebook.generate(n, seed), folder / f"pb{n}-{seed}.csv")
 
 
+ROUTING_FACTS = 12  # the routing tests' bank: 12 PhoneBook facts (seed 0) in 3 modules people-00..02
+
+
+def routing_bank(folder: Path, base) -> MemoryBank:
+    return make_bank(folder / "bank", base, phonebook_file(folder, ROUTING_FACTS), partition=3)
+
+
+def gold_pairs() -> list[tuple[str, str]]:
+    """(question, module holding its fact) for every fact of `routing_bank`."""
+    entries = phonebook.generate(ROUTING_FACTS, 0)
+    return [(e.question() + "?", f"people-0{i * 3 // ROUTING_FACTS}") for i, e in enumerate(entries)]
+
+
 def make_bank(root: Path, base, train: Path, name: str = "people", partition: int | None = 3,
               cfg: dict | None = None) -> MemoryBank:
     from loramem.bank.write import write_to_bank

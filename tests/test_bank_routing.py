@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import pytest
-from bank_helpers import make_bank, phonebook_file
+from bank_helpers import ROUTING_FACTS, gold_pairs, routing_bank
 
 from loramem.bank.ask import ask, ask_batch, prepare
 from loramem.bank.generate import answer_confidence, generate_rows
 from loramem.bank.resident import Resident
 from loramem.bank.routing import build_router
-from loramem.data import phonebook
 from loramem.errors import UserError
 
-N_FACTS = 12
+N_FACTS = ROUTING_FACTS
 
 
 @pytest.fixture(scope="module")
 def bank(tiny_base, tmp_path_factory):
-    d = tmp_path_factory.mktemp("rbank")
-    return make_bank(d / "bank", tiny_base, phonebook_file(d, N_FACTS), partition=3)
+    return routing_bank(tmp_path_factory.mktemp("rbank"), tiny_base)
 
 
-def gold_pairs():
-    entries = phonebook.generate(N_FACTS, 0)
-    return [(e.question() + "?", f"people-0{i // 4}") for i, e in enumerate(entries)]
 
 
 @pytest.mark.parametrize("kind,least", [("oracle", 1.0), ("bm25", 1.0), ("embed", 0.75)])

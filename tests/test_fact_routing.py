@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from bank_helpers import copy_bank, make_bank, phonebook_file
+from bank_helpers import ROUTING_FACTS, copy_bank, gold_pairs, phonebook_file, routing_bank
 from conftest import run_cli
 
 from loramem.bank import vindex
@@ -16,17 +16,14 @@ from loramem.data import phonebook
 from loramem.errors import UserError
 from loramem.formats import Example
 
-N_FACTS = 12
+N_FACTS = ROUTING_FACTS
 
 
 @pytest.fixture(scope="module")
 def bank(tiny_base, tmp_path_factory):
-    d = tmp_path_factory.mktemp("fbank")
-    return make_bank(d / "bank", tiny_base, phonebook_file(d, N_FACTS), partition=3)
+    return routing_bank(tmp_path_factory.mktemp("fbank"), tiny_base)
 
 
-def gold_pairs():
-    return [(e.question() + "?", f"people-0{i // 4}") for i, e in enumerate(phonebook.generate(N_FACTS, 0))]
 
 
 def test_row_text_is_the_question_without_the_frame():
