@@ -94,9 +94,11 @@ def main() -> None:
                     default=Path(__file__).resolve().parents[2] / "shared/data/paper-release/paperqa/paperQA_public.json")
     args = ap.parse_args()
 
-    from loramem.bank.ask import ask, open_session
-    from loramem.bank.merging import METHODS, merge_weights
+    from loramem.answer.pipeline import ask
+    from loramem.answer.session import open_session
+    from loramem.bank.merging import merge_weights
     from loramem.config import AskConfig, MergeConfig
+    from loramem.registry import MERGES
 
     with tempfile.TemporaryDirectory() as tmp:
         bank, base, entries, add_ms = build_bank(Path(tmp), args.modules)
@@ -150,7 +152,7 @@ def main() -> None:
         top3 = mods[32:35]
         for m in top3:
             s.resident.ensure(m)
-        for method in [m for m in METHODS if m != "none"]:
+        for method in [m for m in MERGES.names() if m != "none"]:
             cfg = MergeConfig(method=method)
             t = ms(lambda c=cfg: s.resident.merged(top3, merge_weights(c, 3), c))
             t_cached = ms(lambda c=cfg: s.resident.merged(top3, merge_weights(c, 3), c), 20)
@@ -158,13 +160,13 @@ def main() -> None:
 
         q = questions[5]
         cfg = AskConfig(route="embed", top_k=3, merge=MergeConfig(method="ties"), max_new_tokens=8)
-        first = ask(q, bank, "tiny-random", cfg=cfg)
-        again = [ask(q, bank, "tiny-random", cfg=cfg) for _ in range(5)]
+        first = ask(q, bank, cfg, "tiny-random")
+        again = [ask(q, bank, cfg, "tiny-random") for _ in range(5)]
         cached_total = statistics.median(a["total_ms"] for a in again)
         print(f"ask (embed top-3, ties, 8 tokens): uncached merge {first['total_ms']:.1f} ms "
               f"(route {first['route_ms']:.1f}, merge {first['merge_ms']:.1f}, generate {first['generate_ms']:.1f}); "
               f"cached merge {cached_total:.1f} ms (ratio {first['total_ms'] / cached_total:.2f}x)")
-        top1 = [ask(q, bank, "tiny-random", route="embed", merge="none", max_new_tokens=8)["total_ms"]
+        top1 = [ask(q, bank, AskConfig(route="embed", max_new_tokens=8), "tiny-random")["total_ms"]
                 for _ in range(5)]
         print(f"ask (embed top-1, no merge): {statistics.median(top1):.1f} ms")
         print(f"route_ms_per_query: {route['embed']:.3f}")

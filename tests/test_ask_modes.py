@@ -8,9 +8,10 @@ import pytest
 from bank_helpers import QUICK, make_bank
 from conftest import run_cli
 
-from loramem.bank.ask import ask_mode
+from loramem.answer.pipeline import ask
+from loramem.config import AskConfig
 from loramem.errors import UserError
-from loramem.modes import MODES
+from loramem.registry import MODES
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +32,9 @@ def bank_with_index(tmp_path_factory, tiny_base):
     return bank
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODES.names())
 def test_every_mode_answers_and_reports_cost(bank_with_index, mode):
-    res = ask_mode("What is the phone number of Bob Stone?", bank_with_index, mode, "tiny-random")
+    res = ask("What is the phone number of Bob Stone?", bank_with_index, AskConfig(mode=mode), "tiny-random")
     assert res["mode"] == mode and isinstance(res["answer"], str)
     assert res["prompt_tokens"] > 0 and res["latency_ms"] > 0
     if mode.endswith("rag"):
@@ -41,7 +42,7 @@ def test_every_mode_answers_and_reports_cost(bank_with_index, mode):
     if mode.startswith("lora"):
         assert res["modules"]  # routed to a module
     if mode in ("rag", "icl", "lora+rag", "lora+icl"):
-        closed = ask_mode("What is the phone number of Bob Stone?", bank_with_index, "base", "tiny-random")
+        closed = ask("What is the phone number of Bob Stone?", bank_with_index, AskConfig(mode="base"), "tiny-random")
         assert res["prompt_tokens"] > closed["prompt_tokens"]  # the context is in the prompt
 
 
@@ -51,7 +52,7 @@ def test_context_modes_need_an_index(tmp_path, tiny_base):
     pb = phonebook.write(phonebook.generate(2, seed=5), tmp_path / "pb.csv")
     bank = make_bank(tmp_path / "bank", tiny_base, pb, name="p", partition=None, cfg=QUICK)
     with pytest.raises(UserError, match="loramem index"):
-        ask_mode("Who?", bank, "rag", "tiny-random")
+        ask("Who?", bank, AskConfig(mode="rag"), "tiny-random")
 
 
 def test_cli_ask_json_contract(bank_with_index):

@@ -7,13 +7,15 @@ import pytest
 import torch
 from bank_helpers import make_bank, phonebook_file
 
-from loramem.bank.merging import METHODS, merge_adapters, merge_weights
+from loramem.bank.merging import Factors, merge_into, merge_layers, merge_weights
 from loramem.bank.resident import Resident
 from loramem.config import MergeConfig
 from loramem.errors import UserError
+from loramem.registry import MERGES as REGISTRY
 
 IDS = torch.tensor([[1, 50, 60, 70, 80, 90]])
-MERGES = [m for m in METHODS if m != "none"]
+MERGES = [m for m in REGISTRY.names() if m != "none"]
+PEFT_MERGES = [m for m in MERGES if REGISTRY.entry(m).meta.get("peft")]
 
 
 @pytest.fixture(scope="module")
@@ -121,11 +123,11 @@ def test_mixed_ranks_need_cat_or_svd(bank, res, tiny_base, tmp_path):
     mods = b.list()
     with pytest.raises(UserError, match="one rank"):
         r.merged(mods, [0.5, 0.5], MergeConfig(method="ties"))
-    for method in ("cat", "svd"):
+    for method in ("cat", "svd", "exact-linear", "exact-ties", "exact-dare"):
         assert r.merged(mods, [0.5, 0.5], MergeConfig(method=method))[0]
     r.clear()
     with pytest.raises(ValueError):
-        merge_adapters(res.host, [], [], "x", MergeConfig(method="none"))
+        merge_into(res.host, ["x"], [1.0], "y", MergeConfig(method="none"))
 
 
 def test_fast_switch_gives_the_same_outputs_as_peft_set_adapter(bank, res):
@@ -138,3 +140,84 @@ def test_fast_switch_gives_the_same_outputs_as_peft_set_adapter(bank, res):
         assert torch.allclose(fast, logits(res.host, n), atol=0)  # logits() uses PEFT's own set_adapter
     res.activate(names[0])
     assert not torch.allclose(res.host(input_ids=IDS).logits, logits(res.host, names[1]), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", PEFT_MERGES)
+def test_peft_entries_give_the_adapter_peft_add_weighted_adapter_builds(bank, res, method):
+    mods = [bank.get(n) for n in ("people-00", "people-01", "people-02")]
+    # DARE drops at random and PEFT draws its new adapter's init from the same stream first: at density 1 the
+    # drop keeps everything, so both must agree exactly; the seeded drop itself is tested below
+    density = 1.0 if method.startswith("dare") else 0.6
+    cfg = MergeConfig(method=method, density=density, seed=5)
+    ours, _ = res.merged(mods, [0.5, 0.3, 0.2], cfg)
+    names = [res.ensure(m) for m in mods]
+    kw = {"density": density} if method in ("ties", "dare_linear", "dare_ties", "magnitude_prune") else {}
+    if method in ("ties", "dare_ties"):
+        kw["majority_sign_method"] = "total"
+    if method == "svd":
+        kw["svd_full_matrices"] = False
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        res.host.add_weighted_adapter(names, [0.5, 0.3, 0.2], "peft_ref", combination_type=method, **kw)
+    conf = res.host.peft_config["peft_ref"]
+    for module in res.host.modules():  # PEFT keeps alpha = r but rsLoRA would rescale: compare the raw updates
+        if isinstance(getattr(module, "scaling", None), dict) and "peft_ref" in module.scaling:
+            module.scaling["peft_ref"] = 1.0
+    assert conf.r == res.host.peft_config[ours].r
+    try:
+        assert torch.allclose(logits(res.host, ours), logits(res.host, "peft_ref"), atol=1e-5)
+    finally:
+        res.host.delete_adapter("peft_ref")
+
+
+def _factors(r: int, seed: int, out: int = 12, inp: int = 10, scale: float = 2.0) -> Factors:
+    g = torch.Generator().manual_seed(seed)
+    return Factors(torch.randn(r, inp, generator=g), torch.randn(out, r, generator=g), scale)
+
+
+def _merged_delta(method: str, layers, weights, **cfg) -> torch.Tensor:
+    return merge_layers([{"l": f} for f in layers], weights, MergeConfig(method=method, **cfg))["l"].delta()
+
+
+@pytest.mark.parametrize("method", ["exact-linear", "exact-ties", "exact-dare", "cat", "svd"])
+def test_one_module_merged_with_weight_one_is_the_module(method):
+    f = _factors(3, 0)
+    kw = {"density": 1.0} if method in ("exact-ties", "exact-dare") else {}
+    assert torch.allclose(_merged_delta(method, [f], [1.0], **kw), f.delta(), atol=1e-9 * f.delta().abs().max() + 1e-6)
+
+
+def test_exact_linear_is_the_weighted_sum_of_the_updates_up_to_the_svd_truncation():
+    fs = [_factors(2, 1), _factors(3, 2), _factors(2, 3)]
+    w = [0.5, -0.25, 1.5]
+    want = sum(wi * f.delta() for wi, f in zip(w, fs, strict=True))
+    assert torch.allclose(_merged_delta("exact-linear", fs, w), want, atol=1e-9)  # default rank 7: nothing lost
+    low = _merged_delta("exact-linear", fs, w, svd_rank=4)
+    s = torch.linalg.svdvals(want)
+    # the truncation is the best rank-4 approximation: its error is exactly the dropped singular values
+    assert abs(torch.linalg.matrix_norm(want - low) - s[4:].norm()) < 1e-8
+    peft_linear = _merged_delta("linear", [_factors(2, 1), _factors(2, 4)], [0.5, 0.5])
+    exact = _merged_delta("exact-linear", [_factors(2, 1), _factors(2, 4)], [0.5, 0.5])
+    assert not torch.allclose(peft_linear, exact, atol=1e-3)  # PEFT's linear is not the sum of the updates
+
+
+def test_exact_ties_keeps_only_agreeing_signs():
+    a = Factors(torch.eye(2), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    b = Factors(torch.eye(2), torch.tensor([[-3.0, 0.0], [0.0, 1.0]]))
+    got = _merged_delta("exact-ties", [a, b], [1.0, 1.0], density=1.0)
+    # entry (0,0): +1 and -3 disagree, the elected sign (total) is -, so only -3 survives; (1,1): both +1 -> mean 1
+    assert torch.allclose(got, torch.tensor([[-3.0, 0.0], [0.0, 1.0]], dtype=got.dtype), atol=1e-9)
+
+
+def test_a_merge_of_ones_own_is_one_registered_function(bank, res):
+    @REGISTRY.register("first-only", help="the first module's update alone (test)")
+    def first_only(layers, weights, cfg):
+        return Factors(layers[0].A * layers[0].scale, layers[0].B)
+
+    try:
+        a, b = bank.get("people-00"), bank.get("people-01")
+        own = res.ensure(a)
+        name, _ = res.merged([a, b], [0.5, 0.5], MergeConfig(method="first-only"))
+        assert torch.allclose(logits(res.host, name), logits(res.host, own), atol=1e-5)
+        assert "first-only" in REGISTRY.help_text()
+    finally:
+        REGISTRY._entries.pop("first-only")

@@ -5,10 +5,14 @@ from __future__ import annotations
 import pytest
 from bank_helpers import ROUTING_FACTS, gold_pairs, routing_bank
 
-from loramem.bank.ask import ask, ask_batch, prepare
-from loramem.bank.generate import answer_confidence, generate_rows
+from loramem.answer.decode import decode
+from loramem.answer.pipeline import Request, ask_many, prepare
+from loramem.answer.prompt import build_prompt
+from loramem.answer.session import open_session
+from loramem.api import ask
 from loramem.bank.resident import Resident
 from loramem.bank.routing import build_router
+from loramem.config import AskConfig, ask_config
 from loramem.errors import UserError
 
 N_FACTS = ROUTING_FACTS
@@ -49,11 +53,12 @@ def test_lora_router_scores_every_candidate_in_one_mixed_batch(bank, tiny_base):
     mods = bank.list()
     names = [res.ensure(m) for m in mods]
     q = gold_pairs()[0][0]
-    mixed = answer_confidence(res.host, tiny_base, q, names)
+    p = build_prompt(q, tiny_base.tokenizer, "plain")
+    mixed = [r.mean_logprob for r in decode(res.host, tiny_base.tokenizer, [p] * 3, 16, adapters=names)]
     alone = []
     for n in names:  # the same scores one adapter at a time
         res.activate(n)
-        alone.append(generate_rows(res.host, tiny_base, [q], None, "plain", 16)[0].mean_logprob)
+        alone.append(decode(res.host, tiny_base.tokenizer, [p], 16)[0].mean_logprob)
     assert mixed == pytest.approx(alone, abs=1e-4)
     assert len(set(round(x, 5) for x in mixed)) == 3  # the modules really differ
     got = build_router("lora", mods, resident=res).route(q, 3)
@@ -62,24 +67,27 @@ def test_lora_router_scores_every_candidate_in_one_mixed_batch(bank, tiny_base):
 
 
 def test_prepare_activates_the_merged_adapter_and_ask_reports_timings(bank):
-    host, info = prepare(gold_pairs()[5][0], bank, route="bm25", top_k=2, merge="ties")
+    host, info = prepare(gold_pairs()[5][0], bank, ask_config(route="bm25", top_k=2, merge="ties"))
     assert [m["name"] for m in info["modules"]][0] == "people-01" and len(info["modules"]) == 2
     assert host.active_adapter == info["adapter"] and not info["merge_cached"]
-    out = ask(gold_pairs()[5][0], bank, route="bm25", top_k=2, merge="ties", max_new_tokens=4)
+    out = ask(gold_pairs()[5][0], bank, route="bm25", top_k=2, merge="ties", max_tokens=4)
     assert out["merge_cached"] and out["adapter"] == info["adapter"]
     for k in ("answer", "route_ms", "merge_ms", "generate_ms", "prompt_tokens", "completion_tokens"):
         assert k in out
     assert out["completion_tokens"] <= 4 and out["route_ms"] >= 0
-    top1 = ask(gold_pairs()[0][0], bank, route="oracle", merge="none", max_new_tokens=4)
+    top1 = ask(gold_pairs()[0][0], bank, route="oracle", merge="none", max_tokens=4)
     assert [m["name"] for m in top1["modules"]] == ["people-00"]
 
 
 def test_mixed_adapter_batch_matches_one_question_at_a_time(bank):
     qs = [q for q, _ in gold_pairs()[::4]]
-    rows = ask_batch(qs, bank, route="oracle", max_new_tokens=6)
+    cfg = AskConfig(route="oracle", max_new_tokens=6)
+    rows = ask_many(open_session(bank), [Request(q, cfg) for q in qs])
     assert [r["modules"][0]["name"] for r in rows] == ["people-00", "people-01", "people-02"]
-    singles = [ask(q, bank, route="oracle", max_new_tokens=6)["answer"] for q in qs]
-    assert [r["answer"] for r in rows] == singles
+    assert all(r["batch"] == 3 for r in rows)  # one mixed-adapter batch
+    singles = [ask(q, bank, route="oracle", max_tokens=6) for q in qs]
+    assert [r["answer"] for r in rows] == [r["answer"] for r in singles]
+    assert [r["prompt_tokens"] for r in rows] == [r["prompt_tokens"] for r in singles]
 
 
 def test_modules_of_another_base_are_refused_at_load(bank):

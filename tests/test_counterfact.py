@@ -53,7 +53,7 @@ def test_metric_functions():
 
 
 def test_an_edit_module_makes_the_new_object_beat_the_old(tiny_base, tmp_path):
-    from loramem.modes import memory_off
+    from loramem.answer.pipeline import memory_off
     from loramem.writer import write_module
 
     path = tmp_path / "counterfact.json"

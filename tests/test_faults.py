@@ -101,7 +101,7 @@ DAMAGE = {
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_a_damaged_module_is_refused_with_one_line_naming_it(fresh, tiny_base, damage):
-    from loramem.bank.ask import ask
+    from loramem.api import ask
 
     first, other = fresh.list()[0], fresh.list()[2]
     DAMAGE[damage](fresh)
@@ -173,7 +173,7 @@ def test_verify_exits_1_on_a_zero_byte_manifest(fresh):
 
 @pytest.mark.parametrize("column,value", [("name", "../../evil"), ("path", "../.."), ("path", "/etc")])
 def test_hostile_manifest_rows_are_not_followed(fresh, tmp_path, column, value):
-    from loramem.bank.ask import ask
+    from loramem.api import ask
 
     con = sqlite3.connect(fresh.root / MANIFEST)
     info = fresh.list()[0]

@@ -88,7 +88,7 @@ numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(
 @given(lr=numbers, alpha=numbers, epochs=numbers, dropout=numbers, rank=st.integers(-10, 10**10),
        steps=st.integers(-10, 10**10))
 def test_writer_numbers_are_finite_and_in_range_or_refused(lr, alpha, epochs, dropout, rank, steps):
-    from loramem.cli import _writer_config
+    from loramem.commands import writer_options as _writer_config
 
     try:
         cfg = _writer_config(recipe="fast", lr=lr, alpha=alpha, epochs=epochs, dropout=dropout, rank=rank,

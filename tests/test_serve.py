@@ -59,7 +59,7 @@ def test_lists_routed_memory_and_each_module(server):
 
 
 def test_answer_matches_loramem_ask_and_routes_to_the_right_module(server):
-    from loramem.bank.ask import ask
+    from loramem.api import ask
 
     c = _client(server)
     for name, who in (("ann", "Ann Lee"), ("bob", "Bob Stone")):
@@ -68,7 +68,7 @@ def test_answer_matches_loramem_ask_and_routes_to_the_right_module(server):
                                       max_tokens=16, extra_body={"route": "bm25"})
         extra = r.model_extra["loramem"]
         assert extra["modules"][0]["name"] == name
-        same = ask(q, server["bank"], "tiny-random", route="bm25", max_new_tokens=16)
+        same = ask(q, server["bank"], "tiny-random", route="bm25", max_tokens=16)
         assert r.choices[0].message.content == same["answer"]
         assert r.usage.prompt_tokens == same["prompt_tokens"]
 

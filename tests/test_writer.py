@@ -99,7 +99,7 @@ def test_module_of_another_base_is_refused(trained, tiny_base, tmp_path):
 
 
 def test_paper_recipe_is_the_authors_settings():
-    cfg = WriterConfig.recipe("paper", rank=16)
+    cfg = WriterConfig.preset("paper", rank=16)
     assert (cfg.alpha, cfg.dropout, cfg.lr, cfg.schedule, cfg.batch_size, cfg.steps, cfg.loss, cfg.format) == (
         16, 0.1, 5e-5, "cosine", 8, 1500, "sequence", "chat-user")
     assert cfg.target_em is None

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loramem.config import DEFAULT_MODEL
+
 if TYPE_CHECKING:  # kept out of `import loramem`: these pull in torch
     from loramem.bank.manifest import ModuleInfo
     from loramem.bank.store import MemoryBank, VerifyReport
@@ -62,15 +64,15 @@ def _examples(data: str | Path | Sequence) -> list[Example]:
 
 
 def write(data: str | Path | Sequence, bank: str | Path | Bank | None = None, name: str | None = None,
-          model: str | Base = "smollm2-135m", out: str | Path | None = None, recipe: str = "fast",
+          model: str | Base = DEFAULT_MODEL, out: str | Path | None = None, recipe: str = "fast",
           partition: int | None = None, data_license: str | None = None, **writer: Any) -> dict:
     """Train a memory module on facts and add it to a bank as NAME (or save it to the folder `out`).
 
     `data`: a PhoneBook CSV/JSON, a JSONL of {"prompt", "answer"} rows, or those facts inline. `writer`: any
     `WriterConfig` option (rank=8, lr=2e-3, steps=..., target_em=1.0, ...) over the `recipe` preset. Returns the
     run record (`exact_match`, `steps`, `seconds`, ...), with `modules` listing the bank ids written."""
+    from loramem.config import writer_config
     from loramem.errors import UserError
-    from loramem.options import writer_config
 
     cfg = writer_config(recipe, **writer)
     base = _base(model)
@@ -147,30 +149,25 @@ class Bank:
 
     def _base_name(self) -> str:
         known = self.store.base()
-        return known[0] if known else "smollm2-135m"
+        return known[0] if known else DEFAULT_MODEL
 
 
 def ask(question: str, bank: str | Path | Bank, model: str | Base | None = None, route: str = "embed",
         top_k: int = 1, merge: str = "none", mode: str = "lora", max_tokens: int = 32, **options: Any) -> dict:
-    """Answer a question from a bank (route -> merge -> generate); returns {"answer", "modules", timings, ...}.
+    """Answer a question from a bank (route -> merge -> prompt -> decode, the road `loramem ask` takes); returns
+    {"answer", "modules", timings, ...}.
 
-    `mode`: lora (default), base, icl, rag, lora+rag or lora+icl. Other `options` are `AskConfig` fields."""
-    from loramem.bank.ask import ask as ask_bank
-    from loramem.bank.ask import ask_mode
-    from loramem.options import ask_config
+    `mode`: lora (default), base, icl, rag, lora+rag or lora+icl. Other `options` are `AskConfig` fields
+    (chunks=, overflow=, context_budget=, weights=, density=, ...)."""
+    from loramem.answer.pipeline import ask as ask_bank
+    from loramem.config import ask_config
 
-    cfg = ask_config(route=route, top_k=top_k, merge=merge, max_new_tokens=max_tokens, **options)
+    cfg = ask_config(route=route, top_k=top_k, merge=merge, mode=mode, max_new_tokens=max_tokens, **options)
     base = _base(model)
-    store = _store(bank)
-    name = base.name if base is not None else None
-    if mode == "lora":
-        return ask_bank(question, store, name, cfg=cfg)
-    from loramem.config import AnswerConfig
-
-    return ask_mode(question, store, mode, name, cfg, None, AnswerConfig(max_new_tokens=max_tokens))
+    return ask_bank(question, _store(bank), cfg, base.name if base is not None else None)
 
 
-def datasheet(out: str | Path, model: str | Base = "smollm2-135m", scale: str = "smoke", only: str | None = None,
+def datasheet(out: str | Path, model: str | Base = DEFAULT_MODEL, scale: str = "smoke", only: str | None = None,
               **options: Any) -> dict:
     """Run the paper's audit on a base model; writes report.html/.md, results.jsonl and findings.json into OUT.
 

@@ -106,33 +106,17 @@ class LocalChat:
 
     def chat(self, conversations: list[Messages], max_tokens: int = 256, temperature: float = 0.0,
              json_mode: bool = False) -> list[str]:
-        import torch
+        """One reply per conversation, through the one decoding loop (memory modules switched off)."""
+        from loramem.answer.decode import Sampling, decode
+        from loramem.answer.prompt import chat_prompt
 
         tok = self.base.tokenizer
-        prompts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in conversations]
-        ids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        out = [""] * len(ids)
-        model = self._model()
-        torch.manual_seed(self.seed)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        for k in range(0, len(order), self.batch_size):
-            idx = order[k:k + self.batch_size]
-            T = max(len(ids[i]) for i in idx)
-            x = torch.full((len(idx), T), pad, dtype=torch.long)
-            att = torch.zeros_like(x)
-            for row, i in enumerate(idx):
-                x[row, T - len(ids[i]):] = torch.tensor(ids[i])
-                att[row, T - len(ids[i]):] = 1
-            sample = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {
-                "do_sample": False}
-            with torch.no_grad(), self._base_only():
-                gen = model.generate(input_ids=x.to(self.base.device), attention_mask=att.to(self.base.device),
-                                     max_new_tokens=max_tokens, pad_token_id=pad, repetition_penalty=1.1,
-                                     **sample)
-            for row, i in enumerate(idx):
-                out[i] = tok.decode(gen[row, T:], skip_special_tokens=True).strip()
-        return out
+        prompts = [chat_prompt(m, tok) for m in conversations]
+        sampling = Sampling(temperature=temperature, top_p=0.95 if temperature > 0 else 1.0,
+                            repetition_penalty=1.1, seed=self.seed)
+        with self._base_only():
+            rows = decode(self._model(), tok, prompts, max_tokens, batch_size=self.batch_size, sampling=sampling)
+        return [r.text for r in rows]
 
     def _model(self):
         return self.base.model

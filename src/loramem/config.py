@@ -1,37 +1,90 @@
 """Typed settings shared by the CLI, the library and the server. Defaults live here, once.
 
-This is the only module (besides cli.py) that reads the environment.
+This is the only module that reads the environment (`settings()`); the CLI alone reads sys.argv.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from loramem.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m"
 MAX_RANK = 4096  # well past any model's hidden size here; the writer also checks rank against the model
 
+_ENV = {  # setting -> the variables it is read from, first set wins
+    "home": ("LORAMEM_HOME",),
+    "precision": ("LORAMEM_PRECISION",),
+    "query_encoder": ("LORAMEM_QUERY_ENCODER",),
+    "onnx": ("LORAMEM_ONNX",),
+    "api_key": ("LORAMEM_API_KEY",),
+    "paper_data": ("LORAMEM_PAPER_DATA",),
+    "fault": ("LORAMEM_FAULT",),
+    "openai_base_url": ("LORAMEM_OPENAI_BASE_URL", "OPENAI_BASE_URL"),
+    "openai_model": ("LORAMEM_OPENAI_MODEL", "OPENAI_MODEL"),
+    "openai_api_key": ("LORAMEM_OPENAI_API_KEY", "OPENAI_API_KEY"),
+}
+
+
+class Settings(BaseModel):
+    """What the environment says, read in one place: LORAMEM_* variables (and the openai client's OPENAI_*)."""
+
+    home: Path = Field(Path.home() / ".cache" / "loramem", description="cache root (models, views, banks of recipes)")
+    precision: str = Field("auto", description="writer precision: auto, fp32 or bf16")
+    query_encoder: str = Field("int8", description="router query encoder: int8, fp32 or torch")
+    onnx: bool = Field(True, description="0: never use ONNX Runtime for the query encoder")
+    api_key: str | None = Field(None, description="`loramem serve` requires `Authorization: Bearer KEY`")
+    paper_data: Path | None = Field(None, description="the paper's release folder")
+    fault: str | None = Field(None, description="test hook: the fault point where this process kills itself")
+    openai_base_url: str | None = None
+    openai_model: str | None = None
+    openai_api_key: str | None = None
+
+    @field_validator("home", "paper_data")
+    @classmethod
+    def _expand(cls, v):
+        return None if v is None else Path(v).expanduser()
+
+    @field_validator("precision", "query_encoder")
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        return v.strip().lower()
+
+
+def settings() -> Settings:
+    """The settings of the current environment (parsed again only when a variable changed)."""
+    snapshot = tuple((var, os.environ.get(var)) for names in _ENV.values() for var in names)
+    return _parse(snapshot)
+
+
+@lru_cache(maxsize=8)
+def _parse(snapshot: tuple) -> Settings:
+    env = dict(snapshot)
+    values: dict[str, Any] = {}
+    for field, names in _ENV.items():
+        given = next((env[n] for n in names if env.get(n)), None)
+        if given is not None:
+            values[field] = given.strip() not in ("0", "false", "no") if field == "onnx" else given
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise user_error(exc, "environment") from None
+
 
 def loramem_home() -> Path:
     """Cache root: $LORAMEM_HOME, else ~/.cache/loramem."""
-    return Path(os.environ.get("LORAMEM_HOME", Path.home() / ".cache" / "loramem")).expanduser()
-
-
-def env(name: str, default: str | None = None) -> str | None:
-    """Read one environment variable (API keys, endpoints); the only place library code may."""
-    return os.environ.get(name, default)
-
-
-FAULT_ENV = "LORAMEM_FAULT"
+    return settings().home
 
 
 def fault_point(name: str) -> None:
     """A named moment where the fault tests kill this process (`LORAMEM_FAULT=name`): a test hook, not a sleep."""
-    if os.environ.get(FAULT_ENV) == name:
+    if settings().fault == name:
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
@@ -39,9 +92,9 @@ def fault_point(name: str) -> None:
 
 def paper_release_dir() -> Path | None:
     """Where the paper's released data lies: $LORAMEM_PAPER_DATA, else ../shared/data/paper-release if present."""
-    given = os.environ.get("LORAMEM_PAPER_DATA")
+    given = settings().paper_data
     if given:
-        return Path(given)
+        return given
     for base in (Path.cwd(), *Path.cwd().parents):
         cand = base.parent / "shared" / "data" / "paper-release"
         if cand.is_dir():
@@ -50,6 +103,37 @@ def paper_release_dir() -> Path | None:
         if cand.is_dir():
             return cand
     return None
+
+
+# ---- turning bad values into one line ----
+
+
+def user_error(exc: ValidationError, where: str = "") -> UserError:
+    """A pydantic validation error as one UserError line naming each bad option and why."""
+    msgs = []
+    for e in exc.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        msgs.append(f"{loc}: {msg}" if loc and loc not in msg else msg)
+    return UserError((f"bad {where}: " if where else "") + "; ".join(msgs))
+
+
+def build(cls: type[BaseModel], **values: Any):
+    """`cls(**values)`, a bad value reported as one UserError (the one place this conversion is written)."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        raise user_error(exc) from None
+
+
+def _registered(registry_name: str, v: str) -> str:
+    """A name checked against its family's registry (routers, merges, modes, generators, judges)."""
+    from loramem import registry
+
+    reg = getattr(registry, registry_name)
+    if v not in reg:
+        raise ValueError(f"unknown {reg.family} '{v}'; choose one of {', '.join(reg.names())}")
+    return v
 
 
 Format = Literal["plain", "chat", "chat-user"]
@@ -120,7 +204,7 @@ class WriterConfig(BaseModel):
         return self
 
     @classmethod
-    def recipe(cls, name: str, **overrides) -> WriterConfig:
+    def preset(cls, name: str, **overrides) -> WriterConfig:
         """A named preset; `paper` reproduces the authors' released settings."""
         presets = {
             "fast": {},
@@ -144,7 +228,7 @@ class WriterConfig(BaseModel):
 class MergeConfig(BaseModel):
     """How routed modules become one adapter (`--merge`); see loramem.bank.merging."""
 
-    method: Literal["none", "linear", "cat", "ties", "dare_linear", "dare_ties", "svd", "magnitude_prune"] = "none"
+    method: str = Field("none", description="a registered merge method (loramem.bank.merging); none: top-1 only")
     weights: Literal["auto", "mean", "sum", "score"] | list[float] = Field(
         "auto", description="auto: 1 each for ties/dare_ties, 1/k for the rest; score: softmax of routing scores")
     density: float = Field(0.5, gt=0, le=1, description="fraction kept by ties/dare/magnitude_prune")
@@ -152,6 +236,11 @@ class MergeConfig(BaseModel):
     svd_rank: int | None = Field(None, description="rank of the svd merge; default the largest input rank")
     temperature: float = Field(1.0, description="softmax temperature of score weights")
     seed: int = Field(0, description="DARE's random drop")
+
+    @field_validator("method")
+    @classmethod
+    def _method_known(cls, v: str) -> str:
+        return _registered("MERGES", v)
 
     @field_validator("weights")
     @classmethod
@@ -168,18 +257,39 @@ class MergeConfig(BaseModel):
         return v
 
 
-RouterName = Literal["oracle", "embed", "bm25", "hybrid", "lora", "embed-module", "bm25-module"]  # bank/routing.py
+class AnswerConfig(BaseModel):
+    """Options of one answer (`loramem ask --mode`): prompt shape, context budget and generation length."""
+
+    template: Literal["qa", "completion"] = Field(
+        "qa", description="qa: 'Question: q? Answer:' (PhoneBook, PaperQA); completion: the text as is (CounterFact)")
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="answer length limit in tokens")
+    context_budget: int | None = Field(
+        None, description="max prompt tokens; default the model's context length minus max_new_tokens")
+    overflow: Literal["error", "truncate"] = Field(
+        "error", description="ICL/RAG context over budget: error (default) or truncate (keep the first tokens)")
 
 
-class AskConfig(BaseModel):
-    """One question against a bank (`loramem ask`, the server): route, merge, generate."""
+class AskConfig(AnswerConfig):
+    """One question against a bank (`loramem ask`, the server, `loramem.ask`): mode, route, merge, then the
+    answer options it shares with every answer (AnswerConfig)."""
 
-    route: RouterName = "embed"  # fact-level; routes best on benchmarks/routing_quality.py (README table)
-    top_k: int = Field(1, ge=1, le=64)
+    mode: str = Field("lora", description="where the answer's knowledge comes from (loramem.answer.modes)")
+    route: str = Field("embed", description="router (fact-level embed routes best on benchmarks/routing_quality.py)")
+    top_k: int = Field(1, ge=1, le=64, description="modules to route to (merged unless merge is none)")
     merge: MergeConfig = Field(default_factory=MergeConfig)
-    max_new_tokens: int = Field(32, ge=1, le=4096)
-    lora_candidates: int = Field(8, ge=1, description="modules the lora router asks (prefiltered by bm25)")
+    chunks: int | None = Field(None, ge=1, le=256, description="chunks retrieved in rag modes; default the index's")
+    lora_candidates: int = Field(8, ge=1, description="modules the lora router asks (prefiltered by embed)")
     resident: int = Field(64, ge=2, description="modules and merged adapters kept loaded (LRU)")
+
+    @field_validator("mode")
+    @classmethod
+    def _mode_known(cls, v: str) -> str:
+        return _registered("MODES", v)
+
+    @field_validator("route")
+    @classmethod
+    def _route_known(cls, v: str) -> str:
+        return _registered("ROUTERS", v)
 
 
 class ServeConfig(BaseModel):
@@ -218,27 +328,7 @@ class RetrievalConfig(BaseModel):
         return self
 
 
-class AnswerConfig(BaseModel):
-    """Options of one answer (`loramem ask --mode`): prompt shape, context budget and generation length."""
-
-    template: Literal["qa", "completion"] = Field(
-        "qa", description="qa: 'Question: q? Answer:' (PhoneBook, PaperQA); completion: the text as is (CounterFact)")
-    max_new_tokens: int = 32
-    context_budget: int | None = Field(
-        None, description="max prompt tokens; default the model's context length minus max_new_tokens")
-    overflow: Literal["error", "truncate"] = Field(
-        "error", description="ICL/RAG context over budget: error (default) or truncate (keep the first tokens)")
-
-
 # ---- documents, views, generators, judges (issue 4) ----
-
-GeneratorKind = Literal["template", "local", "openai"]
-JudgeKind = Literal["embed", "openai", "local"]
-
-
-def _openai_env(name: str, default: str | None = None) -> str | None:
-    """LORAMEM_OPENAI_<NAME>, else the openai client's own OPENAI_<NAME>."""
-    return env(f"LORAMEM_OPENAI_{name}") or env(f"OPENAI_{name}") or default
 
 
 class EndpointConfig(BaseModel):
@@ -256,8 +346,8 @@ class EndpointConfig(BaseModel):
     @classmethod
     def from_env(cls, **given) -> EndpointConfig:
         """Fill what is not given from the environment."""
-        values = {"base_url": _openai_env("BASE_URL"), "model": _openai_env("MODEL"),
-                  "api_key": _openai_env("API_KEY")}
+        st = settings()
+        values = {"base_url": st.openai_base_url, "model": st.openai_model, "api_key": st.openai_api_key}
         values.update({k: v for k, v in given.items() if v is not None})
         return cls(**values)
 
@@ -265,7 +355,12 @@ class EndpointConfig(BaseModel):
 class GeneratorConfig(BaseModel):
     """Which generator writes synthetic views, and how."""
 
-    kind: GeneratorKind = "template"
+    @field_validator("kind")
+    @classmethod
+    def _kind_known(cls, v: str) -> str:
+        return _registered("GENERATORS", v)
+
+    kind: str = Field("template", description="a registered generator (loramem.generators)")
     model: str = Field(DEFAULT_MODEL, description="local HF model (kind=local)")
     endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
     temperature: float = 0.0
@@ -293,7 +388,38 @@ class ViewsConfig(BaseModel):
 class JudgeConfig(BaseModel):
     """Who scores free-text answers on the paper's 0-10 rubric."""
 
-    kind: JudgeKind = "embed"
+    @field_validator("kind")
+    @classmethod
+    def _kind_known(cls, v: str) -> str:
+        return _registered("JUDGES", v)
+
+    kind: str = Field("embed", description="a registered judge (loramem.judges)")
     model: str = Field(DEFAULT_MODEL, description="local judge model (kind=local)")
     endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
     batch_size: int = 8
+
+
+def writer_config(preset: str = "fast", **given: Any) -> WriterConfig:
+    """`WriterConfig.preset(preset, **given)` with options given as None left to the preset; one UserError line
+    for a bad or unknown option (the CLI and the Python API build the writer's config here)."""
+    known = set(WriterConfig.model_fields)
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise UserError(f"unknown writer option(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
+    try:
+        return WriterConfig.preset(preset, **{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        raise user_error(exc) from None
+
+
+def ask_config(merge: str | MergeConfig = "none", weights: Any = "auto", density: float = 0.5,
+               **given: Any) -> AskConfig:
+    """An AskConfig from flat options (the CLI's flags, `loramem.ask` keywords): merge options are gathered into
+    its MergeConfig; options given as None keep their defaults."""
+    given = {k: v for k, v in given.items() if v is not None}
+    unknown = sorted(set(given) - set(AskConfig.model_fields))
+    if unknown:
+        raise UserError(f"unknown ask option(s) {', '.join(unknown)}; choose from "
+                        f"{', '.join(sorted(AskConfig.model_fields))}")
+    m = merge if isinstance(merge, MergeConfig) else build(MergeConfig, method=merge, weights=weights, density=density)
+    return build(AskConfig, merge=m, **given)

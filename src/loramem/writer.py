@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from loramem import __version__
-from loramem.config import WriterConfig, env
+from loramem.config import WriterConfig, settings
 from loramem.errors import UserError
 from loramem.formats import Example, Rendered, render
 from loramem.forward import PrefixCache, collate, length_batches, logits_at, prefix_cache_ok, shared_prefix_ok
@@ -128,7 +128,7 @@ def precision_for(cfg_precision: str, device: torch.device) -> str:
     """`fp32` or `bf16` (autocast). `auto` takes $LORAMEM_PRECISION, else bf16 where the hardware has fast bf16
     (CUDA, or a CPU with AVX512-BF16/AMX). LORAMEM_PRECISION=fp32 makes runs on different CPUs comparable."""
     if cfg_precision == "auto":
-        cfg_precision = (env("LORAMEM_PRECISION") or "auto").strip().lower() or "auto"
+        cfg_precision = settings().precision or "auto"
         if cfg_precision not in PRECISIONS:
             raise UserError(f"LORAMEM_PRECISION={cfg_precision!r} is not one of {', '.join(PRECISIONS)}; "
                             "unset it or pick one")

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from loramem.bank.manifest import ModuleInfo
+from loramem.config import DEFAULT_MODEL
 from loramem.models import SMOLLM2_HUB_ID, TINY_RANDOM_ID
 
 VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # --max-lora-rank values vLLM accepts
@@ -26,7 +27,7 @@ def base_hub_id(info: ModuleInfo) -> str:
     recorded = (info.record.get("base") or {}).get("hub_id")
     if recorded:
         return recorded
-    known = {"smollm2-135m": SMOLLM2_HUB_ID, "tiny-random": TINY_RANDOM_ID}
+    known = {DEFAULT_MODEL: SMOLLM2_HUB_ID, "tiny-random": TINY_RANDOM_ID}
     if info.base_name in known:
         return known[info.base_name]
     name = info.base_name

@@ -12,7 +12,7 @@ import json
 from collections import OrderedDict
 
 from loramem.bank.manifest import ModuleInfo
-from loramem.bank.merging import merge_adapters
+from loramem.bank.merging import merge_into
 from loramem.bank.store import MemoryBank
 from loramem.config import MergeConfig
 from loramem.errors import UserError
@@ -77,8 +77,10 @@ class Resident:
         self._put(key, name, pinned | {name})
         return name
 
-    def merged(self, modules: list[ModuleInfo], weights: list[float], cfg: MergeConfig) -> tuple[str, bool]:
-        """(adapter name, was cached) of the merge of `modules` under `cfg` and `weights`."""
+    def merged(self, modules: list[ModuleInfo], weights: list[float], cfg: MergeConfig,
+               pinned: set[str] | frozenset = frozenset()) -> tuple[str, bool]:
+        """(adapter name, was cached) of the merge of `modules` under `cfg` and `weights`; `pinned` adapters stay
+        loaded while it is built."""
         recipe = {"method": cfg.method, "weights": [round(w, 6) for w in weights], "density": cfg.density,
                   "sign": cfg.majority_sign, "svd_rank": cfg.svd_rank, "seed": cfg.seed,
                   "modules": [f"{m.id}:{m.checksum[:16]}" for m in modules]}
@@ -86,13 +88,13 @@ class Resident:
         if key in self.lru:
             self.lru.move_to_end(key)
             return self.lru[key], True
-        inputs = []
+        inputs: list[str] = []
         for m in modules:
-            inputs.append(self.ensure(m, pinned=set(inputs)))
+            inputs.append(self.ensure(m, pinned=set(pinned) | set(inputs)))
         name = _adapter_name(key)
-        merge_adapters(self.host, inputs, weights, name, cfg)
+        merge_into(self.host, inputs, weights, name, cfg)
         self.merges += 1
-        self._put(key, name, set(inputs) | {name})
+        self._put(key, name, set(pinned) | set(inputs) | {name})
         return name, False
 
     def _put(self, key: str, name: str, pinned: set[str]) -> None:

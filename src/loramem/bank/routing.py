@@ -1,7 +1,11 @@
-"""Routers: which modules of a bank should answer a question. One protocol, one class per method.
+"""Routers: which modules of a bank should answer a question. One protocol; each router is registered by one
+builder function `(modules, RouterContext) -> Router` under its name (loramem.registry.ROUTERS).
 
     router = build_router("embed", modules)          # modules: bank.list()
     router.route("What is the phone number of Ann Lee?", k=3) -> [Scored(module, score), ...] best first
+
+    @ROUTERS.register("mine", help="...")            # a new router: `--route mine` works everywhere
+    def mine(modules, ctx): return MyRouter(modules)
 
 - oracle: the module whose facts include the question's key (the gold module, known from the data);
 - embed:  (the default: it routes best on benchmarks/routing_quality.py) fact-level: cosine between the question and every training row's question (all-MiniLM-L6-v2; rows by
@@ -18,15 +22,15 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from loramem.bank.manifest import ModuleInfo
 from loramem.errors import UserError
+from loramem.registry import ROUTERS
 
-ROUTERS = ("oracle", "embed", "bm25", "hybrid", "lora", "embed-module", "bm25-module")
 DEFAULT_ROUTER = "embed"
 EMBED_MODEL = "all-MiniLM-L6-v2"
 
@@ -180,37 +184,31 @@ class LoraRouter:
         self.pre = None if len(modules) <= candidates else build_router(prefilter, modules, keys=keys)
 
     def route(self, question: str, k: int = 1) -> list[Scored]:
-        from loramem.bank.generate import answer_confidence
-
-        pool = self.modules if self.pre is None else [s.module for s in self.pre.route(question, self.candidates)]
-        adapters = [self.resident.ensure(m) for m in pool]
-        conf = answer_confidence(self.resident.host, self.resident.base, question, adapters,
-                                 pool[0].format, self.max_new_tokens)
-        return _top(pool, np.asarray(conf), k)
+        return self.route_many([question], k)[0]
 
     def route_many(self, questions: list[str], k: int = 1, rows_per_batch: int = 64) -> list[list[Scored]]:
-        """Many questions x their candidates in few mixed-adapter batches (the scores of `route`, up to padding
-        round-off)."""
-        from loramem.bank.generate import generate_rows
+        """Many questions x their candidates in few mixed-adapter batches of the one decoding loop; each
+        candidate reads the question in the format it was trained in."""
+        from loramem.answer.decode import decode
+        from loramem.answer.prompt import build_prompt
 
         if self.pre is None:
             pools = [self.modules] * len(questions)
         else:
             pools = [[s.module for s in got] for got in route_many(self.pre, questions, self.candidates)]
-        # one prompt format per question, as `route` does (its pool's first module)
-        jobs = [(qi, m, pool[0].format) for qi, pool in enumerate(pools) for m in pool]
+        jobs = [(qi, m) for qi, pool in enumerate(pools) for m in pool]
+        tok = self.resident.base.tokenizer
         conf = [0.0] * len(jobs)
-        for fmt in dict.fromkeys(f for _, _, f in jobs):
-            rows_of = [j for j, job in enumerate(jobs) if job[2] == fmt]
-            for lo in range(0, len(rows_of), rows_per_batch):
-                chunk = rows_of[lo : lo + rows_per_batch]
-                names: list[str] = []
-                for j in chunk:  # every module of the batch stays resident while it runs
-                    names.append(self.resident.ensure(jobs[j][1], pinned=set(names)))
-                rows = generate_rows(self.resident.host, self.resident.base, [questions[jobs[j][0]] for j in chunk],
-                                     names, fmt, self.max_new_tokens)
-                for j, r in zip(chunk, rows, strict=True):
-                    conf[j] = r.mean_logprob
+        for lo in range(0, len(jobs), rows_per_batch):
+            chunk = list(range(lo, min(lo + rows_per_batch, len(jobs))))
+            names: list[str] = []
+            for j in chunk:  # every module of the batch stays resident while it runs
+                names.append(self.resident.ensure(jobs[j][1], pinned=set(names)))
+            prompts = [build_prompt(questions[jobs[j][0]], tok, jobs[j][1].format) for j in chunk]
+            rows = decode(self.resident.host, tok, prompts, self.max_new_tokens, adapters=names,
+                          batch_size=len(chunk))
+            for j, r in zip(chunk, rows, strict=True):
+                conf[j] = r.mean_logprob
         out, pos = [], 0
         for pool in pools:
             out.append(_top(pool, np.asarray(conf[pos : pos + len(pool)]), k))
@@ -225,36 +223,76 @@ def route_many(router: Router, questions: list[str], k: int = 1) -> list[list[Sc
 
 
 def check_router(kind: str) -> str:
-    if kind not in ROUTERS:
-        raise UserError(f"unknown router '{kind}'; choose one of {', '.join(ROUTERS)} (e.g. --route {DEFAULT_ROUTER})")
-    return kind
+    return ROUTERS.check(kind)
+
+
+@dataclass(frozen=True)
+class RouterContext:
+    """What a router may need beyond the modules: loaded adapters, the bank's embedding cache, row keys."""
+
+    resident: object = None
+    on_new_embeddings: object = None
+    keys: object = None  # RowKeys of the modules' training rows (fact-level routers)
+    index: object = None  # a vector index over keys.matrix
+    options: dict = field(default_factory=dict)
+
+    def row_keys(self, modules):
+        from loramem.bank.rowkeys import RowKeys
+
+        if self.keys is not None:
+            return self.keys
+        return RowKeys.modules_only(modules, lambda mods: module_vectors(mods, self.on_new_embeddings))
+
+
+@ROUTERS.register("embed", help="fact-level: MiniLM over every training row's question (default)")
+def _embed(modules, ctx: RouterContext) -> Router:
+    from loramem.bank import fact_routing
+
+    return fact_routing.FactEmbedRouter(modules, ctx.row_keys(modules), ctx.index, **ctx.options)
+
+
+@ROUTERS.register("hybrid", help="fact-level: embed and BM25 row rankings fused by reciprocal rank")
+def _hybrid(modules, ctx: RouterContext) -> Router:
+    from loramem.bank import fact_routing
+
+    return fact_routing.HybridRouter(modules, ctx.row_keys(modules), ctx.index)
+
+
+@ROUTERS.register("bm25", help="fact-level: BM25 over the training rows")
+def _bm25(modules, ctx: RouterContext) -> Router:
+    from loramem.bank import fact_routing
+
+    return fact_routing.FactBM25Router(modules, ctx.row_keys(modules))
+
+
+@ROUTERS.register("lora", help="LoRA-aware second stage: the candidate most confident in its own answer")
+def _lora(modules, ctx: RouterContext) -> Router:
+    if ctx.resident is None:
+        raise ValueError("the lora router needs loaded modules (a Resident)")
+    return LoraRouter(modules, ctx.resident, keys=ctx.keys, **ctx.options)
+
+
+@ROUTERS.register("oracle", help="the gold module, from the facts' keys in the question")
+def _oracle(modules, ctx: RouterContext) -> Router:
+    return OracleRouter(modules)
+
+
+@ROUTERS.register("embed-module", help="module-level: MiniLM over one key text per module (baseline)")
+def _embed_module(modules, ctx: RouterContext) -> Router:
+    return EmbedRouter(modules, ctx.on_new_embeddings)
+
+
+@ROUTERS.register("bm25-module", help="module-level: BM25 over one key text per module (baseline)")
+def _bm25_module(modules, ctx: RouterContext) -> Router:
+    return BM25Router(modules)
 
 
 def build_router(kind: str, modules: list[ModuleInfo], resident=None, on_new_embeddings=None, keys=None,
                  index=None, **kw) -> Router:
-    """A router by name over a list of modules (the serving versions of a bank). `keys`: their fact-level row
-    keys (`MemoryBank.row_keys`); without them the fact-level routers key each module by its key text.
-    `index`: a vector index over `keys.matrix` (the bank's persisted one), else one is built."""
-    from loramem.bank import fact_routing
-    from loramem.bank.rowkeys import RowKeys
-
-    check_router(kind)
+    """A registered router by name over a list of modules (the serving versions of a bank). `keys`: their
+    fact-level row keys (`MemoryBank.row_keys`); without them the fact-level routers key each module by its key
+    text. `index`: a vector index over `keys.matrix` (the bank's persisted one), else one is built."""
+    make = ROUTERS.get(kind)
     if not modules:
         raise UserError("the bank has no modules to route to; write one with `loramem write FILE --bank DIR --name N`")
-    if kind == "oracle":
-        return OracleRouter(modules)
-    if kind == "embed-module":
-        return EmbedRouter(modules, on_new_embeddings)
-    if kind == "bm25-module":
-        return BM25Router(modules)
-    if kind == "lora":
-        if resident is None:
-            raise ValueError("the lora router needs loaded modules (a Resident)")
-        return LoraRouter(modules, resident, keys=keys, **kw)
-    if keys is None:
-        keys = RowKeys.modules_only(modules, lambda mods: module_vectors(mods, on_new_embeddings))
-    if kind == "embed":
-        return fact_routing.FactEmbedRouter(modules, keys, index, **kw)
-    if kind == "bm25":
-        return fact_routing.FactBM25Router(modules, keys)
-    return fact_routing.HybridRouter(modules, keys, index)
+    return make(modules, RouterContext(resident, on_new_embeddings, keys, index, kw))

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import typer
 
-from loramem.cli import app, bench_app, console, csv_list, run_bench
+from loramem.commands import app, bench_app, console, csv_list, default, run_bench
+from loramem.config import DEFAULT_MODEL, AskConfig, MergeConfig
 from loramem.errors import UserError
+from loramem.registry import MERGES, MODES, ROUTERS
 
 bank_app = typer.Typer(no_args_is_help=True, help="The memory bank: many modules, versions, checks, export.")
 app.add_typer(bank_app, name="bank")
@@ -155,59 +157,48 @@ def bank_export(out: Path = typer.Argument(..., help="folder to write portable P
         print(line)
 
 
+_ASK = AskConfig.model_fields
+
+
 @app.command("ask")
 def ask_cmd(
     question: str = typer.Argument(..., help="the question"),
     bank: Path = BANK_OPT,
-    route: str = typer.Option("embed", help="embed (MiniLM over training rows), hybrid (+ BM25, RRF), bm25, lora "
-                              "(LoRA-aware second stage), oracle, embed-module or bm25-module (one key per module)"),
-    top_k: int = typer.Option(1, help="modules to route to (merged unless --merge none)"),
-    merge: str = typer.Option("none", help="none, linear, cat, ties, dare_linear, dare_ties, svd, magnitude_prune"),
-    weights: str = typer.Option("auto", help="merge weights: auto, mean, sum, score or a comma list"),
-    density: float = typer.Option(0.5, help="fraction kept by ties/dare/magnitude_prune"),
+    mode: str = typer.Option(default(AskConfig, "mode"), help="answer mode (context modes read BANK/index): "
+                             + MODES.help_text()),
+    route: str = typer.Option(default(AskConfig, "route"), help="router: " + ROUTERS.help_text()),
+    top_k: int = typer.Option(default(AskConfig, "top_k"), help=_ASK["top_k"].description),
+    merge: str = typer.Option(default(MergeConfig, "method"), help="merge method: " + MERGES.help_text()),
+    weights: str = typer.Option(default(MergeConfig, "weights"), help="merge weights: auto, mean, sum, score or a "
+                                "comma list"),
+    density: float = typer.Option(default(MergeConfig, "density"), help=MergeConfig.model_fields["density"].description),
     model: str | None = typer.Option(None, help="base model (default: the bank's)"),
-    max_new_tokens: int = typer.Option(32, "--max-tokens", "--max-new-tokens",
-                                       help="answer length limit in tokens (--max-new-tokens: old name)"),
-    mode: str = typer.Option("lora", help="base, icl, rag, lora, lora+rag or lora+icl (context from BANK/index)"),
-    rag_k: int | None = typer.Option(None, "--chunks", "--rag",
-                                     help="chunks retrieved for rag modes (default: the index's); --rag: old name"),
-    overflow: str = typer.Option("error", help="icl/rag context over the budget: error or truncate"),
+    max_new_tokens: int = typer.Option(default(AskConfig, "max_new_tokens"), "--max-tokens",
+                                       help=_ASK["max_new_tokens"].description),
+    old_max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", hidden=True),
+    chunks: int | None = typer.Option(None, "--chunks", help=_ASK["chunks"].description),
+    old_rag: int | None = typer.Option(None, "--rag", hidden=True),
+    overflow: str = typer.Option(default(AskConfig, "overflow"), help="icl/rag context over the budget: error or "
+                                 "truncate (keep its first tokens)"),
+    context_budget: int | None = typer.Option(None, help=_ASK["context_budget"].description),
     timings: bool = typer.Option(False, "--timings", help="print route / merge / generate milliseconds"),
     as_json: bool = typer.Option(False, "--json", help="print the answer, modules and timings as one JSON object"),
 ) -> None:
-    """Answer a question from a bank: route -> merge -> generate."""
-    from pydantic import ValidationError
+    """Answer a question from a bank: route -> merge -> prompt -> decode (the one answer pipeline)."""
+    from loramem.answer.pipeline import ask
+    from loramem.config import ask_config
 
-    from loramem.bank.ask import ask
-    from loramem.bank.merging import check_method
-    from loramem.bank.routing import check_router
-    from loramem.config import AskConfig, MergeConfig
-
-    check_router(route)
-    check_method(merge)
     w = weights if weights in ("auto", "mean", "sum", "score") else csv_list(weights, float, "--weights")
-    try:
-        cfg = AskConfig(route=route, top_k=top_k, max_new_tokens=max_new_tokens,
-                        merge=MergeConfig(method=merge, weights=w, density=density))
-    except ValidationError as exc:
-        raise UserError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
-    if overflow not in ("error", "truncate"):
-        raise UserError(f"unknown --overflow '{overflow}'; use error or truncate")
-    if mode == "lora" and overflow == "error":
-        res = {**ask(question, _open(bank), model, cfg=cfg), "mode": "lora"}
-        res["latency_ms"] = res["total_ms"]
-    else:
-        from loramem.bank.ask import ask_mode
-        from loramem.config import AnswerConfig
-
-        res = ask_mode(question, _open(bank), mode, model, cfg, rag_k,
-                       AnswerConfig(max_new_tokens=max_new_tokens, overflow=overflow))
+    cfg = ask_config(mode=mode, route=route, top_k=top_k, merge=merge, weights=w, density=density,
+                     max_new_tokens=old_max_new_tokens or max_new_tokens, chunks=chunks or old_rag,
+                     overflow=overflow, context_budget=context_budget)
+    res = ask(question, _open(bank), cfg, model)
     if as_json:
         print(json.dumps(res, default=str))
         return
     print(res["answer"])
-    if timings and "route_ms" in res:
-        mods = ", ".join(f"{m['name']}@v{m['version']} ({m['score']:.3f})" for m in res["modules"])
+    if timings:
+        mods = ", ".join(f"{m['name']}@v{m['version']} ({m['score']:.3f})" for m in res["modules"]) or "none"
         console.print(f"modules: {mods}; route {res['route_ms']:.1f} ms, merge {res['merge_ms']:.1f} ms"
                       f"{' (cached)' if res['merge_cached'] else ''}, generate {res['generate_ms']:.1f} ms")
 
@@ -216,7 +207,7 @@ def _bench_params(**kw) -> dict:
     return {k: v for k, v in kw.items() if v is not None}
 
 
-_MODEL = typer.Option("smollm2-135m", help="base model")
+_MODEL = typer.Option(DEFAULT_MODEL, help="base model")
 _SCALE = typer.Option("smoke", help="smoke, cpu or paper")
 _OUT = typer.Option(..., help="results folder")
 _JSON = typer.Option(False, "--json", help="print the recipe's summary as one JSON object")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from loramem.cli import app, bench_app, console, csv_list, run_bench
+from loramem.commands import app, bench_app, console, csv_list, run_bench
+from loramem.config import DEFAULT_MODEL
 from loramem.errors import UserError
 
 views_app = typer.Typer(no_args_is_help=True, help="Synthetic training views of documents (raw, qa, summary, rewrite).")
@@ -35,7 +36,7 @@ def views_make(
     gen_model: str | None = typer.Option(None, help="local generator model (default smollm2-135m)"),
     endpoint_url: str | None = typer.Option(None, help="OpenAI-compatible base URL (else LORAMEM_OPENAI_BASE_URL)"),
     endpoint_model: str | None = typer.Option(None, help="model name at the endpoint (else LORAMEM_OPENAI_MODEL)"),
-    model: str = typer.Option("smollm2-135m", "--tokenizer", "--model",
+    model: str = typer.Option(DEFAULT_MODEL, "--tokenizer", "--model",
                               help="model whose tokenizer counts training tokens (--model: old name)"),
     budget: int | None = typer.Option(None, help="fix each document's training tokens (equal-token comparisons)"),
     cache: Path | None = typer.Option(None, help="view cache folder (default $LORAMEM_HOME/views)"),
@@ -109,7 +110,7 @@ _GENERATOR = typer.Option("template", help="view generator: template, local or o
 
 @bench_app.command("formats")
 def bench_formats(
-    out: Path = typer.Option(..., help="results folder"), model: str = typer.Option("smollm2-135m"),
+    out: Path = typer.Option(..., help="results folder"), model: str = typer.Option(DEFAULT_MODEL),
     scale: str = typer.Option("smoke"), seed: int = typer.Option(0),
     paper_data: Path | None = typer.Option(None, help="the paper's release folder (has paperqa/)"),
     budgets: str | None = typer.Option(None, help="training-token budgets per module, e.g. 250,500,1000"),
@@ -127,7 +128,7 @@ def bench_formats(
 
 @bench_app.command("mixes")
 def bench_mixes(
-    out: Path = typer.Option(..., help="results folder"), model: str = typer.Option("smollm2-135m"),
+    out: Path = typer.Option(..., help="results folder"), model: str = typer.Option(DEFAULT_MODEL),
     scale: str = typer.Option("smoke"), seed: int = typer.Option(0),
     paper_data: Path | None = typer.Option(None, help="the paper's release folder (has paperqa/)"),
     mixes: str | None = typer.Option(None, help="paper condition names or view specs, comma list"),
@@ -143,7 +144,7 @@ def bench_mixes(
 
 @bench_app.command("model-scale")
 def bench_model_scale(
-    out: Path = typer.Option(..., help="results folder"), model: str = typer.Option("smollm2-135m"),
+    out: Path = typer.Option(..., help="results folder"), model: str = typer.Option(DEFAULT_MODEL),
     scale: str = typer.Option("smoke"), seed: int = typer.Option(0),
     paper_data: Path | None = typer.Option(None, help="the paper's release folder (has paperqa/)"),
     models: str | None = typer.Option(None, help="comma list of base models (default: tiny-random and --model)"),
@@ -160,7 +161,7 @@ def bench_model_scale(
 
 @bench_app.command("generators")
 def bench_generators(
-    out: Path = typer.Option(..., help="results folder"), model: str = typer.Option("smollm2-135m"),
+    out: Path = typer.Option(..., help="results folder"), model: str = typer.Option(DEFAULT_MODEL),
     scale: str = typer.Option("smoke"), seed: int = typer.Option(0),
     paper_data: Path | None = typer.Option(None, help="the paper's release folder (has paperqa/)"),
     generators: str | None = typer.Option(None, help="template,local,openai (openai only when an endpoint is set)"),

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import typer
 
-from loramem.cli import app, bench_app, console, csv_list, run_bench
+from loramem.commands import app, bench_app, console, csv_list, run_bench
+from loramem.config import DEFAULT_MODEL
 from loramem.errors import UserError
 
 
 def _tokenizer(model: str):
     """The base model's tokenizer (without loading the model where the registry allows)."""
-    if model in ("smollm2-135m", "tiny-random"):
+    if model in (DEFAULT_MODEL, "tiny-random"):
         from loramem.models import smollm2_tokenizer
 
         return smollm2_tokenizer()
@@ -39,7 +40,7 @@ def index_cmd(
     docs: list[Path] = typer.Argument(..., help="text/markdown files, JSONL rows {id?, text} or folders of them"),
     out: Path | None = typer.Option(None, help="index folder to write"),
     bank: Path | None = typer.Option(None, help="write the index beside a bank instead (BANK/index)"),
-    model: str = typer.Option("smollm2-135m", "--tokenizer", "--model",
+    model: str = typer.Option(DEFAULT_MODEL, "--tokenizer", "--model",
                               help="model whose tokenizer counts chunk tokens (--model: old name)"),
     method: str | None = typer.Option(None, help="bm25 (default), dense (all-MiniLM-L6-v2) or hybrid"),
     chunk_tokens: int | None = typer.Option(None, help="chunk length in tokens (default 128)"),
@@ -87,7 +88,7 @@ def retrieve_cmd(
 @bench_app.command("counterfact")
 def bench_counterfact(
     out: Path = typer.Option(..., help="results folder"),
-    model: str = typer.Option("smollm2-135m", help="base model"),
+    model: str = typer.Option(DEFAULT_MODEL, help="base model"),
     scale: str = typer.Option("smoke", help="smoke, cpu or paper (default grid and writer settings)"),
     ranks: str | None = typer.Option(None, help="comma list of LoRA ranks, e.g. 4,16"),
     sizes: str | None = typer.Option(None, help="the paper's edit files by size, e.g. 1K,5K"),
@@ -128,7 +129,7 @@ def bench_counterfact(
 @bench_app.command("rag-icl")
 def bench_rag_icl(
     out: Path = typer.Option(..., help="results folder (results.jsonl, rag_icl.md, plots)"),
-    model: str = typer.Option("smollm2-135m", help="base model"),
+    model: str = typer.Option(DEFAULT_MODEL, help="base model"),
     scale: str = typer.Option("smoke", help="smoke (minutes on a CPU), cpu or paper"),
     benchmarks: str | None = typer.Option(None, help="comma list from phonebook,counterfact,paperqa (default all)"),
     questions: int | None = typer.Option(None, help="questions per benchmark"),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from loramem.cli import app, console
+from loramem.commands import app, console
 from loramem.errors import UserError
 
 
@@ -25,20 +25,16 @@ def serve_cmd(
 ) -> None:
     """Serve a bank until stopped: /v1/models, /v1/chat/completions (streaming too), /health."""
     import uvicorn
-    from pydantic import ValidationError
 
     from loramem.bank.store import MANIFEST
-    from loramem.config import AskConfig, ServeConfig, env
+    from loramem.config import ServeConfig, ask_config, build
     from loramem.serve import create_app
 
     if not (bank / MANIFEST).is_file():
         raise UserError(f"{bank} is not a bank (no {MANIFEST}); create one with `loramem write FILE --bank {bank} "
                         "--name NAME`")
-    try:
-        cfg = ServeConfig(host=host, port=port, api_key=api_key or env("LORAMEM_API_KEY"), max_batch=max_batch,
-                          max_tokens=max_tokens, max_concurrent=max_concurrent, ask=AskConfig(route=route))
-    except ValidationError as exc:
-        raise UserError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+    cfg = build(ServeConfig, host=host, port=port, api_key=api_key, max_batch=max_batch, max_tokens=max_tokens,
+                max_concurrent=max_concurrent, ask=ask_config(route=route))
     application = create_app(bank, model, cfg)
     console.print(f"serving {bank} on http://{host}:{port}/v1 (base {application.state.session.base.name}"
                   f"{', API key required' if cfg.api_key else ''}); Ctrl-C stops")

@@ -83,7 +83,7 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     base = load_base(opts.model)
     entries = _entries(cell, opts, base.tokenizer)
     writer = dict(cell["writer"])
-    cfg = WriterConfig.recipe(writer.pop("recipe", "fast"), rank=cell["rank"], seed=cell["train_seed"], progress=False,
+    cfg = WriterConfig.preset(writer.pop("recipe", "fast"), rank=cell["rank"], seed=cell["train_seed"], progress=False,
                               **writer)
     adapter = "capacity_cell"
     res = write_module([e.example() for e in entries], base, cfg, adapter=adapter)

@@ -170,7 +170,7 @@ def _dir_bytes(folder: Path) -> int:
 
 
 def _ask(task: Task, q: Question, base, mode: str, host, index, cfg) -> dict:
-    from loramem.modes import answer, answer_choice
+    from loramem.answer.pipeline import answer, answer_choice
 
     docs = {q.doc: task.documents[q.doc]} if (task.long and q.doc) else task.documents
     if task.metric == "choice_accuracy":
@@ -180,7 +180,7 @@ def _ask(task: Task, q: Question, base, mode: str, host, index, cfg) -> dict:
 
 def _ask_all(task: Task, qs: list[Question], base, mode: str, host, index, cfg) -> list[dict]:
     """Every question in one mode; free-text answers are generated in batches (multiple choice one by one)."""
-    from loramem.modes import answer_many
+    from loramem.answer.pipeline import answer_many
 
     if task.metric == "choice_accuracy":
         return [_ask(task, q, base, mode, host, index, cfg) for q in qs]

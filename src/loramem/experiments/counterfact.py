@@ -105,8 +105,8 @@ _BEFORE: dict[tuple, tuple[dict, list[str]]] = {}
 
 def baseline(base, probes: list[cf.Probe]) -> tuple[dict, list[str]]:
     """Base-model probe results (cached per process) and the old objects to compare the new ones with."""
+    from loramem.answer.pipeline import memory_off
     from loramem.likelihood import answer_logprobs, first_words
-    from loramem.modes import memory_off
 
     key = (base.fingerprint, tuple(probes))
     if key not in _BEFORE:

@@ -11,23 +11,27 @@ from __future__ import annotations
 import time
 from statistics import mean
 
-from loramem.bank.merging import METHODS, check_method, merge_weights
+from loramem.bank.merging import check_method, merge_weights
 from loramem.bank.routing import build_router, route_many
 from loramem.config import MergeConfig
 from loramem.experiments.partitioned import eval_groups_tokens, exact_match, grid, questions, setup
 from loramem.experiments.runner import Recipe, RecipeOptions
+from loramem.registry import MERGES as MERGE_METHODS
 from loramem.report import bar_plot, markdown_table
 
-MERGES = [m for m in METHODS if m != "none"]
+
+def merges() -> list[str]:
+    """Every registered merge method: PEFT's and loramem's exact ones, side by side."""
+    return [m for m in MERGE_METHODS.names() if m != "none"]
 
 
 def cells(opts: RecipeOptions) -> list[dict]:
     g = grid(opts)
-    methods = [check_method(m) for m in opts.params.get("methods") or MERGES]
+    methods = [check_method(m) for m in opts.params.get("methods") or merges()]
     refs = [{"cell": "single", "method": "single"}, {"cell": "gold-only", "method": "none"}]
     # each method with its default weights, and the additive ones also unscaled (weights 1: no dilution)
     merged = [{"cell": f"merge-{m}", "method": m, "weights": "auto"} for m in methods] + [
-        {"cell": f"merge-{m}-sum", "method": m, "weights": "sum"} for m in methods if m not in ("ties", "dare_ties")]
+        {"cell": f"merge-{m}-sum", "method": m, "weights": "sum"} for m in methods if m not in ("ties", "dare_ties", "exact-ties")]
     return [{**c, "top_k": g["top_k"], "modules": g["modules"]} for c in refs + merged]
 
 

@@ -20,7 +20,7 @@ from loramem.report import bar_plot, markdown_table
 
 def cells(opts: RecipeOptions) -> list[dict]:
     g = grid(opts)
-    routers = opts.params.get("routers") or list(ROUTERS)
+    routers = opts.params.get("routers") or ROUTERS.names()
     return [{"cell": "single", "router": "single", "modules": g["modules"]}] + [
         {"cell": f"route-{r}", "router": r, "modules": g["modules"]} for r in routers]
 

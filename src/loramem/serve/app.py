@@ -20,9 +20,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from loramem.config import RouterName, ServeConfig
+from loramem.answer.pipeline import Request as AskRequest
+from loramem.config import ServeConfig, build, settings
 from loramem.errors import UserError
-from loramem.serve.batcher import Batcher, Job
+from loramem.serve.batcher import Batcher
 
 ROUTED = "loramem"
 
@@ -40,10 +41,11 @@ class ChatRequest(BaseModel):
     stream: bool = False
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    route: RouterName | None = None
-    top_k: int | None = Field(None, ge=1, le=64)
+    # memory options (extra_body): AskConfig fields, checked against the registries as `loramem ask` checks them
+    route: str | None = None
+    top_k: int | None = None
     merge: str | None = None
-    mode: Literal["lora", "base", "rag", "icl", "lora+rag", "lora+icl"] | None = None
+    mode: str | None = None
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
@@ -96,9 +98,11 @@ class _TooLarge(Exception):
 
 def create_app(bank, model: str | None = None, cfg: ServeConfig | None = None) -> FastAPI:
     """The app over a bank folder (or MemoryBank). The base model loads once, here."""
-    from loramem.bank.ask import open_session
+    from loramem.answer.session import open_session
 
     cfg = cfg or ServeConfig()
+    if cfg.api_key is None and settings().api_key:  # $LORAMEM_API_KEY, also when called from Python
+        cfg = cfg.model_copy(update={"api_key": settings().api_key})
     session = open_session(bank, model, cfg.ask)
     batcher = Batcher(session, cfg.max_batch, cfg.batch_window_ms)
     app = FastAPI(title="loramem", version="1")
@@ -156,25 +160,21 @@ def create_app(bank, model: str | None = None, cfg: ServeConfig | None = None) -
         limit = req.max_completion_tokens or req.max_tokens or cfg.ask.max_new_tokens
         if limit > cfg.max_tokens:
             raise UserError(f"max_tokens {limit} is over this server's limit of {cfg.max_tokens}; ask for fewer")
-        merge = req.merge or cfg.ask.merge.method
-        from loramem.bank.merging import check_method
-
-        check_method(merge)
-        job = Job(question=_question(req), max_tokens=limit, module=req.model.partition(":")[2] or None,
-                  route=req.route or cfg.ask.route, top_k=req.top_k or cfg.ask.top_k, merge=merge,
-                  mode=req.mode or "lora")
-        result = await asyncio.wrap_future(batcher.submit(job))
+        ask = _ask_config(cfg, req, limit)
+        module = req.model.partition(":")[2] or None
+        result = await asyncio.wrap_future(batcher.submit(AskRequest(_question(req), ask, module)))
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        extra = {"modules": result["modules"], "batch": result["batch"], "route_merge_ms": result["route_merge_ms"],
+        extra = {"modules": result["modules"], "batch": result["batch"],
+                 "route_merge_ms": round(result["route_ms"] + result["merge_ms"], 2),
                  "generate_ms": result["generate_ms"], "mode": result["mode"]}
         usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
                  "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
-        finish = "length" if result["completion_tokens"] >= limit else "stop"
+        finish = result["finish"]
         if not req.stream:
             return {"id": cid, "object": "chat.completion", "created": created, "model": req.model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": result["text"]},
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": result["answer"]},
                                  "finish_reason": finish}], "usage": usage, "loramem": extra}
-        return StreamingResponse(_sse(cid, created, req.model, result["text"], finish, usage, extra,
+        return StreamingResponse(_sse(cid, created, req.model, result["answer"], finish, usage, extra,
                                       session.base.tokenizer), media_type="text/event-stream")
 
     @app.on_event("shutdown")
@@ -182,6 +182,15 @@ def create_app(bank, model: str | None = None, cfg: ServeConfig | None = None) -
         batcher.close()
 
     return app
+
+
+def _ask_config(cfg: ServeConfig, req: ChatRequest, limit: int):
+    """The server's default AskConfig with the request's memory options over it (a bad one: 400, one line)."""
+    from loramem.config import AskConfig
+
+    given = {k: v for k, v in {"route": req.route, "top_k": req.top_k, "mode": req.mode}.items() if v is not None}
+    merge = cfg.ask.merge.model_dump() | ({"method": req.merge} if req.merge is not None else {})
+    return build(AskConfig, **(cfg.ask.model_dump() | given | {"merge": merge, "max_new_tokens": limit}))
 
 
 def _sse(cid, created, model, text, finish, usage, extra, tok):

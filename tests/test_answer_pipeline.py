@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from loramem.answer.pipeline import answer, answer_many
 from loramem.config import AnswerConfig, RetrievalConfig, WriterConfig
 from loramem.errors import UserError
 from loramem.formats import Example, question_prompt
-from loramem.modes import MODES, answer, answer_many
+from loramem.registry import MODES
 from loramem.retrieval import Index
 
 DOCS = {"anna": "Anna Smith can be reached at 603-555-1234 on weekdays.",
@@ -34,7 +35,7 @@ def setup(tiny_base):
 def test_every_mode_answers_and_records_cost(setup):
     base, host, index = setup
     cfg = AnswerConfig(max_new_tokens=10)
-    rows = {m: answer(QUESTION, base, m, host=host, index=index, cfg=cfg) for m in MODES}
+    rows = {m: answer(QUESTION, base, m, host=host, index=index, cfg=cfg) for m in MODES.names()}
     for m, r in rows.items():
         assert r["mode"] == m and isinstance(r["answer"], str)
         assert r["prompt_tokens"] > 0 and 0 < r["generated_tokens"] <= 10 and r["latency_ms"] > 0
@@ -93,7 +94,8 @@ def test_answer_many_batches_give_the_answers_of_one_at_a_time(setup, monkeypatc
         assert [{k: r[k] for k in keys} for r in many] == [{k: r[k] for k in keys} for r in one], mode
         assert sorted(r["batch"] for r in many) == [2, 2, 3, 3, 3] and all(r["latency_ms"] > 0 for r in many)
     # long shared documents: their tokens run once and every row continues from their cache, same answers
-    from loramem import forward, modes
+    from loramem import forward
+    from loramem.answer import decode as modes
 
     calls = []
     real = forward.prefix_kv_cache
