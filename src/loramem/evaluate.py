@@ -31,24 +31,33 @@ def teacher_forced_em(model, base: Base, examples: Sequence[Example], fmt: Forma
     return exact_match_items(model, items, base.tokenizer.pad_token_id, autocast_for(WriterConfig(), base.device))
 
 
-def generate_answers(model, base: Base, examples: Sequence[Example], fmt: Format = "plain",
-                     max_new_tokens: int | None = None, batch_size: int = 16, min_new_tokens: int = 0) -> list[str]:
+def generate_rows(model, base: Base, examples: Sequence[Example], fmt: Format = "plain",
+                  max_new_tokens: int | None = None, batch_size: int = 16, min_new_tokens: int = 0) -> list[dict]:
     """Greedy answers to each example's prompt (the row's prompt in `fmt`, through the one decoding loop), cut at
-    the terminator (or the end of the line in plain format). min_new_tokens > 0 forbids stopping before that many
-    tokens (free-text answers must not be empty). Default limit: the gold answer's length + 8 tokens."""
+    the terminator (or the end of the line in plain format), one row per example: prompt, gold, prediction, exact
+    match, prompt tokens and hash. min_new_tokens > 0 forbids stopping before that many tokens (free-text answers
+    must not be empty). Default limit: the gold answer's length + 8 tokens."""
     from loramem.answer.decode import decode
-    from loramem.answer.prompt import build_prompt
+    from loramem.answer.prompt import build_prompt, prompt_hash
 
     tok = base.tokenizer
     prompts = [build_prompt(e.prompt, tok, fmt, template="completion") for e in examples]
     limits = max_new_tokens or [len(render(e, tok, fmt).target_ids) + 8 for e in examples]
     rows = decode(model, tok, prompts, limits, batch_size=batch_size, min_new_tokens=min_new_tokens)
-    return [r.text for r in rows]
+    return [{"prompt": e.prompt, "gold": e.answer, "prediction": r.text, "exact": exact_match(r.text, e.answer),
+             "prompt_tokens": len(p.ids), "prompt_hash": prompt_hash(p.ids)}
+            for e, p, r in zip(examples, prompts, rows, strict=True)]
+
+
+def generate_answers(model, base: Base, examples: Sequence[Example], fmt: Format = "plain",
+                     max_new_tokens: int | None = None, batch_size: int = 16, min_new_tokens: int = 0) -> list[str]:
+    """The predictions of `generate_rows`."""
+    return [r["prediction"] for r in generate_rows(model, base, examples, fmt, max_new_tokens, batch_size,
+                                                   min_new_tokens)]
 
 
 def generated_em(model, base: Base, examples: Sequence[Example], fmt: Format = "plain") -> list[bool]:
-    answers = generate_answers(model, base, examples, fmt)
-    return [exact_match(a, e.answer) for a, e in zip(answers, examples, strict=True)]
+    return [r["exact"] for r in generate_rows(model, base, examples, fmt)]
 
 
 def evaluate_questions(model, base: Base, questions: Sequence, fmt: Format = "plain",

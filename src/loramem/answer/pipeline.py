@@ -25,7 +25,7 @@ from pathlib import Path
 from loramem.answer.decode import BASE, decode
 from loramem.answer.modes import Mode
 from loramem.answer.modes import mode as get_mode
-from loramem.answer.prompt import build_prompt
+from loramem.answer.prompt import build_prompt, prompt_hash
 from loramem.answer.session import Session, activate, open_session
 from loramem.bank.routing import route_many
 from loramem.config import AnswerConfig, AskConfig
@@ -84,14 +84,11 @@ def _prompt(question: str, m: Mode, base: Base, cfg: AnswerConfig, fmt: str, ind
 
 
 def _row(question: str, m: Mode, p, d, retrieved: list[dict], fmt: str) -> dict:
-    return {"answer": d.text, "mode": m.name, "question": question, "format": fmt, "prompt_tokens": p_len(p),
+    return {"answer": d.text, "mode": m.name, "question": question, "format": fmt, "prompt_tokens": len(p.ids),
+            "prompt_hash": prompt_hash(p.ids),
             "context_tokens": p.context_tokens, "truncated_tokens": p.truncated_tokens,
             "generated_tokens": d.new_tokens, "finish": d.finish, "retrieved": retrieved, "batch": d.batch,
             "generate_ms": round(d.ms, 3)}
-
-
-def p_len(p) -> int:
-    return len(p.ids)
 
 
 def answer_many(questions: Sequence[str], base: Base, mode: str = "base", host=None, index=None, documents=None,
@@ -173,12 +170,13 @@ class _Plan:
     route_ms: float = 0.0
     merge_ms: float = 0.0
     error: Exception | None = None
+    row: dict | None = None
 
 
 def ask_many(session: Session, requests: Sequence[Request]) -> list[dict | Exception]:
     """Answer requests over one bank in one mixed-adapter batch: each row through its routed (or merged, or
     forced) module, or none; one row per request, or the exception that request raised."""
-    plans = [_Plan(r, get_mode(r.cfg.mode)) if _valid(r) else _Plan(r, None, error=_invalid(r)) for r in requests]
+    plans = [_plan(r) for r in requests]
     _route(session, [p for p in plans if p.error is None and p.mode.memory])
     pinned: set[str] = set()
     for p in plans:
@@ -187,27 +185,17 @@ def ask_many(session: Session, requests: Sequence[Request]) -> list[dict | Excep
     live = [p for p in plans if p.error is None]
     if live:
         _guard_all(live, lambda: _decode(session, live))
-    return [p.error if p.error is not None else p.row for p in plans]  # type: ignore[attr-defined]
+    return [p.error if p.error is not None else p.row for p in plans]
 
 
-def _valid(r: Request) -> bool:
-    return bool(r.question and r.question.strip()) and r.cfg.mode in _modes()
-
-
-def _modes():
-    from loramem.registry import MODES
-
-    return MODES
-
-
-def _invalid(r: Request) -> Exception:
+def _plan(r: Request) -> _Plan:
     if not r.question or not r.question.strip():
-        return UserError("empty question; pass the question as the first argument, e.g. loramem ask \"Who ...?\"")
+        return _Plan(r, None, error=UserError("empty question; pass the question as the first argument, e.g. "
+                                              "loramem ask \"Who ...?\""))
     try:
-        get_mode(r.cfg.mode)
+        return _Plan(r, get_mode(r.cfg.mode))
     except UserError as exc:
-        return exc
-    return UserError("bad request")
+        return _Plan(r, None, error=exc)
 
 
 def _guard(p: _Plan, fn) -> None:
@@ -301,7 +289,7 @@ def _decode(session: Session, plans: list[_Plan]) -> None:
                     "merge_cached": p.cached, "base": base.name, "completion_tokens": d.new_tokens,
                     "route_ms": round(p.route_ms, 3), "merge_ms": round(p.merge_ms, 3),
                     "total_ms": round(total, 3), "latency_ms": round(total, 2)})
-        p.row = row  # type: ignore[attr-defined]
+        p.row = row
 
 
 def ask(question: str, bank: str | Path | Session, cfg: AskConfig | None = None, model: str | None = None,

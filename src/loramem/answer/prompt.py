@@ -32,6 +32,13 @@ class Prompt:
     truncated_tokens: int = 0
 
 
+def prompt_hash(ids) -> str:
+    """A short fingerprint of prompt token ids: two roads that built the same prompt print the same hash."""
+    import hashlib
+
+    return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:16]
+
+
 def question_text(question: str, template: str = "qa") -> str:
     """qa: the paper's 'Question: q? Answer:' (kept as is when already in that form); completion: the text as is."""
     q = question.strip()

@@ -160,7 +160,7 @@ def eval_cmd(
     module: Path = typer.Argument(..., help="module folder written by `loramem write`"),
     data: Path = typer.Option(..., help="facts to check (same kinds of file as `write` takes)"),
     model: str | None = typer.Option(None, help="base model (default: the one the module records)"),
-    generate: bool = typer.Option(False, "--generate", help="also check by real greedy generation"),
+    generate: bool = typer.Option(False, "--generate", help="also check by real greedy generation (--json lists each prediction)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     metrics: str | None = typer.Option(None, help="generate answers and score them: em,f1,rougeL,bleu,judge"),
     judge: str = typer.Option("embed", help="with --metrics ...judge: embed (offline), openai or local"),
@@ -170,7 +170,7 @@ def eval_cmd(
     """Exact match of a module on a set of facts (teacher-forced; --generate also decodes; --metrics scores
     generated answers overall and per question level)."""
     from loramem.data.examples import read_examples
-    from loramem.evaluate import generated_em, teacher_forced_em
+    from loramem.evaluate import generate_rows, teacher_forced_em
     from loramem.models import load_base
     from loramem.writer import load_adapter, read_record
 
@@ -187,8 +187,9 @@ def eval_cmd(
     tf = teacher_forced_em(host, base, examples, fmt)
     result = {"exact_match": sum(tf) / len(tf), "n": len(tf), "method": "teacher-forced", "format": fmt}
     if generate:
-        gen = generated_em(host, base, examples, fmt)
-        result["exact_match_generate"] = sum(gen) / len(gen)
+        rows = generate_rows(host, base, examples, fmt)
+        result["exact_match_generate"] = sum(r["exact"] for r in rows) / len(rows)
+        result["predictions"] = [{**r, "teacher_forced": t} for r, t in zip(rows, tf, strict=True)]
     if as_json:
         print(json.dumps(result))
     else:

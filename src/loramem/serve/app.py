@@ -166,7 +166,8 @@ def create_app(bank, model: str | None = None, cfg: ServeConfig | None = None) -
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         extra = {"modules": result["modules"], "batch": result["batch"],
                  "route_merge_ms": round(result["route_ms"] + result["merge_ms"], 2),
-                 "generate_ms": result["generate_ms"], "mode": result["mode"]}
+                 "generate_ms": result["generate_ms"], "mode": result["mode"], "prompt_hash": result["prompt_hash"],
+                 "format": result["format"]}
         usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
                  "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
         finish = result["finish"]
