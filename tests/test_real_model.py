@@ -15,9 +15,15 @@ pytestmark = pytest.mark.real
 
 
 @pytest.fixture(scope="module")
-def memorized(tmp_path_factory, paper_dir):
+def memorized(tmp_path_factory):
+    """20 entries of the paper's 1K PhoneBook written through the CLI (a generated PhoneBook of 30 when the
+    release is not beside this checkout), and the whole book."""
+    from conftest import PAPER
+
     out = tmp_path_factory.mktemp("real") / "pb20"
-    src = paper_dir / "pb_cf" / "phonebook_qa_1K.csv"
+    src = PAPER / "pb_cf" / "phonebook_qa_1K.csv"
+    if not src.is_file():
+        src = phonebook.write(phonebook.generate(30, seed=4), out.parent / "pb30.csv")
     proc = run_cli("write", str(src), "--limit", "20", "--rank", "8", "--lr", "3e-3", "--out", str(out),
                    timeout=1200)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -69,5 +75,6 @@ def test_teacher_forced_verdicts_equal_generation_on_seen_and_unseen(memorized, 
     tf = teacher_forced_em(host, real_base, facts)
     gen = generated_em(host, real_base, facts)
     assert tf == gen
-    assert all(tf[:20]) and not all(tf[20:])
+    # both verdicts occur: a check that always says "no" (or always "yes") fails here
+    assert all(tf[:20]) and not any(tf[20:])
     host.delete_adapter("real_check")

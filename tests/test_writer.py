@@ -1,5 +1,7 @@
-"""The writer on tiny-random: it learns, saves a standard PEFT folder with a run record, its teacher-forced verdict
-equals real generation, Ctrl-C keeps the best adapter, and a module of another base is refused."""
+"""The writer on tiny-random: it learns, saves a standard PEFT folder with a run record, Ctrl-C keeps the best
+adapter, and a module of another base is refused. (Teacher-forced verdict == generation is checked in
+test_real_model.py, on a module that recalls its facts: tiny-random cannot learn to stop, so there every verdict
+would be False and a check that always says "no" would pass.)"""
 
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ import torch
 from loramem.config import WriterConfig
 from loramem.data import phonebook
 from loramem.errors import UserError
-from loramem.evaluate import generated_em, teacher_forced_em
 from loramem.writer import load_adapter, write_module
 
 FACTS = [e.example() for e in phonebook.generate(6, seed=3)]
@@ -40,14 +41,6 @@ def test_writer_learns_and_records_the_run(trained, tiny_base):
     assert saved["data_hash"] == rec["data_hash"] and saved["config"]["rank"] == 8
     assert (trained.path / "adapter_model.safetensors").is_file()
     assert json.loads((trained.path / "adapter_config.json").read_text())["r"] == 8
-
-
-def test_teacher_forced_verdict_equals_generate(trained, tiny_base):
-    host = load_adapter(tiny_base, trained.path, "wcheck")
-    tf = teacher_forced_em(host, tiny_base, FACTS)
-    gen = generated_em(host, tiny_base, FACTS)
-    assert tf == gen
-    host.delete_adapter("wcheck")
 
 
 def test_saved_folder_loads_with_plain_peft(trained, tiny_base):

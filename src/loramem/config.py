@@ -132,7 +132,7 @@ def _registered(registry_name: str, v: str) -> str:
 
     reg = getattr(registry, registry_name)
     if v not in reg:
-        raise ValueError(f"unknown {reg.family} '{v}'; choose one of {', '.join(reg.names())}")
+        raise ValueError(reg.unknown(v))
     return v
 
 

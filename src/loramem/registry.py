@@ -61,11 +61,16 @@ class Registry:
         self._load()
         return list(self._entries)
 
+    def unknown(self, name: str) -> str:
+        """The one-line message for a name that is not registered: the choices and an example flag."""
+        self._load()
+        how = f" (e.g. {self.flag} {next(iter(self._entries), '')})" if self.flag else ""
+        return f"unknown {self.family} '{name}'; choose one of {', '.join(self._entries)}{how}"
+
     def entry(self, name: str) -> Entry:
         self._load()
         if name not in self._entries:
-            how = f" (e.g. {self.flag} {next(iter(self._entries), '')})" if self.flag else ""
-            raise UserError(f"unknown {self.family} '{name}'; choose one of {', '.join(self._entries)}{how}")
+            raise UserError(self.unknown(name))
         return self._entries[name]
 
     def get(self, name: str) -> Any:
