@@ -43,3 +43,38 @@ def make_bank(root: Path, base, train: Path, name: str = "people", partition: in
 def copy_bank(src: MemoryBank, dest: Path) -> MemoryBank:
     shutil.copytree(src.root, dest)
     return MemoryBank(dest)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningServer:
+    """A real uvicorn server for `app` on 127.0.0.1 in a thread (a context manager; stops on exit)."""
+
+    def __init__(self, app, port: int) -> None:
+        import threading
+
+        import uvicorn
+
+        self.srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.srv.run, daemon=True)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def __enter__(self):
+        import time
+
+        self.thread.start()
+        deadline = time.time() + 60
+        while not self.srv.started and time.time() < deadline:
+            time.sleep(0.05)
+        assert self.srv.started, "the server did not start within 60 s"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.srv.should_exit = True
+        self.thread.join(timeout=10)

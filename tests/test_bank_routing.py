@@ -125,3 +125,33 @@ def test_batched_lora_routing_matches_one_at_a_time(bank, tiny_base):
         assert [s.module.name for s in got] == [s.module.name for s in one]
         assert [s.score for s in got] == pytest.approx([s.score for s in one], abs=1e-3)
     res.clear()
+
+
+def test_a_new_router_is_one_registered_function(bank):
+    """Registered once, a router is accepted by the config, listed in the help and used by the pipeline."""
+    import numpy as np
+
+    from loramem.bank.routing import _top
+    from loramem.registry import ROUTERS
+
+    class LastModule:
+        name = "last"
+
+        def __init__(self, modules):
+            self.modules = modules
+
+        def route(self, question, k=1):
+            return _top(self.modules, np.arange(len(self.modules), dtype=float), k)
+
+    @ROUTERS.register("last", help="always the last module (test)")
+    def last(modules, ctx):
+        return LastModule(modules)
+
+    try:
+        assert "last: always the last module" in ROUTERS.help_text()
+        out = ask(gold_pairs()[0][0], bank, route="last", max_tokens=2)
+        assert out["modules"][0]["name"] == bank.list()[-1].name and out["route"] == "last"
+    finally:
+        ROUTERS._entries.pop("last")
+    with pytest.raises(UserError, match="unknown router 'last'"):
+        ask(gold_pairs()[0][0], bank, route="last", max_tokens=2)

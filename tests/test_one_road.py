@@ -5,12 +5,10 @@ ids and the same answer from `loramem ask` (with and without --overflow truncate
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import openai
 import pytest
-from bank_helpers import QUICK, make_bank
+from bank_helpers import QUICK, RunningServer, free_port, make_bank
 from typer.testing import CliRunner
 
 from loramem.data import phonebook
@@ -21,8 +19,6 @@ WHO = {"plain": "Ann Lee", "chat": "Bob Stone", "chat-user": "Cara Diaz"}
 
 @pytest.fixture(scope="module")
 def road(tmp_path_factory, tiny_base):
-    import uvicorn
-
     from loramem.config import ServeConfig
     from loramem.serve import create_app
 
@@ -32,21 +28,10 @@ def road(tmp_path_factory, tiny_base):
         f = phonebook.write([phonebook.Entry(WHO[fmt], f"{i}11-222-3333")], root / f"{fmt}.csv")
         bank = make_bank(root / "bank", tiny_base, f, name=fmt.replace("-", ""), partition=None,
                          cfg={**QUICK, "format": fmt})
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     app = create_app(bank.root, "tiny-random", ServeConfig(port=port))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    deadline = time.time() + 60
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield {"bank": bank, "root": root, "url": f"http://127.0.0.1:{port}/v1"}
-    srv.should_exit = True
-    th.join(timeout=10)
+    with RunningServer(app, port) as srv:
+        yield {"bank": bank, "root": root, "url": f"{srv.url}/v1"}
 
 
 def _cli(*args: str) -> dict:

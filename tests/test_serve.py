@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import httpx
 import openai
 import pytest
-from bank_helpers import QUICK, make_bank
+from bank_helpers import QUICK, RunningServer, free_port, make_bank
 
 from loramem.config import ServeConfig
 from loramem.data import phonebook
@@ -17,16 +13,8 @@ from loramem.data import phonebook
 KEY = "test-key-123"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_base):
-    import uvicorn
-
     from loramem.serve import create_app
 
     root = tmp_path_factory.mktemp("serve")
@@ -34,19 +22,11 @@ def server(tmp_path_factory, tiny_base):
     bob = phonebook.write([phonebook.Entry("Bob Stone", "444-555-6666")], root / "bob.csv")
     bank = make_bank(root / "bank", tiny_base, ann, name="ann", partition=None, cfg=QUICK)
     make_bank(root / "bank", tiny_base, bob, name="bob", partition=None, cfg=QUICK)
-    port = _free_port()
+    port = free_port()
     app = create_app(bank.root, "tiny-random", ServeConfig(port=port, api_key=KEY, max_body_bytes=4096,
                                                            max_tokens=64))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    deadline = time.time() + 60
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started
-    yield {"url": f"http://127.0.0.1:{port}", "bank": bank, "root": root, "app": app}
-    srv.should_exit = True
-    th.join(timeout=10)
+    with RunningServer(app, port) as srv:
+        yield {"url": srv.url, "bank": bank, "root": root, "app": app}
 
 
 def _client(server, key=KEY):
