@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from loramem.experiments.runner import Recipe, RecipeOptions
+from loramem.runs.runner import Recipe, RecipeOptions
 
 
 def _cells(opts: RecipeOptions) -> list[dict]:

@@ -8,7 +8,7 @@ import math
 from conftest import run_cli
 
 from loramem.experiments.capacity import summarize
-from loramem.experiments.runner import RecipeOptions, read_rows
+from loramem.runs.runner import RecipeOptions, read_rows
 
 
 def test_bench_capacity_writes_the_contract_files(tmp_path):

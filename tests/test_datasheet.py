@@ -12,7 +12,7 @@ from recipes_for_tests import SQUARES
 from loramem import experiments
 from loramem.datasheet import run_datasheet
 from loramem.errors import UserError
-from loramem.experiments.runner import read_rows
+from loramem.runs.runner import read_rows
 
 TINY_CAPACITY = {"ranks": [1, 4], "entries": [2, 6], "tau": 0.9, "seeds": 1,
                  "writer": {"layers": "0-1", "steps": 3, "eval_every": 3}}
@@ -72,7 +72,7 @@ def test_rerun_resumes_without_redoing_cells(tmp_path, squares_registered):
 
 
 def test_recipes_that_share_a_bank_run_in_one_worker_in_order():
-    from loramem.experiments.workers import plan
+    from loramem.runs.workers import plan
 
     units = plan(["capacity", "routing", "mixes", "multi-lora", "n-modules", "squares"])
     assert ["multi-lora", "routing", "n-modules"] in units  # the Q8-Q11 bank is trained once, by multi-lora

@@ -6,8 +6,8 @@ import pytest
 
 from loramem.data.documents import Question
 from loramem.experiments import docqa
-from loramem.experiments.formats import finding_qa_best
 from loramem.experiments.mixes import BASE, finding_mixes_beat_single, spearman
+from loramem.experiments.view_formats import finding_qa_best
 
 
 def rows(key: str, values: dict, metric: str = "judge") -> list[dict]:
@@ -61,7 +61,7 @@ def test_questions_are_balanced_over_levels():
 
 def test_mixes_plot_shows_only_this_runs_scores_with_n(tmp_path):
     from loramem.experiments.mixes import PAPER_JUDGE, summarize
-    from loramem.experiments.runner import RecipeOptions
+    from loramem.runs.runner import RecipeOptions
 
     rs = [{**r, "n_questions": 5, "judge_name": "embed"} for r in rows("mix", {"Original": 2.0, "QA40": 4.0})]
     s = summarize(rs, RecipeOptions(model="tiny-random", scale="smoke", out=tmp_path))

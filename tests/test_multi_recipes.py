@@ -64,7 +64,7 @@ def test_finding_accuracy_falls_with_n():
                                         ("merging", "merging"), ("n-modules", "n_modules")])
 def test_recipe_runs_end_to_end_on_a_tiny_bank(name, table, tmp_path_factory, monkeypatch):
     from loramem import experiments
-    from loramem.experiments.runner import RecipeOptions, read_rows, run_recipe
+    from loramem.runs.runner import RecipeOptions, read_rows, run_recipe
 
     monkeypatch.setenv("LORAMEM_HOME", str(tmp_path_factory.getbasetemp() / "home"))  # one bank for all four
     out = tmp_path_factory.mktemp(name)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from recipes_for_tests import SQUARES
 
-from loramem.experiments.runner import RecipeOptions, read_rows, run_recipe
+from loramem.runs.runner import RecipeOptions, read_rows, run_recipe
 
 ray = pytest.importorskip("ray")
 

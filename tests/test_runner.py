@@ -12,7 +12,7 @@ from pathlib import Path
 
 from recipes_for_tests import SQUARES
 
-from loramem.experiments.runner import RecipeOptions, read_rows, run_recipe
+from loramem.runs.runner import RecipeOptions, read_rows, run_recipe
 
 HERE = Path(__file__).parent
 
@@ -40,7 +40,7 @@ def test_resume_after_killed_run(tmp_path):
     code = (
         f"import sys; sys.path.insert(0, {str(HERE)!r})\n"
         "from recipes_for_tests import SQUARES\n"
-        "from loramem.experiments.runner import RecipeOptions, run_recipe\n"
+        "from loramem.runs.runner import RecipeOptions, run_recipe\n"
         f"run_recipe(SQUARES, RecipeOptions(out={str(tmp_path)!r}, params={{'n': 50, 'sleep': 0.2}}, progress=False))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from loramem import experiments, findings
 from loramem.errors import UserError
-from loramem.experiments.runner import RecipeOptions, read_rows, run_recipe_status
+from loramem.runs.runner import RecipeOptions, read_rows, run_recipe_status
 
 console = Console(stderr=True)
 
@@ -49,7 +49,7 @@ def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, ex
 
     `workers`: recipes run at once, each in its own process with its share of the cores (local executor only);
     None picks `workers.auto_workers()` (one per core up to 4, ~6 GiB of memory each; 1 with a GPU)."""
-    from loramem.experiments import workers as pool
+    from loramem.runs import workers as pool
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

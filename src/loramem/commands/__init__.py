@@ -60,7 +60,7 @@ def run_bench(name: str, out: Path, model: str, scale: str, seed: int = 0, paper
               params: dict | None = None, executor: str = "local") -> dict:
     """Shared body of every `loramem bench NAME`: run the recipe into OUT, print where the results are."""
     from loramem import experiments
-    from loramem.experiments.runner import RecipeOptions, run_recipe
+    from loramem.runs.runner import RecipeOptions, run_recipe
 
     if scale not in ("smoke", "cpu", "paper"):
         raise UserError(f"unknown scale '{scale}'; use smoke, cpu or paper")

@@ -14,7 +14,7 @@ from loramem.errors import UserError
 # A name whose module is not there yet is simply not available (the datasheet skips it).
 MODULES: dict[str, str] = {
     "capacity": "capacity",
-    "formats": "formats", "mixes": "mixes", "model-scale": "model_scale", "generators": "generators",
+    "formats": "view_formats", "mixes": "mixes", "model-scale": "model_scale", "generators": "generators",
     "multi-lora": "multi_lora", "routing": "routing", "merging": "merging", "n-modules": "n_modules",
     "rag-icl": "rag_icl", "counterfact": "counterfact",
 }

@@ -13,8 +13,8 @@ from statistics import mean, stdev
 from loramem.config import WriterConfig
 from loramem.data import phonebook
 from loramem.errors import UserError
-from loramem.experiments.runner import Recipe, RecipeOptions
 from loramem.report import line_plot, markdown_table
+from loramem.runs.runner import Recipe, RecipeOptions
 
 BITS_PER_PARAM_LIMIT = 2.0  # published knowledge-capacity limit of language models (Allen-Zhu & Li, 2024)
 

@@ -17,8 +17,8 @@ from loramem.config import WriterConfig
 from loramem.data import counterfact as cf
 from loramem.errors import UserError
 from loramem.experiments.context_tasks import release_dir
-from loramem.experiments.runner import Recipe, RecipeOptions
 from loramem.report import line_plot, markdown_table
+from loramem.runs.runner import Recipe, RecipeOptions
 
 ADAPTER = "cf_edit"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from loramem.config import JudgeConfig, WriterConfig
 from loramem.data.documents import Document
 from loramem.errors import UserError
-from loramem.experiments.runner import RecipeOptions
+from loramem.runs.runner import RecipeOptions
 
 METRICS = ("em", "f1", "rougeL", "bleu", "judge")
 SCORE_KEYS = ("judge", "f1", "rougeL", "bleu", "em")

@@ -6,8 +6,8 @@ The paper (GPT-4.1 vs Llama-3.1-8B as generator) found better generators give be
 from __future__ import annotations
 
 from loramem.experiments import docqa
-from loramem.experiments.runner import Recipe, RecipeOptions
 from loramem.report import bar_plot, markdown_table
+from loramem.runs.runner import Recipe, RecipeOptions
 
 VIEWS = {"smoke": "qa8", "cpu": "summary8+qa40", "paper": "summary8+rewrite4+qa40"}
 

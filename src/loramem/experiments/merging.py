@@ -15,9 +15,9 @@ from loramem.bank.merging import check_method, merge_weights
 from loramem.bank.routing import build_router, route_many
 from loramem.config import MergeConfig
 from loramem.experiments.partitioned import eval_groups_tokens, exact_match, grid, questions, setup
-from loramem.experiments.runner import Recipe, RecipeOptions
 from loramem.registry import MERGES as MERGE_METHODS
 from loramem.report import bar_plot, markdown_table
+from loramem.runs.runner import Recipe, RecipeOptions
 
 
 def merges() -> list[str]:

@@ -10,8 +10,8 @@ compare; the ordering does). A "Base (no module)" row shows what the model answe
 from __future__ import annotations
 
 from loramem.experiments import docqa
-from loramem.experiments.runner import Recipe, RecipeOptions
 from loramem.report import bar_plot, markdown_table
+from loramem.runs.runner import Recipe, RecipeOptions
 from loramem.views import PAPER_MIXES
 
 PAPER_JUDGE = {"Original": 3.187, "QA40": 5.893, "Original+QA40": 6.300, "Summary8+QA40": 6.380,

@@ -7,8 +7,8 @@ internalize more from the same data.
 from __future__ import annotations
 
 from loramem.experiments import docqa
-from loramem.experiments.runner import Recipe, RecipeOptions
 from loramem.report import bar_plot, markdown_table
+from loramem.runs.runner import Recipe, RecipeOptions
 
 VIEWS = {"smoke": "summary1+qa10", "cpu": "summary8+qa40", "paper": "raw+summary8+rewrite4+qa40"}
 

@@ -13,8 +13,8 @@ import contextlib
 import torch
 
 from loramem.experiments.partitioned import Setup, exact_match, grid, setup
-from loramem.experiments.runner import Recipe, RecipeOptions
 from loramem.report import bar_plot, markdown_table
+from loramem.runs.runner import Recipe, RecipeOptions
 
 SYSTEMS = ("single", "multi-oracle", "icl")
 

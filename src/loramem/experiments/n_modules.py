@@ -8,8 +8,8 @@ from statistics import mean
 from loramem.bank.merging import merge_weights
 from loramem.config import MergeConfig
 from loramem.experiments.partitioned import eval_groups_tokens, grid, setup
-from loramem.experiments.runner import Recipe, RecipeOptions
 from loramem.report import line_plot, markdown_table
+from loramem.runs.runner import Recipe, RecipeOptions
 
 DEFAULT_METHODS = ("linear", "ties")
 

@@ -22,9 +22,9 @@ from loramem.bank.store import MemoryBank
 from loramem.config import WriterConfig, loramem_home
 from loramem.data import phonebook
 from loramem.errors import UserError
-from loramem.experiments.runner import RecipeOptions
 from loramem.formats import Example
 from loramem.models import Base, load_base
+from loramem.runs.runner import RecipeOptions
 
 # Smoke: 48 facts over 4 rank-1 all-linear modules on the top 6 layers vs one rank-4 module on the same layers
 # (same parameter count, same epochs). Small batches: more updates per token, so facts stick within minutes.

@@ -19,8 +19,8 @@ from loramem.config import AnswerConfig, RetrievalConfig, WriterConfig
 from loramem.errors import UserError
 from loramem.experiments import context_tasks as lc
 from loramem.experiments.context_tasks import release_dir
-from loramem.experiments.runner import Recipe, RecipeOptions
 from loramem.report import bar_plot, markdown_table
+from loramem.runs.runner import Recipe, RecipeOptions
 
 METHODS = ("base", "lora", "rag", "icl", "lora+rag", "lora+icl")
 CHUNK_METHODS = ("chunk-lora", "chunk-lora+rag")

@@ -14,8 +14,8 @@ from statistics import mean
 
 from loramem.bank.routing import ROUTERS, build_router, route_many
 from loramem.experiments.partitioned import eval_groups, exact_match, grid, questions, setup
-from loramem.experiments.runner import Recipe, RecipeOptions
 from loramem.report import bar_plot, markdown_table
+from loramem.runs.runner import Recipe, RecipeOptions
 
 
 def cells(opts: RecipeOptions) -> list[dict]:

@@ -217,7 +217,7 @@ def _worker(slot: int, conn, units: list, threads: int, log_dir: str) -> None:
     os.close(fd)
     import torch
 
-    from loramem.experiments.runner import run_recipe_status
+    from loramem.runs.runner import run_recipe_status
 
     torch.set_num_threads(threads)
     conn.send(("ready", slot, {}))

@@ -9,7 +9,7 @@ from loramem.errors import UserError
 
 def _run_cell(recipe, cell: dict, opts_json: str) -> dict:
     # The recipe travels by reference (its module is imported in the worker), so user recipes work too.
-    from loramem.experiments.runner import RecipeOptions, run_one
+    from loramem.runs.runner import RecipeOptions, run_one
 
     return run_one(recipe, cell, RecipeOptions.model_validate_json(opts_json))
 

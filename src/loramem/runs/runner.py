@@ -82,7 +82,7 @@ def run_recipe(recipe: Recipe, opts: RecipeOptions, executor: str = "local", add
     hear = listener or (lambda event, **fields: None)
     hear("grid", total=len(cells), done=len(cells) - len(todo))
     if executor == "ray":
-        from loramem.experiments.ray_executor import run_cells_ray
+        from loramem.runs.ray_executor import run_cells_ray
 
         for row in run_cells_ray(recipe, todo, opts, address):
             append_row(path, row)

@@ -9,8 +9,8 @@ answered and scored. The paper found QA the most token-efficient, and every synt
 from __future__ import annotations
 
 from loramem.experiments import docqa
-from loramem.experiments.runner import Recipe, RecipeOptions
 from loramem.report import line_plot, markdown_table
+from loramem.runs.runner import Recipe, RecipeOptions
 
 FORMATS = {"raw": "raw", "qa": "qa80", "summary": "summary8", "rewrite": "rewrite4"}
 BUDGETS = {"smoke": [250, 750], "cpu": [250, 500, 1000, 2000], "paper": [500, 1000, 2000, 4000, 8000]}
