@@ -134,3 +134,26 @@ def test_cached_prefix_paths_use_no_deprecated_transformers_argument(setup):
         res.model.delete_adapter("modes_warn")
         assert res.record["shared_prefix"]  # the writer's prefix-cache path ran
     assert [str(w.message) for w in caught if "past_key_values" in str(w.message)] == []
+
+
+@pytest.mark.parametrize("fmt", ["plain", "chat", "chat-user"])
+def test_the_one_decoding_loop_gives_the_tokens_of_transformers_generate(setup, fmt):
+    """decode's greedy loop (left padding, mixed lengths in one batch) picks the tokens generate(do_sample=False)
+    picks for each prompt alone, stop rule included."""
+    import torch
+
+    from loramem.answer.decode import decode, newline_ids
+    from loramem.answer.prompt import build_prompt
+
+    base, host, _ = setup
+    tok = base.tokenizer
+    qs = [QUESTION, "Who sat on the mat", "What is Bob Jones's phone number at the office and why"]
+    prompts = [build_prompt(q, tok, fmt) for q in qs]
+    with host.disable_adapter():
+        rows = decode(host, tok, prompts, 12)
+        for p, r in zip(prompts, rows, strict=True):
+            ids = torch.tensor([list(p.ids)])
+            ref = host.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+                                do_sample=False, eos_token_id=sorted(p.stop_ids), pad_token_id=tok.pad_token_id)
+            assert r.ids == ref[0, len(p.ids):].tolist()[: len(r.ids)]
+            assert len(r.ids) == 12 if r.finish == "length" else r.ids[-1] in p.stop_ids or r.ids[-1] in newline_ids(tok)
