@@ -51,9 +51,10 @@ class Resident:
     def ensure(self, m: ModuleInfo, pinned: set[str] | frozenset = frozenset()) -> str:
         """The adapter name of module version `m` on the host, loading it (safetensors only) if needed."""
         key = f"{m.id}:{m.checksum[:16]}"
-        if key in self.lru:
+        if key in self.lru and self._loaded(self.lru[key]):
             self.lru.move_to_end(key)
             return self.lru[key]
+        self.lru.pop(key, None)  # another Resident on the shared host (another bank, a test) deleted it: reload
         self.check_base(m)
         folder = self.bank.verified_path(m)  # a damaged or swapped module is refused, never served
         name = _adapter_name(key)
@@ -85,7 +86,7 @@ class Resident:
                   "sign": cfg.majority_sign, "svd_rank": cfg.svd_rank, "seed": cfg.seed,
                   "modules": [f"{m.id}:{m.checksum[:16]}" for m in modules]}
         key = "merge:" + json.dumps(recipe, sort_keys=True)
-        if key in self.lru:
+        if key in self.lru and self._loaded(self.lru[key]):
             self.lru.move_to_end(key)
             return self.lru[key], True
         inputs: list[str] = []
@@ -97,13 +98,18 @@ class Resident:
         self._put(key, name, set(pinned) | set(inputs) | {name})
         return name, False
 
+    def _loaded(self, name: str) -> bool:
+        return self.host is not None and name in self.host.peft_config
+
     def _put(self, key: str, name: str, pinned: set[str]) -> None:
         self.lru[key] = name
         while len(self.lru) > self.capacity:
             victim = next((k for k, v in self.lru.items() if v not in pinned), None)
             if victim is None:
                 break
-            self.host.delete_adapter(self.lru.pop(victim))
+            gone = self.lru.pop(victim)
+            if self._loaded(gone):
+                self.host.delete_adapter(gone)
 
     def activate(self, name: str | None):
         """Make one resident adapter answer; returns the host model.
