@@ -62,6 +62,23 @@ def collate(items: Sequence[Rendered], index: list[int], pad_id: int, loss: str 
     return Batch(list(index), ids, att, labels, emask, tokens)
 
 
+def concat_batches(parts: Sequence[Batch], pad_id: int) -> Batch:
+    """One right-padded batch of several batches' rows, in order (`index` then counts rows, not items)."""
+    if len(parts) == 1:
+        return parts[0]
+    T = max(p.input_ids.shape[1] for p in parts)
+
+    def pad(t: torch.Tensor, value) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, T - t.shape[1]), value=value)
+
+    return Batch([i for p in parts for i in p.index],
+                 torch.cat([pad(p.input_ids, pad_id) for p in parts]),
+                 torch.cat([pad(p.attention_mask, 0) for p in parts]),
+                 torch.cat([pad(p.labels, IGNORE) for p in parts]),
+                 torch.cat([pad(p.eval_mask, False) for p in parts]),
+                 sum(p.tokens for p in parts))
+
+
 def length_batches(items: Sequence[Rendered], batch_size: int, rng: random.Random | None) -> list[list[int]]:
     """Indices grouped by length (little padding waste); batch order shuffled when an rng is given."""
     order = sorted(range(len(items)), key=lambda i: (len(items[i].ids), i))
@@ -94,37 +111,48 @@ def _softcap(model, logits: torch.Tensor) -> torch.Tensor:
 MIN_SHARED_SAVING = 32
 
 
-def shared_prefix_len(batch: Batch, mask: torch.Tensor) -> int:
-    """Tokens every row of the batch starts with, up to the first position whose logits are wanted (0: none)."""
+def shared_prefix_len(batch: Batch, mask: torch.Tensor, rows: Sequence[int] | None = None) -> int:
+    """Tokens every row of the batch starts with, up to the first position whose logits are wanted (0: none).
+    With `rows` (the row groups of several adapters, in batch order) the prefix is shared within each group: the
+    rows of one group start alike, and every group's prefix has the same length."""
     ids, att = batch.input_ids, batch.attention_mask
-    B = ids.shape[0]
-    if B < 2:
+    rows = [ids.shape[0]] if rows is None else [n for n in rows if n]
+    if sum(rows) - len(rows) < 1:
         return 0
-    same = ((ids == ids[:1]).all(0) & (att == 1).all(0)).long()
-    P = int(same.cumprod(0).sum())
+    P, start = ids.shape[1], 0
+    for n in rows:
+        g, a = ids[start : start + n], att[start : start + n]
+        same = ((g == g[:1]).all(0) & (a == 1).all(0)).long()
+        P = min(P, int(same.cumprod(0).sum()))
+        start += n
     wanted = mask.any(0)
     if not wanted.any():
         return 0
     P = min(P, int(wanted.long().argmax()))
-    return P if (B - 1) * P >= MIN_SHARED_SAVING else 0
+    return P if (sum(rows) - len(rows)) * P >= MIN_SHARED_SAVING else 0
 
 
-def prefix_kv_cache(model, ids: torch.Tensor, att: torch.Tensor, rows: int):
-    """Key/value cache of one token prefix [1, P] through the decoder (no logits), repeated for `rows` batch rows.
-    Gradients flow through it when grad mode is on (the writer's shared prefix)."""
+def prefix_kv_cache(model, ids: torch.Tensor, att: torch.Tensor, rows: int | torch.Tensor):
+    """Key/value cache of token prefixes [G, P] through the decoder (no logits), spread over the batch: `rows`
+    copies of a single prefix, or, as a tensor, the prefix row each batch row continues. Gradients flow through it
+    when grad mode is on (the writer's shared prefix)."""
     from transformers import DynamicCache
 
     lm = _inner(model)
     cache = DynamicCache(config=lm.config)
     lm.get_decoder()(input_ids=ids, attention_mask=att, cache=cache, use_cache=True)
-    cache.batch_repeat_interleave(rows)
+    if isinstance(rows, int):
+        cache.batch_repeat_interleave(rows)
+    else:
+        cache.batch_select_indices(rows.to(ids.device))
     return cache
 
 
 def logits_at(model, batch: Batch, mask: torch.Tensor, hidden_in: torch.Tensor | None = None,
-              start_layer: int = 0, share_prefix: bool = False) -> torch.Tensor:
+              start_layer: int = 0, share_prefix: bool = False, lanes=None) -> torch.Tensor:
     """Logits [N, V] (float32) at the positions of `mask`, optionally starting from cached hidden states or
-    running the batch's shared token prefix once."""
+    running the batch's shared token prefix once. With `lanes` (a `loramem.lanes.Lanes` that is on), each row group
+    reads its own adapter, and a shared prefix runs once per group."""
     lm = _inner(model)
     dev = next(lm.parameters()).device
     wanted = mask.any(0).nonzero()
@@ -137,10 +165,18 @@ def logits_at(model, batch: Batch, mask: torch.Tensor, hidden_in: torch.Tensor |
         hidden_in = None if hidden_in is None else hidden_in[:, :end]
     att = batch.attention_mask.to(dev)
     decoder = lm.get_decoder()
-    P = shared_prefix_len(batch, mask) if (share_prefix and hidden_in is None) else 0
+    groups = None if lanes is None else [n for n in lanes.rows if n]
+    P = shared_prefix_len(batch, mask, groups) if (share_prefix and hidden_in is None) else 0
     if P:
         ids = batch.input_ids.to(dev)
-        cache = prefix_kv_cache(model, ids[:1, :P], att[:1, :P], ids.shape[0])
+        if groups is None:
+            cache = prefix_kv_cache(model, ids[:1, :P], att[:1, :P], ids.shape[0])
+        else:  # one prefix row per lane, each through its own adapter
+            firsts = [sum(groups[:g]) for g in range(len(groups))]
+            which = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor(groups))
+            with lanes.split([1 if n else 0 for n in lanes.rows]):
+                cache = prefix_kv_cache(model, ids[firsts, :P], att[firsts, :P],
+                                        ids.shape[0] if len(groups) == 1 else which)
         out = decoder(input_ids=ids[:, P:], attention_mask=att, cache=cache, use_cache=True)
         h = out.last_hidden_state[mask[:, P:].to(dev)]
         return _softcap(model, lm.get_output_embeddings()(h).float())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from loramem.bank.manifest import ModuleInfo
@@ -33,43 +34,39 @@ def write_to_bank(train_file: str | Path, bank: MemoryBank, name: str, base: Bas
 
 def write_parts(parts: list[Part], bank: MemoryBank, name: str, base: Base, cfg: WriterConfig,
                 view_mix: dict | None = None, data_license: str | None = None) -> list[ModuleInfo]:
-    """Train every part into the bank's staging area, then commit them all in one manifest transaction (a write
-    killed half-way leaves every module at its old version, never some new and some old)."""
+    """Train every part into the bank's staging area, all in one pass over the base (`write_modules`: each part
+    its own module, optimizer and early stop), then commit them all in one manifest transaction (a write killed
+    half-way leaves every module at its old version, never some new and some old)."""
     import shutil
 
-    staged: list[NewModule] = []
+    from loramem.writer import WriteJob, write_modules
+
+    stagings = []
     try:
-        for i, p in enumerate(parts):
-            staged.append(train_part(p, bank, name + p.suffix, base, cfg, view_mix, data_license))
-            if i == 0:
-                fault_point("bank-part-trained")
+        for _ in parts:
+            stagings.append(bank.new_staging())
+        jobs = [WriteJob(p.examples, cfg, out=st, adapter=f"{ADAPTER}{i}", data_license=data_license)
+                for i, (p, st) in enumerate(zip(parts, stagings, strict=True))]
+        results = write_modules(jobs, base)
+        for r in results:
+            r.model.delete_adapter(r.adapter)
+        fault_point("bank-part-trained")
+        staged = [_new_module(p, name + p.suffix, r.record, st, view_mix)
+                  for p, r, st in zip(parts, results, stagings, strict=True)]
         return bank.add_folders(staged, move=True)
     finally:
-        for item in staged:
-            shutil.rmtree(item.folder, ignore_errors=True)
+        for st in stagings:
+            shutil.rmtree(st, ignore_errors=True)
 
 
 def write_part(part: Part, bank: MemoryBank, name: str, base: Base, cfg: WriterConfig,
                view_mix: dict | None = None, data_license: str | None = None) -> ModuleInfo:
     """Train one module on a part and commit it to the bank (staged inside the bank, then renamed in)."""
-    return bank.add_folders([train_part(part, bank, name, base, cfg, view_mix, data_license)], move=True)[0]
+    return write_parts([dataclasses.replace(part, suffix="")], bank, name, base, cfg, view_mix, data_license)[0]
 
 
-def train_part(part: Part, bank: MemoryBank, name: str, base: Base, cfg: WriterConfig,
-               view_mix: dict | None = None, data_license: str | None = None) -> NewModule:
-    """Train one module on a part into a fresh staging folder of the bank (not yet in the manifest)."""
-    import shutil
-
-    from loramem.writer import write_module
-
-    staging = bank.new_staging()
-    try:
-        res = write_module(part.examples, base, cfg, out=staging, adapter=ADAPTER, data_license=data_license)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    res.model.delete_adapter(ADAPTER)
+def _new_module(part: Part, name: str, record: dict, staging: Path, view_mix: dict | None) -> NewModule:
     # a generated knowledge set has no file: its data hash stands in
-    sources = {str(part.source): file_sha256(part.source) if part.source.is_file() else res.record["data_hash"]}
-    return NewModule(staging, name, res.record, part.key_text, part.keys, sources, view_mix or {"qa": 1.0},
+    sources = {str(part.source): file_sha256(part.source) if part.source.is_file() else record["data_hash"]}
+    return NewModule(staging, name, record, part.key_text, part.keys, sources, view_mix or {"qa": 1.0},
                      row_texts(part.examples))

@@ -77,27 +77,45 @@ def _entries(cell: dict, opts: RecipeOptions, tokenizer) -> list[phonebook.Entry
 
 
 def run_cell(cell: dict, opts: RecipeOptions) -> dict:
+    return run_cells([cell], opts)[0]
+
+
+def run_cells(cells: list[dict], opts: RecipeOptions) -> list[dict]:
+    """Cells with one writer setting (ranks, sizes and seeds vary) train in one pass over the base, each its own
+    module with its own seed, optimizer and early stop."""
     from loramem.models import load_base
-    from loramem.writer import write_module
+    from loramem.writer import WriteJob, write_modules
 
     base = load_base(opts.model)
-    entries = _entries(cell, opts, base.tokenizer)
-    writer = dict(cell["writer"])
-    cfg = WriterConfig.preset(writer.pop("recipe", "fast"), rank=cell["rank"], seed=cell["train_seed"], progress=False,
-                              **writer)
-    adapter = "capacity_cell"
-    res = write_module([e.example() for e in entries], base, cfg, adapter=adapter)
-    rec = res.record
-    res.model.delete_adapter(adapter)
-    correct = round(rec["exact_match"] * len(entries))
-    bits = correct * phonebook.ANSWER_SPACE_BITS
-    return {
-        "size_tokens": rec["knowledge_tokens"], "entries": len(entries), "accuracy": rec["exact_match"],
-        "correct": correct, "n_params": rec["n_params"], "bits": round(bits, 1),
-        "bits_per_param": bits / rec["n_params"], "steps": rec["steps"], "epochs": rec["epochs"],
-        "tokens_seen": rec["tokens_seen"], "stopped": rec["stopped"], "train_s": rec["train_s"],
-        "tokens_per_s": rec["tokens_per_s"],
-    }
+    jobs, sizes = [], []
+    for i, cell in enumerate(cells):
+        entries = _entries(cell, opts, base.tokenizer)
+        writer = dict(cell["writer"])
+        cfg = WriterConfig.preset(writer.pop("recipe", "fast"), rank=cell["rank"], seed=cell["train_seed"],
+                                  progress=False, **writer)
+        jobs.append(WriteJob([e.example() for e in entries], cfg, adapter=f"capacity_cell{i}"))
+        sizes.append(len(entries))
+    out = []
+    for res, n in zip(write_modules(jobs, base), sizes, strict=True):
+        res.model.delete_adapter(res.adapter)
+        rec = res.record
+        correct = round(rec["exact_match"] * n)
+        bits = correct * phonebook.ANSWER_SPACE_BITS
+        out.append({
+            "size_tokens": rec["knowledge_tokens"], "entries": n, "accuracy": rec["exact_match"],
+            "correct": correct, "n_params": rec["n_params"], "bits": round(bits, 1),
+            "bits_per_param": bits / rec["n_params"], "steps": rec["steps"], "epochs": rec["epochs"],
+            "tokens_seen": rec["tokens_seen"], "stopped": rec["stopped"], "train_s": rec["train_s"],
+            "tokens_per_s": rec["tokens_per_s"], "modules_together": rec["modules_together"],
+        })
+    return out
+
+
+def together(cell: dict) -> str:
+    """Cells with the same writer settings share a pass."""
+    import json
+
+    return json.dumps(cell["writer"], sort_keys=True)
 
 
 def curves(rows: list[dict]) -> dict[int, list[dict]]:
@@ -209,4 +227,5 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
         k for k, v in per_rank.items() if v is best), "bits_per_param_limit": BITS_PER_PARAM_LIMIT}
 
 
-RECIPE = Recipe("capacity", "Q1-Q3: capacity and efficiency vs rank (PhoneBook)", cells, run_cell, summarize)
+RECIPE = Recipe("capacity", "Q1-Q3: capacity and efficiency vs rank (PhoneBook)", cells, run_cell, summarize,
+                run_cells=run_cells, together=together)

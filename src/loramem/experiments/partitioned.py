@@ -94,7 +94,7 @@ def _facts(g: dict, opts: RecipeOptions) -> tuple[list[phonebook.Entry], list[in
 def setup(opts: RecipeOptions) -> Setup:
     """Build (or reuse) the bank of N small modules plus the single large module for these options."""
     from loramem.bank.partition import Part
-    from loramem.bank.write import write_part
+    from loramem.bank.write import write_part, write_parts
 
     g = grid(opts)
     base = load_base(opts.model)
@@ -107,11 +107,13 @@ def setup(opts: RecipeOptions) -> Setup:
     wcfg = dict(g["writer"], seed=opts.seed, progress=False)
     src = Path(f"phonebook-seed{opts.seed}") if opts.paper_data is None else Path(opts.paper_data)
     names = [f"part{s or '-0'}" for s in suffixes(g["modules"])]
+    missing = []
     for i, name in enumerate(names):
         if name not in have:
             ex = [entries[j].example() for j in range(len(entries)) if gold[j] == i]
-            write_part(Part("", ex, key_text(ex), [fact_key(e) for e in ex], src), bank, name, base,
-                       WriterConfig(rank=g["small_rank"], **wcfg))
+            missing.append(Part(name, ex, key_text(ex), [fact_key(e) for e in ex], src))
+    if missing:  # the small modules train together, in one pass over the base (each its own module)
+        write_parts(missing, bank, "", base, WriterConfig(rank=g["small_rank"], **wcfg))
     if "single" not in have:
         ex = [e.example() for e in entries]
         write_part(Part("", ex, key_text(ex), [fact_key(e) for e in ex], src), bank, "single", base,

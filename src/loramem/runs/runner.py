@@ -7,7 +7,7 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +42,10 @@ class Recipe:
     cells: Callable[[RecipeOptions], list[dict]]  # each cell: JSON-able params with a unique "cell" id
     run_cell: Callable[[dict, RecipeOptions], dict]
     summarize: Callable[[list[dict], RecipeOptions], dict]  # writes tables/plots under opts.out, returns summary
+    # cells that train modules over one base can run several at once (one pass, `write_modules`): `together(cell)`
+    # gives a key (None: alone) and `run_cells` runs cells sharing one, returning their results in order
+    run_cells: Callable[[list[dict], RecipeOptions], list[dict]] | None = None
+    together: Callable[[dict], Hashable | None] | None = None
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -89,13 +93,14 @@ def run_recipe(recipe: Recipe, opts: RecipeOptions, executor: str = "local", add
             hear("row", cell=row["cell"], status=row["status"])
     elif executor == "local":
         with _CellProgress(recipe.name, len(cells), len(cells) - len(todo), opts.progress) as bar:
-            for cell in todo:
-                bar.start(cell["cell"])
-                hear("cell", cell=cell["cell"])
-                row = run_one(recipe, cell, opts)
-                append_row(path, row)
-                hear("row", cell=row["cell"], status=row["status"])
-                bar.advance()
+            for group in together_groups(recipe, todo):
+                bar.start(group[0]["cell"] + (f" (+{len(group) - 1} together)" if len(group) > 1 else ""))
+                for cell in group:
+                    hear("cell", cell=cell["cell"])
+                for row in run_group(recipe, group, opts):
+                    append_row(path, row)
+                    hear("row", cell=row["cell"], status=row["status"])
+                    bar.advance()
     else:
         raise UserError(f"unknown executor '{executor}'; use local or ray")
     rows = [r for r in read_rows(path) if r.get("recipe") == recipe.name]
@@ -139,6 +144,47 @@ def run_one(recipe: Recipe, cell: dict, opts: RecipeOptions) -> dict:
     row.update(recipe=recipe.name, model=opts.model, scale=opts.scale, seed=opts.seed,
                seconds=round(time.time() - t0, 2), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     return row
+
+
+def together_groups(recipe: Recipe, cells: list[dict], most: int | None = None) -> list[list[dict]]:
+    """The cells in runs of those that may share one pass (same `together` key), at most `most` per run, in the
+    order of each key's first cell."""
+    from loramem.writer import MAX_TOGETHER
+
+    most = most or MAX_TOGETHER
+    if recipe.run_cells is None or recipe.together is None:
+        return [[c] for c in cells]
+    keyed: dict = {}
+    out: list[list[dict]] = []
+    for c in cells:
+        key = recipe.together(c)
+        if key is None:
+            out.append([c])
+            continue
+        if key not in keyed or len(keyed[key]) >= most:
+            keyed[key] = []
+            out.append(keyed[key])
+        keyed[key].append(c)
+    return out
+
+
+def run_group(recipe: Recipe, group: list[dict], opts: RecipeOptions) -> list[dict]:
+    """Result rows of cells run together; when the shared pass fails, each cell runs alone, so one bad cell costs
+    only its own row."""
+    if len(group) == 1 or recipe.run_cells is None:
+        return [run_one(recipe, c, opts) for c in group]
+    t0 = time.time()
+    try:
+        results = recipe.run_cells(group, opts)
+    except KeyboardInterrupt:
+        raise
+    except Exception:  # noqa: BLE001 - rerun alone: an error then lands on the cell that has it
+        traceback.print_exc()
+        return [run_one(recipe, c, opts) for c in group]
+    stamp = dict(recipe=recipe.name, model=opts.model, scale=opts.scale, seed=opts.seed,
+                 seconds=round(time.time() - t0, 2), cells_together=len(group),
+                 finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return [{**c, **r, "status": "ok", **stamp} for c, r in zip(group, results, strict=True)]
 
 
 def _latest_ok(rows: list[dict]) -> list[dict]:
