@@ -43,3 +43,16 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subpro
     """Run `loramem ARGS` as a user would, in a real process."""
     return subprocess.run([sys.executable, "-m", "loramem.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+def svg_text(path: Path) -> str:
+    """The words a plot's SVG shows (title, labels, legend, values), one per line: plots keep their text as text."""
+    import html
+    import re
+
+    return "\n".join(html.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>", Path(path).read_text()))
+
+
+def error_bars(path: Path) -> int:
+    """How many sets of error bars a plot's SVG draws (matplotlib draws each as one line collection)."""
+    return Path(path).read_text().count('id="LineCollection_')

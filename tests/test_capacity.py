@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 from conftest import run_cli
 
 from loramem.experiments.capacity import summarize
@@ -28,6 +29,32 @@ def test_bench_capacity_writes_the_contract_files(tmp_path):
     for png in ("accuracy_vs_size", "tmax_vs_rank", "efficiency_vs_rank"):
         assert (tmp_path / f"{png}.png").stat().st_size > 1000
     assert (tmp_path / "results.csv").read_text().startswith("rank,size_tokens,entries,train_seed,accuracy")
+    for r in rows:  # every fact's question, gold, prediction and score; together they give the cell's accuracy
+        preds = r["predictions"]
+        assert len(preds) == r["predictions_of"] == r["entries"] and r["predictions_by"].startswith("teacher-forced")
+        assert all({"question", "gold", "prediction", "exact", "token_accuracy"} <= set(p) for p in preds)
+        assert all(p["question"].startswith("What is the phone number of ") for p in preds)
+        assert sum(p["exact"] for p in preds) / len(preds) == pytest.approx(r["accuracy"])
+
+
+def test_cells_cached_before_predictions_were_kept_still_resume_and_report(tmp_path):
+    from loramem import experiments
+    from loramem.datasheet import predictions_note
+    from loramem.runs.runner import run_recipe
+
+    opts = RecipeOptions(model="tiny-random", out=tmp_path, progress=False,
+                         params={"ranks": [1], "entries": [2, 3], "seeds": 1, "writer": {"layers": "0-1", "steps": 1}})
+    run_recipe(experiments.get("capacity"), opts)
+    rows = read_rows(tmp_path / "results.jsonl")
+    old = [{k: v for k, v in r.items() if not k.startswith("predictions")} if r["entries"] == 2 else r for r in rows]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    (tmp_path / "accuracy_vs_size.svg").unlink()
+    summary = run_recipe(experiments.get("capacity"), opts)  # both cells cached: nothing reruns, plots redrawn
+    assert summary["ok"] == 2 and read_rows(tmp_path / "results.jsonl") == old
+    assert (tmp_path / "accuracy_vs_size.svg").is_file()
+    note = predictions_note(old)
+    assert "each question’s answer, gold and scores" in note and "1 of 2 cells" in note
+    assert predictions_note([r for r in old if "predictions" not in r]) == ""  # rows from before predictions: the link says only what is there
 
 
 def test_tmax_and_efficiency_follow_the_papers_definition(tmp_path):
@@ -76,4 +103,4 @@ def test_tmax_uses_the_mean_over_seeds(tmp_path):
     s = summarize(rows, RecipeOptions(out=tmp_path))
     assert s["seeds"] == 2
     assert s["per_rank"]["1"]["t_max"] == 490 and s["per_rank"]["2"]["t_max"] == 1000
-    assert "| 1 | 1000 | 33 | 2 | 0.850 | 0.212 | 1.00 / 0.70 |" in (tmp_path / "capacity.md").read_text()
+    assert "| 1 | 1000 | 33 | 2 | 0.850 | 0.212 | 0.000 to 1.000 | 1.00 / 0.70 |" in (tmp_path / "capacity.md").read_text()

@@ -122,6 +122,41 @@ def test_renamed_options_show_the_new_name_and_still_take_the_old(tmp_path):
     assert "LoRA rank r (default: 8" in r.stdout and "(default: 0.002" in r.stdout and "--json" in r.stdout
 
 
+OLD_SPELLINGS = {("phonebook", "make"): ["--model"], ("views", "make"): ["--model"], ("index",): ["--model", "--k"],
+                 ("retrieve",): ["-k", "--k"], ("eval",): ["--max-new-tokens"], ("ask",): ["--max-new-tokens", "--rag"]}
+
+
+def test_old_option_spellings_are_hidden_from_help_and_still_work(tmp_path):
+    import re
+
+    from typer.testing import CliRunner
+
+    from loramem.cli import app
+    from loramem.errors import UserError
+
+    cli = CliRunner()
+    for verb, flags in OLD_SPELLINGS.items():
+        shown = cli.invoke(app, [*verb, "--help"], env={"COLUMNS": "200"})
+        assert shown.exit_code == 0, shown.output
+        for flag in flags:  # the flag as a word: not "--max-new-tokens" inside another name, not "top-k"
+            assert not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", shown.output), (verb, flag)
+    # the old spellings still reach the code: a model that does not exist is refused by name
+    doc = tmp_path / "doc.txt"
+    doc.write_text(" ".join(f"Fact {i}: item {i} is kept in box {i}." for i in range(40)))
+    for args in (["phonebook", "make", "--tokens", "100", "--out", str(tmp_path / "pb.csv")],
+                 ["views", "make", str(doc), "--out", str(tmp_path / "views")],
+                 ["index", str(doc), "--out", str(tmp_path / "never")]):
+        res = cli.invoke(app, [*args, "--model", "no-such-model"])
+        assert isinstance(res.exception, UserError) and "no-such-model" in str(res.exception), (args, res.output)
+    # index --k sets the index's chunks per question; retrieve -k / --k how many come back
+    res = cli.invoke(app, ["index", str(doc), "--out", str(tmp_path / "idx"), "--chunk-tokens", "16", "--overlap",
+                           "0", "--model", "tiny-random", "--k", "2"])
+    assert res.exit_code == 0, res.output
+    for flags, want in (([], 2), (["-k", "1"], 1), (["--k", "4"], 4), (["--chunks", "3"], 3)):
+        res = cli.invoke(app, ["retrieve", "box 7", "--index", str(tmp_path / "idx"), "--json", *flags])
+        assert res.exit_code == 0 and len(json.loads(res.stdout)) == want, (flags, res.output)
+
+
 def test_every_verb_that_reports_takes_json():
     import typer
 

@@ -84,5 +84,17 @@ def test_bench_counterfact_cli_writes_efficacy(tmp_path, paper_dir):
     assert rows[0]["status"] == "ok" and 0.0 <= rows[0]["efficacy"] <= 1.0
     assert rows[0]["n_probes"] == 4 and rows[0]["storage_bytes"] > 0 and "known_retained" in rows[0]
     assert (out / "counterfact.md").is_file() and "efficacy" in (out / "counterfact.md").read_text()
+    from loramem.evaluate import normalize
+
+    row = rows[0]  # every probe's prediction and scores, and every known fact before and after: they give the metrics
+    assert len(row["predictions"]) == row["predictions_of"] and {"rewrite"} <= {p["kind"] for p in row["predictions"]}
+    compared = [p for p in row["predictions"] if p["kind"] == "rewrite" and normalize(p["old"]) != normalize(p["gold"])]
+    assert len(compared) == row["n_compared"]
+    if compared:
+        assert sum(p["new_beats_old"] for p in compared) / len(compared) == pytest.approx(row["efficacy"])
+    known = [k for k in row["known_facts"] if k["right_before"]]
+    assert len(known) == row["known_before"]
+    if known:
+        assert sum(k["right_after"] for k in known) / len(known) == pytest.approx(row["known_retained"])
     bad = run_cli("bench", "counterfact", "--model", "tiny-random", "--out", str(out), "--data", str(tmp_path / "no.json"))
     assert bad.returncode == 2 and "does not exist" in bad.stderr

@@ -41,6 +41,7 @@ def test_report_renders_every_section_for_a_tiny_grid(tmp_path, squares_register
     assert "| command | `loramem.datasheet(...) from Python` |" in md
     assert "mean accuracy by rank (" in md.lower() and '{"' not in md.split("## Findings")[1].split("\n## ")[0]  # sentences
     assert "[capacity/results.jsonl](capacity/results.jsonl)" in md
+    assert "and each question’s answer, gold and scores (`predictions`, read by teacher-forced argmax" in md
     assert "Settings of its cells (from the rows): rank 1, 4;" in md
     assert all(p.with_suffix(".svg").is_file() for p in (tmp_path / "capacity").glob("*.png")) and "([SVG](" in md
     assert md.count("![") >= 4  # capacity's plots
@@ -139,3 +140,81 @@ def test_side_results_call_out_the_base_knowledge_a_counterfact_module_lost(tmp_
     assert len(said) == 1 and "kept 0.346 of the facts the base model answered right before" in said[0]
     assert "26 such facts" in said[0]
     assert side_results(tmp_path, ["capacity"]) == []
+
+
+def _graded(n: int, mean: float, spread: float = 1.0) -> list[dict]:
+    """n questions' judge scores around `mean` (what a docqa row keeps per question)."""
+    return [{"judge": mean + spread * (i % 3 - 1), "f1": 0.5} for i in range(n)]
+
+
+def _docqa(n_q: int = 6, **fields) -> dict:
+    scores = {"judge": 4.0, "f1": 0.3, "rougeL": 0.3, "bleu": 0.1, "em": 0.0}
+    return {**scores, "n_questions": n_q, "judge_name": "embed", "tokens_seen": 100, "train_tokens": 100,
+            "predictions": _graded(n_q, 4.0), **fields}
+
+
+# Result rows as each recipe writes them (the multi-module ones as cached before predictions and intervals were
+# kept: the plots must still draw Wilson intervals from the share and n).
+HAND_ROWS = {
+    "capacity": [{"cell": f"r{r}-e{e}", "rank": r, "size_kind": "entries", "size": e, "size_tokens": 20 * e,
+                  "entries": e, "accuracy": a, "correct": round(a * e), "n_params": 1000 * r, "bits": 0,
+                  "bits_per_param": round(a * e) * 33.2 / (1000 * r), "tau": 0.9, "steps": 1, "seconds": 1}
+                 for r in (1, 4) for e, a in ((20, 1.0), (40, 0.5))],
+    "formats": [_docqa(format=f, budget=b, paper="1") for f in ("raw", "qa") for b in (250, 750)],
+    "mixes": [_docqa(mix=m, paper="1") for m in ("QA40", "Summary8+QA40")],
+    "model-scale": [_docqa(base_model=m, base_params=p, views="qa10", paper="1", base_judge=2.0, base_f1=0.1,
+                           base_predictions=_graded(6, 2.0)) for m, p in (("tiny-random", 1), ("smollm2-135m", 2))],
+    "generators": [_docqa(generator_name="template", views="qa10", view_tokens=50, generate_s=0.1, qa_short_by=0,
+                          prompt_version="v1", paper="1")],
+    "multi-lora": [{"cell": s, "system": s, "accuracy": a, "n_eval": 48, "n_facts": 48, "modules": 4,
+                    "small_rank": 1, "single_rank": 4, "lora_params": 10}
+                   for s, a in (("single", 0.4), ("multi-oracle", 0.9), ("icl", 0.1))],
+    "routing": [{"cell": r, "router": r, "answer_accuracy": a, "routing_accuracy": None if r == "single" else 1.0,
+                 "route_ms": 0.1, "n_eval": 48, "modules": 4} for r, a in (("single", 0.4), ("oracle", 0.9))],
+    "merging": [{"cell": m, "method": m, "weights": "auto", "accuracy": a, "token_accuracy": 0.6, "top_k": 3,
+                 "n_eval": 48, "merge_ms": 1.0, "n_merges": 2, "modules": 4}
+                for m, a in (("single", 0.4), ("none", 0.9), ("ties", 0.2))],
+    "n-modules": [{"cell": f"ties-n{n}", "method": "ties", "n": n, "accuracy": 1 / n, "token_accuracy": 0.5,
+                   "token_accuracy_ci": [0.4, 0.6], "n_eval": 48, "modules": 4} for n in (1, 2)],
+    "rag-icl": [{"cell": "phonebook", "benchmark": "phonebook", "metric": "exact_match", "n_questions": 8,
+                 "methods": {m: {"score": 0.5, "prompt_tokens": 10, "latency_ms": 5, "truncated_tokens": 0,
+                                 "storage_bytes": 1, "train_s": 1.0}
+                             for m in ("base", "lora", "rag", "icl", "lora+rag", "lora+icl")}}],
+    "counterfact": [{"cell": "r4-1K", "rank": 4, "size": "1K", "size_tokens": 1234, "efficacy": 0.65,
+                     "n_compared": 40, "known_retained": 0.5}],
+}
+NO_PER_ITEM_DATA = {"tmax_vs_rank", "efficiency_vs_rank"}  # thresholds on a curve, not means over items
+
+
+@pytest.mark.parametrize("name", sorted(HAND_ROWS))
+def test_every_plot_says_its_n_and_draws_95_intervals_where_items_were_scored(name, tmp_path):
+    from conftest import error_bars, svg_text
+
+    from loramem.runs.runner import RecipeOptions
+
+    experiments.get(name).summarize(HAND_ROWS[name], RecipeOptions(model="tiny-random", out=tmp_path))
+    plots = sorted(tmp_path.glob("*.svg"))
+    assert plots and all(p.with_suffix(".png").is_file() for p in plots)
+    for svg in plots:
+        words = svg_text(svg)
+        assert "n = " in words, (svg.name, words)
+        if svg.stem not in NO_PER_ITEM_DATA:
+            assert "bars: 95% CI" in words and error_bars(svg) >= 1, (svg.name, words)
+
+
+def test_a_recipe_with_one_x_draws_a_point_with_its_interval_and_its_value(tmp_path):
+    """CounterFact at one edit size: a point per rank with its Wilson bar and the value written, not a line."""
+    from conftest import error_bars, svg_text
+
+    from loramem.experiments.counterfact import summarize
+    from loramem.intervals import wilson
+    from loramem.runs.runner import RecipeOptions
+
+    rows = [{"cell": f"r{r}-1K", "rank": r, "size": "1K", "size_tokens": 1234, "efficacy": e, "n_compared": 40,
+             "known_retained": 0.5} for r, e in ((4, 0.65), (16, 0.8))]
+    summarize(rows, RecipeOptions(out=tmp_path))
+    words = svg_text(tmp_path / "efficacy_vs_size.svg").splitlines()
+    lo, hi = wilson(26, 40)
+    assert f"0.65  [{lo:.3g}, {hi:.3g}]" in words and any(w.startswith("0.8  [") for w in words)
+    assert "edit tokens = 1234" in words and {"rank 4", "rank 16"} <= set(words)  # ranks side by side, x named
+    assert error_bars(tmp_path / "efficacy_vs_size.svg") == 2

@@ -76,6 +76,9 @@ def test_eval_metrics_reports_each_metric_overall_and_per_level(tmp_path):
     assert set(out["by_level"]) == {"1", "3"} and out["by_level"]["3"]["n"] == 1
     assert out["judge"]["name"] == "embed:all-MiniLM-L6-v2" and out["judge"]["prompt_version"] == "embed-v1"
     assert len(out["answers"]) == 2 and {"prediction", "gold", "level", "f1"} <= set(out["answers"][0])
+    # --max-new-tokens (the old, hidden name of --max-tokens) still limits the answers: 4 tokens of the random model
+    # are a few words; at the default 64 it runs on for hundreds of characters
+    assert all(len(a["prediction"]) < 60 for a in out["answers"]), out["answers"]
     plain = run_cli("eval", str(tmp_path / "mod"), "--data", str(train), "--json")  # the old contract holds
     assert plain.returncode == 0 and set(json.loads(plain.stdout)) >= {"exact_match", "n", "method"}
 

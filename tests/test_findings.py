@@ -96,3 +96,16 @@ def test_a_row_from_before_seeds_is_seed_0_and_not_counted_twice():
     rows = [old] + [_seeded(1, 500, s, a) for s, a in enumerate((1.0, 0.5, 0.6))]
     (point,) = curves(rows)[1]
     assert point["by_seed"] == {0: 1.0, 1: 0.5, 2: 0.6} and abs(point["accuracy"] - 0.7) < 1e-9
+
+
+def test_intervals_are_wilson_for_shares_and_student_t_for_graded_scores():
+    from loramem.intervals import interval, share_interval, wilson
+
+    lo, hi = wilson(0, 10)  # the published Wilson bounds: never a zero-width interval at 0
+    assert lo == pytest.approx(0.0, abs=1e-9) and hi == pytest.approx(0.2775, abs=1e-4)
+    assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4) and wilson(3, 0) is None
+    assert interval([True] * 5 + [False] * 5) == pytest.approx(wilson(5, 10))
+    assert share_interval(0.5, 10) == pytest.approx(wilson(5, 10)) and share_interval(None, 10) is None
+    graded = [0.0, 0.5, 1.0, 0.5]
+    assert interval(graded) == pytest.approx(findings.interval95(graded)[1:])
+    assert interval([0.3]) is None

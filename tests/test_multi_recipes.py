@@ -76,5 +76,16 @@ def test_recipe_runs_end_to_end_on_a_tiny_bank(name, table, tmp_path_factory, mo
     assert summary["ok"] == summary["cells"] == len(rows) and not summary["failed"]
     assert (out / f"{table}.md").is_file() and (out / f"{table}.png").stat().st_size > 1000
     assert json.loads((out / "summary.json").read_text())["recipe"] == name
+    for r in rows:  # each fact's question, gold, answering module(s), prediction and score; they give the accuracy
+        preds = r["predictions"]
+        assert len(preds) == r["predictions_of"] == r["n_eval"] and r["predictions_by"].startswith("teacher-forced")
+        assert all({"question", "gold", "gold_module", "modules", "prediction", "exact", "token_accuracy"} <= set(p)
+                   for p in preds)
+        share = sum(p["exact"] for p in preds) / len(preds)
+        assert share == pytest.approx(r["answer_accuracy" if name == "routing" else "accuracy"])
+    merged = [r for r in rows if r.get("method") in ("ties", "cat")]
+    assert all(len(p["modules"]) == r.get("top_k", r.get("n")) for r in merged for p in r["predictions"])
     if name == "routing":
         assert summary["routing_accuracy"]["oracle"] == 1.0 and summary["routing_accuracy"]["bm25"] == 1.0
+        oracle = next(r for r in rows if r["router"] == "oracle")
+        assert all(p["modules"] == [p["gold_module"]] for p in oracle["predictions"])

@@ -60,6 +60,12 @@ def test_bench_rag_icl_writes_rows_and_a_table(tmp_path):
     assert "| phonebook | exact_match | lora+rag |" in table and "prompt tokens / q" in table
     assert "Finding" in table and "closed-book lora" in table
     assert "finding_lora_plus_context_best" in json.loads((out / "summary.json").read_text())
+    preds = rows[0]["predictions"]  # every question's answer in every method, with gold and score
+    assert len(preds) == rows[0]["predictions_of"] == 2 * len(methods)
+    for m, v in methods.items():
+        mine = [p for p in preds if p["method"] == m]
+        assert len(mine) == v["n"] == 2 and all({"question", "gold", "prediction", "score"} <= set(p) for p in mine)
+        assert sum(p["score"] for p in mine) / 2 == pytest.approx(v["score"])
     bad = run_cli("bench", "rag-icl", "--model", "tiny-random", "--benchmarks", "wiki", "--out", str(out))
     assert bad.returncode == 2 and "unknown benchmark" in bad.stderr
 

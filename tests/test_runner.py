@@ -57,3 +57,14 @@ def test_resume_after_killed_run(tmp_path):
     assert len(after) == 50  # each cell exactly once: none redone, none lost
     assert sorted(r["x"] for r in after) == list(range(50))
     assert json.loads((tmp_path / "summary.json").read_text())["ok"] == 50
+
+
+def test_a_cell_keeps_every_prediction_up_to_a_bound_evenly_spaced():
+    from loramem.runs.runner import PREDICTIONS_KEPT, kept_predictions
+
+    few = kept_predictions([{"q": i} for i in range(5)])
+    assert few == {"predictions": [{"i": i, "q": i} for i in range(5)], "predictions_of": 5}
+    many = kept_predictions([{"q": i} for i in range(1000)])
+    kept = [p["i"] for p in many["predictions"]]
+    assert many["predictions_of"] == 1000 and len(kept) == PREDICTIONS_KEPT == 200
+    assert kept[:3] == [0, 5, 10] and kept[-1] == 995  # spread over the whole book, not its first part

@@ -230,17 +230,31 @@ def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dic
         folder = out / name
         for md in sorted(folder.glob("*.md")):
             lines += ["", md.read_text().strip()]
-        used = hyperparameters([r for r in read_rows(folder / "results.jsonl") if r.get("status") == "ok"])
+        ok_rows = [r for r in read_rows(folder / "results.jsonl") if r.get("status") == "ok"]
+        used = hyperparameters(ok_rows)
         if used:
             lines += ["", f"Settings of its cells (from the rows): {used}."]
         if (folder / "results.jsonl").is_file():
-            answers = '"predictions"' in (folder / "results.jsonl").read_text()
-            lines += ["", f"Every cell's row, with its config{' and each question’s answer, gold and scores' if answers else ''}: "
+            lines += ["", f"Every cell's row, with its config{predictions_note(ok_rows)}: "
                           f"[{name}/results.jsonl]({name}/results.jsonl)."]
         for png in sorted(folder.glob("*.png")):
             svg = f" ([SVG]({name}/{png.stem}.svg))" if png.with_suffix(".svg").is_file() else ""
             lines += ["", f"![{png.stem}]({name}/{png.name}){svg}"]
     return "\n".join(lines) + "\n"
+
+
+def predictions_note(rows: list[dict]) -> str:
+    """What the rows keep of each question (answer, gold, scores), for the sentence that links them."""
+    kept = [r for r in rows if r.get("predictions")]
+    if not kept:
+        return ""
+    sampled = any(r.get("predictions_of", 0) > len(r["predictions"]) for r in kept)
+    how = {r.get("predictions_by") for r in kept} - {None}
+    return (" and each question’s answer, gold and scores (`predictions`"
+            + (f", read by {', '.join(sorted(how))}" if how else "")
+            + ("; an evenly spaced sample where a cell answered more" if sampled else "")
+            + (f"; {len(kept)} of {len(rows)} cells, the others were cached before predictions were kept"
+               if len(kept) < len(rows) else "") + ")")
 
 
 HYPERPARAMETERS = ("rank", "alpha", "lr", "schedule", "steps", "epochs", "batch_size", "layers", "targets", "loss",

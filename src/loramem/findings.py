@@ -7,10 +7,9 @@ change the data, and the table changes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from statistics import mean, stdev
+from statistics import mean
 
 Rows = dict[str, list[dict]]  # recipe name -> its ok rows
 
@@ -29,14 +28,9 @@ def _r(x: float) -> float:
 
 def interval95(values: list[float]) -> tuple[float, float, float]:
     """Mean and 95% Student t interval of per-seed values; with one value the interval is that value."""
-    from scipy import stats
+    from loramem.intervals import mean_interval
 
-    m = mean(values)
-    if len(values) < 2:
-        return m, m, m
-    t = float(stats.t.ppf(0.975, df=len(values) - 1))
-    half = t * stdev(values) / math.sqrt(len(values))
-    return m, m - half, m + half
+    return mean_interval(values)
 
 
 def capacity_saturates(rows: list[dict]) -> tuple[bool | None, dict]:

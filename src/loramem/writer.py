@@ -165,12 +165,29 @@ def data_hash(examples: Sequence[Example]) -> str:
     return h.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Read:
+    """One item read back under teacher forcing: the argmax token at each answer position, and which of them
+    equal the target. All equal is exact match (greedy decoding answers and stops)."""
+
+    pred_ids: list[int]
+    hits: list[bool]
+
+    @property
+    def exact(self) -> bool:
+        return bool(self.hits) and all(self.hits)
+
+    @property
+    def token_accuracy(self) -> float:
+        return sum(self.hits) / len(self.hits) if self.hits else 0.0
+
+
 @torch.no_grad()
-def exact_match_items(model, items: Sequence[Rendered], pad_id: int, autocast=contextlib.nullcontext,
-                      cache: PrefixCache | None = None, batch_size: int = 64, share_prefix: bool = False) -> list[bool]:
-    """Per item: does argmax equal the target at every answer position (= greedy decoding answers and stops)?"""
+def read_items(model, items: Sequence[Rendered], pad_id: int, autocast=contextlib.nullcontext,
+               cache: PrefixCache | None = None, batch_size: int = 64, share_prefix: bool = False) -> list[Read]:
+    """Per item: the argmax at every answer position and whether it is the target (one forward pass a batch)."""
     model.eval()
-    ok = [False] * len(items)
+    out: list[Read] = [Read([], [])] * len(items)
     for idx in length_batches(items, batch_size, None):
         b = collate(items, idx, pad_id)
         with autocast():
@@ -180,14 +197,18 @@ def exact_match_items(model, items: Sequence[Rendered], pad_id: int, autocast=co
                 logits = logits_at(model, b, b.eval_mask, share_prefix=share_prefix)
         pred = logits.argmax(-1).cpu()
         target = b.input_ids[:, 1:][b.eval_mask[:, :-1]]
-        hit = (pred == target).long()
-        counts = b.eval_mask.sum(1).tolist()
+        preds, hits = pred.tolist(), (pred == target).tolist()
         pos = 0
-        for row, i in enumerate(idx):
-            n = counts[row]
-            ok[i] = bool(hit[pos : pos + n].all()) if n else False
+        for i, n in zip(idx, b.eval_mask.sum(1).tolist(), strict=True):
+            out[i] = Read(preds[pos:pos + n], hits[pos:pos + n])
             pos += n
-    return ok
+    return out
+
+
+def exact_match_items(model, items: Sequence[Rendered], pad_id: int, autocast=contextlib.nullcontext,
+                      cache: PrefixCache | None = None, batch_size: int = 64, share_prefix: bool = False) -> list[bool]:
+    """Per item: does argmax equal the target at every answer position (= greedy decoding answers and stops)?"""
+    return [r.exact for r in read_items(model, items, pad_id, autocast, cache, batch_size, share_prefix)]
 
 
 def lr_scheduler(opt: torch.optim.Optimizer, cfg: WriterConfig, total: int):

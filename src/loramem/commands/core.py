@@ -75,8 +75,8 @@ def phonebook_make(
     out: Path = typer.Option(..., help="CSV file to write (the paper's format)"),
     entries: int | None = typer.Option(None, help="number of entries"),
     tokens: str | None = typer.Option(None, help="size in knowledge tokens instead, e.g. 4K"),
-    model: str = typer.Option(DEFAULT_MODEL, "--tokenizer", "--model",
-                              help="model whose tokenizer counts tokens (with --tokens); --model is the old name"),
+    model: str = typer.Option(DEFAULT_MODEL, "--tokenizer", help="model whose tokenizer counts tokens (with --tokens)"),
+    old_model: str | None = typer.Option(None, "--model", hidden=True),  # old name of --tokenizer
     seed: int = typer.Option(0, help="random seed of the names and numbers"),
 ) -> None:
     """Generate a fictitious PhoneBook from a seed."""
@@ -89,7 +89,7 @@ def phonebook_make(
     else:
         from loramem.models import load_base
 
-        book = phonebook.generate_tokens(phonebook.parse_size(tokens), load_base(model).tokenizer, seed)
+        book = phonebook.generate_tokens(phonebook.parse_size(tokens), load_base(old_model or model).tokenizer, seed)
     phonebook.write(book, out)
     console.print(f"wrote {len(book)} entries to {out}")
 
@@ -164,8 +164,8 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     metrics: str | None = typer.Option(None, help="generate answers and score them: em,f1,rougeL,bleu,judge"),
     judge: str = typer.Option("embed", help="with --metrics ...judge: embed (offline), openai or local"),
-    max_new_tokens: int = typer.Option(64, "--max-tokens", "--max-new-tokens",
-                                       help="with --metrics: answer length limit in tokens (--max-new-tokens: old name)"),
+    max_new_tokens: int = typer.Option(64, "--max-tokens", help="with --metrics: answer length limit in tokens"),
+    old_max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", hidden=True),  # old name of --max-tokens
 ) -> None:
     """Exact match of a module on a set of facts (teacher-forced; --generate also decodes; --metrics scores
     generated answers overall and per question level)."""
@@ -180,7 +180,8 @@ def eval_cmd(
     if metrics is not None:
         from loramem.commands.docs import eval_metrics
 
-        return eval_metrics(module, data, base, fmt, csv_list(metrics, str, "--metrics"), judge, max_new_tokens,
+        return eval_metrics(module, data, base, fmt, csv_list(metrics, str, "--metrics"), judge,
+                            old_max_new_tokens or max_new_tokens,
                             as_json)
     examples = read_examples(data)
     host = load_adapter(base, module, "module_eval")

@@ -36,8 +36,8 @@ def views_make(
     gen_model: str | None = typer.Option(None, help="local generator model (default smollm2-135m)"),
     endpoint_url: str | None = typer.Option(None, help="OpenAI-compatible base URL (else LORAMEM_OPENAI_BASE_URL)"),
     endpoint_model: str | None = typer.Option(None, help="model name at the endpoint (else LORAMEM_OPENAI_MODEL)"),
-    model: str = typer.Option(DEFAULT_MODEL, "--tokenizer", "--model",
-                              help="model whose tokenizer counts training tokens (--model: old name)"),
+    model: str = typer.Option(DEFAULT_MODEL, "--tokenizer", help="model whose tokenizer counts training tokens"),
+    old_model: str | None = typer.Option(None, "--model", hidden=True),  # old name of --tokenizer
     budget: int | None = typer.Option(None, help="fix each document's training tokens (equal-token comparisons)"),
     cache: Path | None = typer.Option(None, help="view cache folder (default $LORAMEM_HOME/views)"),
     refresh: bool = typer.Option(False, "--refresh", help="regenerate views even when cached"),
@@ -54,7 +54,7 @@ def views_make(
     parse_spec(views, cfg)  # a bad spec fails before any model loads
     docs = load_documents(file)[:limit]
     gen = make_generator(generator_config(generator, gen_model, endpoint_url, endpoint_model))
-    tok = load_base(model).tokenizer
+    tok = load_base(old_model or model).tokenizer
     listing = write_view_files(docs, views, gen, tok, out, cfg, progress=True)
     for d in listing["documents"]:
         cached = sum(v["cached"] for v in d["views"].values())

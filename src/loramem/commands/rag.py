@@ -40,13 +40,13 @@ def index_cmd(
     docs: list[Path] = typer.Argument(..., help="text/markdown files, JSONL rows {id?, text} or folders of them"),
     out: Path | None = typer.Option(None, help="index folder to write"),
     bank: Path | None = typer.Option(None, help="write the index beside a bank instead (BANK/index)"),
-    model: str = typer.Option(DEFAULT_MODEL, "--tokenizer", "--model",
-                              help="model whose tokenizer counts chunk tokens (--model: old name)"),
+    model: str = typer.Option(DEFAULT_MODEL, "--tokenizer", help="model whose tokenizer counts chunk tokens"),
+    old_model: str | None = typer.Option(None, "--model", hidden=True),  # old name of --tokenizer
     method: str | None = typer.Option(None, help="bm25 (default), dense (all-MiniLM-L6-v2) or hybrid"),
     chunk_tokens: int | None = typer.Option(None, help="chunk length in tokens (default 128)"),
     overlap: int | None = typer.Option(None, help="tokens shared by consecutive chunks (default 32)"),
-    k: int | None = typer.Option(None, "--chunks", "--k", help="chunks per question at answer time (default 3; --k: "
-                                                                "old name)"),
+    k: int | None = typer.Option(None, "--chunks", help="chunks per question at answer time (default 3)"),
+    old_k: int | None = typer.Option(None, "--k", hidden=True),  # old name of --chunks
 ) -> None:
     """Chunk documents and build a RAG index folder (rebuilt only when documents or settings change)."""
     from loramem.retrieval import ensure_index, index_dir_for_bank, read_documents
@@ -57,8 +57,8 @@ def index_cmd(
     from loramem.retrieval.index import check_index_folder
 
     check_index_folder(Path(folder))  # before any work: a folder of other files is never written into
-    cfg = _retrieval_config(method=method, chunk_tokens=chunk_tokens, overlap=overlap, k=k)
-    index, rebuilt = ensure_index(read_documents(docs), folder, cfg, _tokenizer(model))
+    cfg = _retrieval_config(method=method, chunk_tokens=chunk_tokens, overlap=overlap, k=k or old_k)
+    index, rebuilt = ensure_index(read_documents(docs), folder, cfg, _tokenizer(old_model or model))
     what = "built" if rebuilt else "up to date"
     console.print(f"index {what}: {folder} ({index.meta['n_documents']} documents, {len(index.chunks)} chunks, "
                   f"{cfg.method}, {cfg.chunk_tokens} tokens/chunk, overlap {cfg.overlap})")
@@ -68,15 +68,15 @@ def index_cmd(
 def retrieve_cmd(
     query: str = typer.Argument(..., help="question or search text"),
     index: Path = typer.Option(..., help="index folder from `loramem index`"),
-    k: int | None = typer.Option(None, "--chunks", "-k", "--k",
-                                 help="how many chunks (default: the index's; -k/--k: old names)"),
+    k: int | None = typer.Option(None, "--chunks", help="how many chunks (default: the index's)"),
+    old_k: int | None = typer.Option(None, "-k", "--k", hidden=True),  # old names of --chunks
     method: str | None = typer.Option(None, help="bm25, dense or hybrid (must be in the index)"),
     as_json: bool = typer.Option(False, "--json", help="print the chunks as one JSON object"),
 ) -> None:
     """Show the chunks a RAG answer would put in the prompt."""
     from loramem.retrieval import Index
 
-    hits = Index.load(index).search(query, k=k, method=method)
+    hits = Index.load(index).search(query, k=k or old_k, method=method)
     rows = [{"rank": h.rank, "chunk": h.chunk.id, "score": round(h.score, 4), "text": h.chunk.text} for h in hits]
     if as_json:
         print(json.dumps(rows))

@@ -13,8 +13,9 @@ from statistics import mean, stdev
 from loramem.config import WriterConfig
 from loramem.data import phonebook
 from loramem.errors import UserError
+from loramem.intervals import mean_interval, share_interval
 from loramem.report import line_plot, markdown_table
-from loramem.runs.runner import Recipe, RecipeOptions
+from loramem.runs.runner import Recipe, RecipeOptions, kept_predictions
 
 BITS_PER_PARAM_LIMIT = 2.0  # published knowledge-capacity limit of language models (Allen-Zhu & Li, 2024)
 
@@ -84,21 +85,23 @@ def run_cells(cells: list[dict], opts: RecipeOptions) -> list[dict]:
     """Cells with one writer setting (ranks, sizes and seeds vary) train in one pass over the base, each its own
     module with its own seed, optimizer and early stop."""
     from loramem.models import load_base
-    from loramem.writer import WriteJob, write_modules
+    from loramem.writer import WriteJob, autocast_for, read_items, write_modules
 
     base = load_base(opts.model)
-    jobs, sizes = [], []
+    jobs, facts = [], []
     for i, cell in enumerate(cells):
         entries = _entries(cell, opts, base.tokenizer)
         writer = dict(cell["writer"])
         cfg = WriterConfig.preset(writer.pop("recipe", "fast"), rank=cell["rank"], seed=cell["train_seed"],
                                   progress=False, **writer)
         jobs.append(WriteJob([e.example() for e in entries], cfg, adapter=f"capacity_cell{i}"))
-        sizes.append(len(entries))
+        facts.append(entries)
     out = []
-    for res, n in zip(write_modules(jobs, base), sizes, strict=True):
+    for res, job, entries in zip(write_modules(jobs, base), jobs, facts, strict=True):
+        res.model.set_adapter(res.adapter)
+        reads = read_items(res.model, res.rendered, base.tokenizer.pad_token_id, autocast_for(job.cfg, base.device))
         res.model.delete_adapter(res.adapter)
-        rec = res.record
+        rec, n = res.record, len(entries)
         correct = round(rec["exact_match"] * n)
         bits = correct * phonebook.ANSWER_SPACE_BITS
         out.append({
@@ -107,6 +110,7 @@ def run_cells(cells: list[dict], opts: RecipeOptions) -> list[dict]:
             "bits_per_param": bits / rec["n_params"], "steps": rec["steps"], "epochs": rec["epochs"],
             "tokens_seen": rec["tokens_seen"], "stopped": rec["stopped"], "train_s": rec["train_s"],
             "tokens_per_s": rec["tokens_per_s"], "modules_together": rec["modules_together"],
+            **fact_predictions(entries, reads, base.tokenizer),
         })
     return out
 
@@ -118,12 +122,22 @@ def together(cell: dict) -> str:
     return json.dumps(cell["writer"], sort_keys=True)
 
 
+def fact_predictions(entries: list[phonebook.Entry], reads, tokenizer) -> dict:
+    """Every fact's question, gold number, teacher-forced prediction (the argmax at each answer token, what greedy
+    decoding gives when it is right) and exact match, as row fields (runs.runner.kept_predictions)."""
+    preds = [{"question": e.question(), "gold": e.number,
+              "prediction": tokenizer.decode(r.pred_ids, skip_special_tokens=True).strip(), "exact": r.exact,
+              "token_accuracy": round(r.token_accuracy, 4)} for e, r in zip(entries, reads, strict=True)]
+    return {**kept_predictions(preds), "predictions_by": "teacher-forced argmax at each answer token"}
+
+
 def curves(rows: list[dict]) -> dict[int, list[dict]]:
     """Per rank, one point per knowledge size, mean over training seeds, smallest size first.
 
     Each point: key (size kind and nominal size), size_tokens (mean), accuracy (mean over seeds), accuracy_sd (0 with
-    one seed), by_seed {seed: accuracy}, n_params, bits_per_param (best seed). A row without train_seed (a run from
-    before seeds) counts as seed 0; of two rows for one size and seed, the later one counts.
+    one seed), accuracy_ci (95%: Student t over the seeds, or Wilson over the facts with one seed), by_seed
+    {seed: accuracy}, n_params, bits_per_param (best seed). A row without train_seed (a run from before seeds) counts
+    as seed 0; of two rows for one size and seed, the later one counts.
     """
     out: dict[int, list[dict]] = {}
     for k in sorted({r["rank"] for r in rows}):
@@ -136,13 +150,34 @@ def curves(rows: list[dict]) -> dict[int, list[dict]]:
         for key, by_seed in groups.items():
             g = list(by_seed.values())
             accs = [float(r["accuracy"]) for r in g]
+            # over seeds a Student t interval of the mean accuracy, kept inside [0, 1]; one seed: Wilson's over facts
+            ci = (_clip(mean_interval(accs)[1:]) if len(accs) > 1
+                  else share_interval(accs[0], g[0].get("entries")))
             points.append({"key": key, "size_tokens": round(mean(r["size_tokens"] for r in g)),
                            "accuracy": mean(accs), "accuracy_sd": stdev(accs) if len(accs) > 1 else 0.0,
+                           "accuracy_ci": ci,
                            "by_seed": {s: float(r["accuracy"]) for s, r in by_seed.items()},
                            "n_params": g[0]["n_params"], "bits_per_param": max(r.get("bits_per_param", 0.0) for r in g),
                            "entries": round(mean(r.get("entries", 0) for r in g))})
         out[k] = sorted(points, key=lambda p: p["size_tokens"])
     return out
+
+
+def _bits_interval(row: dict) -> tuple[float, float] | None:
+    """95% interval of a cell's bits per parameter: Wilson's on its facts right, times the bits of one fact."""
+    ci = share_interval(row.get("accuracy"), row.get("entries"))
+    if ci is None or not row.get("n_params"):
+        return None
+    scale = row["entries"] * phonebook.ANSWER_SPACE_BITS / row["n_params"]
+    return ci[0] * scale, ci[1] * scale
+
+
+def _clip(ci: tuple[float, float]) -> tuple[float, float]:
+    return max(0.0, ci[0]), min(1.0, ci[1])
+
+
+def _span(ci: tuple[float, float] | None) -> str:
+    return "-" if ci is None else f"{ci[0]:.3f} to {ci[1]:.3f}"
 
 
 def seeds_run(curve: dict[int, list[dict]]) -> int:
@@ -179,22 +214,32 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
         tm = t_max(pts, tau)
         per_rank[str(k)] = {"t_max": tm, "n_params": pts[0]["n_params"], "efficiency": tm / pts[0]["n_params"],
                             "max_bits_per_param": max(p["bits_per_param"] for p in pts)}
-    seeds_note = f" (mean of {n_seeds} seeds, bars: sd)" if n_seeds > 1 else ""
+    facts = sorted({p["entries"] for pts in curve.values() for p in pts})
+    facts_n = f"{facts[0]}-{facts[-1]}" if len(facts) > 1 else str(facts[0])
+    seeds_n = f" x {n_seeds} seeds" if n_seeds > 1 else ""
+    per_point = (f"n = {facts_n} facts per point{seeds_n}"
+                 + ("; bars over the seeds" if n_seeds > 1 else ""))
     line_plot(out / "accuracy_vs_size.png",
               {f"rank {k}": ([p["size_tokens"] for p in pts], [p["accuracy"] for p in pts]) for k, pts in curve.items()},
-              "PhoneBook exact match vs knowledge size" + seeds_note, "knowledge tokens", "exact match",
-              hline=tau, hline_label=f"tau = {tau}",
-              errors={f"rank {k}": [p["accuracy_sd"] for p in pts] for k, pts in curve.items()} if n_seeds > 1 else None)
+              "PhoneBook exact match vs knowledge size" + (f" (mean of {n_seeds} seeds)" if n_seeds > 1 else ""),
+              "knowledge tokens", "exact match", n=per_point, hline=tau, hline_label=f"tau = {tau}",
+              intervals={f"rank {k}": [p["accuracy_ci"] for p in pts] for k, pts in curve.items()})
+    # T_max and efficiency are thresholds on the curve above, not means over items: n, and no interval
+    per_rank_n = f"n = {max(len(pts) for pts in curve.values())} sizes{seeds_n} per rank, {facts_n} facts per size"
     line_plot(out / "tmax_vs_rank.png", {"T_max": (ranks, [per_rank[str(k)]["t_max"] for k in ranks])},
-              f"T_max (largest size with accuracy >= {tau}) vs rank", "rank", "T_max (tokens)", logx=True,
-              y_from_zero=True)
+              f"T_max (largest size with accuracy >= {tau}) vs rank", "rank", "T_max (tokens)", n=per_rank_n,
+              logx=True, y_from_zero=True)
     line_plot(out / "efficiency_vs_rank.png",
               {"efficiency": (ranks, [per_rank[str(k)]["efficiency"] for k in ranks])},
-              "Efficiency = T_max / N_params vs rank", "rank", "tokens per parameter", logx=True, y_from_zero=True)
+              "Efficiency = T_max / N_params vs rank", "rank", "tokens per parameter", n=per_rank_n, logx=True,
+              y_from_zero=True)
+    best = {k: max((r for r in rows if r["rank"] == k), key=lambda r: r.get("bits_per_param", 0.0)) for k in ranks}
     line_plot(out / "bits_per_param_vs_rank.png",
               {"measured (best cell)": (ranks, [per_rank[str(k)]["max_bits_per_param"] for k in ranks])},
-              "Bits stored per LoRA parameter (log scale)", "rank", "bits / parameter", logx=True, logy=True,
-              hline=BITS_PER_PARAM_LIMIT, hline_label="~2 bits/param limit")
+              "Bits stored per LoRA parameter (log scale)", "rank", "bits / parameter",
+              n=f"n = {'/'.join(str(best[k].get('entries', '?')) for k in ranks)} facts in each rank's best cell",
+              logx=True, logy=True, hline=BITS_PER_PARAM_LIMIT, hline_label="~2 bits/param limit",
+              intervals={"measured (best cell)": [_bits_interval(best[k]) for k in ranks]})
     order = sorted(rows, key=lambda r: (r["rank"], r["size_tokens"], r.get("train_seed", 0)))
     seed_col = ["train_seed"] if n_seeds > 1 else []
     table = markdown_table(order, ["rank", "size_tokens", "entries", *seed_col, "accuracy", "n_params", "bits",
@@ -216,10 +261,11 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     if n_seeds > 1:
         mean_rows = [{"rank": k, "size_tokens": p["size_tokens"], "entries": p["entries"], "seeds": len(p["by_seed"]),
                       "mean_accuracy": p["accuracy"], "sd": p["accuracy_sd"],
+                      "ci95": _span(p["accuracy_ci"]),
                       "per_seed": " / ".join(f"{a:.2f}" for _, a in sorted(p["by_seed"].items()))}
                      for k, pts in curve.items() for p in pts]
         text += "\n### Mean over seeds\n\n" + markdown_table(
-            mean_rows, ["rank", "size_tokens", "entries", "seeds", "mean_accuracy", "sd", "per_seed"],
+            mean_rows, ["rank", "size_tokens", "entries", "seeds", "mean_accuracy", "sd", "ci95", "per_seed"],
             fmt={"mean_accuracy": ".3f", "sd": ".3f"})
     (out / "capacity.md").write_text(f"{text}\n### Every cell\n\n{table}")
     best = max(per_rank.values(), key=lambda v: v["efficiency"])

@@ -189,12 +189,27 @@ def _ask_all(task: Task, qs: list[Question], base, mode: str, host, index, cfg) 
 
 
 def _method_row(task: Task, outs: list[dict], storage: int, train_s: float, qs: list[Question]) -> dict:
+    from loramem.intervals import interval, rounded
+
     n = max(1, len(outs))
-    return {"score": sum(score(task.metric, q, o) for q, o in zip(qs, outs, strict=True)) / n,
+    each = [score(task.metric, q, o) for q, o in zip(qs, outs, strict=True)]
+    return {"score": sum(each) / n, "score_ci": rounded(interval(each)), "n": len(each),
             "prompt_tokens": sum(o["prompt_tokens"] for o in outs) / n,
             "latency_ms": sum(o["latency_ms"] for o in outs) / n,
             "truncated_tokens": sum(o["truncated_tokens"] for o in outs) / n,
             "storage_bytes": storage, "train_s": round(train_s, 2)}
+
+
+def _predictions(task: Task, method: str, outs: list[dict], qs: list[Question]) -> list[dict]:
+    """Each question's answer in one method, with its gold answers and score (kept in the rag-icl rows)."""
+    from loramem.runs.runner import kept_predictions
+
+    def gold(q: Question):
+        return list(q.golds) if q.golds else (q.options[q.gold] if q.gold is not None else None)
+
+    preds = [{"method": method, "question": q.text, "gold": gold(q),
+              "prediction": o["answer"], "score": score(task.metric, q, o)} for q, o in zip(qs, outs, strict=True)]
+    return kept_predictions(preds)["predictions"]
 
 
 def run_methods(task: Task, base, writer, retrieval, answer_cfg, module_dir: Path, chunk_modules: int = 0) -> dict:
@@ -211,23 +226,27 @@ def run_methods(task: Task, base, writer, retrieval, answer_cfg, module_dir: Pat
     icl_bytes = sum(len(t.encode()) for t in task.documents.values())  # ICL stores the documents as they are
     costs = {"base": (0, 0.0), "lora": (lora_bytes, lora_s), "rag": (index_bytes, index_s), "icl": (icl_bytes, 0.0),
              "lora+rag": (lora_bytes + index_bytes, lora_s + index_s), "lora+icl": (lora_bytes + icl_bytes, lora_s)}
-    methods, examples = {}, []
+    methods, preds = {}, []
     for mode, (storage, train_s) in costs.items():
         host.set_adapter("ragicl_whole")
         outs = _ask_all(task, task.questions, base, mode, host, index, answer_cfg)
         methods[mode] = _method_row(task, outs, storage, train_s, task.questions)
-        examples += [{"method": mode, "question": q.text, "gold": list(q.golds)[:1], "answer": o["answer"]}
-                     for q, o in list(zip(task.questions, outs, strict=True))[:2]]
+        preds += _predictions(task, mode, outs, task.questions)
     if chunk_modules:
-        methods.update(_chunk_methods(task, base, writer, index, answer_cfg, module_dir, chunk_modules,
-                                      (index_bytes, index_s)))
+        chunked, chunk_preds = _chunk_methods(task, base, writer, index, answer_cfg, module_dir, chunk_modules,
+                                              (index_bytes, index_s))
+        methods.update(chunked)
+        preds += chunk_preds
     host.delete_adapter("ragicl_whole")
-    return {"methods": methods, "examples": examples, "lora_exact_match": res.record["exact_match"],
-            "lora_params": res.record["n_params"]}
+    # per method every question's answer (an evenly spaced 200 of them when there are more)
+    return {"methods": methods, "predictions": preds, "predictions_of": len(task.questions) * len(methods),
+            "lora_exact_match": res.record["exact_match"], "lora_params": res.record["n_params"]}
 
 
-def _chunk_methods(task: Task, base, writer, index, answer_cfg, module_dir: Path, n: int, rag_cost) -> dict:
-    """One module per chunk of each long document, routed top-1 by BM25 over the chunk texts."""
+def _chunk_methods(task: Task, base, writer, index, answer_cfg, module_dir: Path, n: int,
+                   rag_cost) -> tuple[dict, list[dict]]:
+    """One module per chunk of each long document, routed top-1 by BM25 over the chunk texts: each method's
+    score and cost, and its answers."""
     from loramem.config import RetrievalConfig
     from loramem.retrieval import Document, Index, chunk_document
     from loramem.writer import write_module
@@ -246,7 +265,7 @@ def _chunk_methods(task: Task, base, writer, index, answer_cfg, module_dir: Path
         storage, train_s = storage + _dir_bytes(module_dir / name), train_s + res.record["train_s"]
     host = base.extra["peft"]
     router = Index.build(pieces, RetrievalConfig(method="bm25", chunk_tokens=100000, overlap=0, k=1), tok)
-    out = {}
+    out, preds = {}, []
     for mode, extra in (("chunk-lora", (0, 0.0)), ("chunk-lora+rag", rag_cost)):
         t0 = time.perf_counter()
         groups: dict[str, list[int]] = {}
@@ -262,7 +281,8 @@ def _chunk_methods(task: Task, base, writer, index, answer_cfg, module_dir: Path
                 o["latency_ms"] += route_ms
                 outs[i] = o
         out[mode] = _method_row(task, outs, storage + extra[0], train_s + extra[1], task.questions)
+        preds += _predictions(task, mode, outs, task.questions)
     host.set_adapter("ragicl_whole")  # deleting the active adapter makes PEFT warn and pick one itself
     for name in pieces:
         host.delete_adapter(name)
-    return out
+    return out, preds

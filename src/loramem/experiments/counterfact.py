@@ -17,8 +17,9 @@ from loramem.config import WriterConfig
 from loramem.data import counterfact as cf
 from loramem.errors import UserError
 from loramem.experiments.context_tasks import release_dir
+from loramem.intervals import share_interval
 from loramem.report import line_plot, markdown_table
-from loramem.runs.runner import Recipe, RecipeOptions
+from loramem.runs.runner import Recipe, RecipeOptions, kept_predictions
 
 ADAPTER = "cf_edit"
 
@@ -140,8 +141,29 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     return {**measure(before, after, probes, olds), "n_edits": len(es.edits), "size_tokens": rec["knowledge_tokens"],
             "n_params": rec["n_params"], "storage_bytes": storage, "train_s": rec["train_s"],
             "steps": rec["steps"], "final_loss": rec["final_loss"], "source": es.source,
-            "examples": [{"prompt": p.prompt, "new": p.new, "old": o, "generated": g}
-                         for p, o, g in list(zip(probes, olds, after["gen"], strict=True))[:5]]}
+            **kept_predictions(probe_predictions(after, probes, olds)),
+            "known_facts": known_predictions(before, after)}
+
+
+def probe_predictions(after: dict, probes: list[cf.Probe], olds: list[str]) -> list[dict]:
+    """Per probe (pure): its kind, prompt, new object (gold), old object, greedy continuation after the edit, and
+    its scores: new_beats_old (P(new) > P(old) after the edit: efficacy on rewrite and paraphrase prompts; on a
+    neighborhood prompt locality wants it False) and starts_with_new (generation accuracy)."""
+    from loramem.likelihood import starts_with_answer
+
+    return [{"kind": p.kind, "question": p.prompt, "gold": p.new, "old": olds[i], "prediction": after["gen"][i],
+             "new_beats_old": after["lp_new"][i] > after["lp_old"][i] if after["lp_old"] else None,
+             "starts_with_new": starts_with_answer(after["gen"][i], p.new)} for i, p in enumerate(probes)]
+
+
+def known_predictions(before: dict, after: dict) -> list[dict]:
+    """Each fact the base model may know (pure): its answer before the edit and after it, each right or not
+    (`known_retained` is the share of the facts right before that are still right after)."""
+    from loramem.likelihood import starts_with_answer
+
+    return [{"question": q, "gold": a, "before": b, "prediction": g, "right_before": starts_with_answer(b, a),
+             "right_after": starts_with_answer(g, a)}
+            for (q, a), b, g in zip(cf.KNOWN_FACTS, before["known"], after["known"], strict=True)]
 
 
 def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
@@ -153,12 +175,17 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     fmt = {c: ".3f" for c in cols if c not in ("rank", "size", "n_edits", "known_before", "n_params", "storage_bytes")}
     (out / "counterfact.md").write_text("### CounterFact editing with LoRA modules\n\n"
                                         + markdown_table(rows, cols, fmt=fmt))
-    curves = {}
+    curves, cis = {}, {}
     for r in sorted({r["rank"] for r in rows}):
         mine = [x for x in rows if x["rank"] == r]
         curves[f"rank {r}"] = ([x["size_tokens"] for x in mine], [x["efficacy"] or 0.0 for x in mine])
+        # efficacy is a share of the rewrite prompts compared (old object differs from the new): Wilson over them
+        cis[f"rank {r}"] = [share_interval(x["efficacy"], x.get("n_compared")) for x in mine]
+    compared = sorted({r.get("n_compared") for r in rows if r.get("n_compared")})
+    # one edit size gives one x: line_plot then draws each rank as a point with its bar and its value written
     line_plot(out / "efficacy_vs_size.png", curves, "CounterFact efficacy vs edited tokens", "edit tokens",
-              "efficacy (P(new) > P(old))")
+              "efficacy (P(new) > P(old))", n=f"n = {'/'.join(map(str, compared)) or '?'} edit prompts per point",
+              intervals=cis)
     valid = [r["efficacy"] for r in rows if r["efficacy"] is not None]
     return {"per_cell": {r["cell"]: {k: r.get(k) for k in cols} for r in rows},
             "mean_efficacy": sum(valid) / len(valid) if valid else None,

@@ -12,7 +12,8 @@ from pathlib import Path
 from loramem.config import JudgeConfig, WriterConfig
 from loramem.data.documents import Document
 from loramem.errors import UserError
-from loramem.runs.runner import RecipeOptions
+from loramem.intervals import Interval, interval
+from loramem.runs.runner import RecipeOptions, kept_predictions
 
 METRICS = ("em", "f1", "rougeL", "bleu", "judge")
 SCORE_KEYS = ("judge", "f1", "rougeL", "bleu", "em")
@@ -109,7 +110,7 @@ def score_base(base, doc: Document, judge, new_tokens: int = 48) -> dict:
     ctx = host.disable_adapter() if host is not None and host.peft_config else contextlib.nullcontext()
     with ctx:
         res = evaluate_questions(base.model, base, doc.questions, "plain", METRICS, judge, max_new_tokens=new_tokens)
-    return {**scores(res), "predictions": predictions(res)}
+    return {**scores(res), **kept_predictions(predictions(res))}
 
 
 def write_and_score(base, doc: Document, rows: list[dict], cfg: WriterConfig, judge, adapter: str = "docqa",
@@ -128,13 +129,30 @@ def write_and_score(base, doc: Document, rows: list[dict], cfg: WriterConfig, ju
     return {**scores(ev), "train_tokens": rec["knowledge_tokens"], "tokens_seen": rec["tokens_seen"],
             "steps": rec["steps"], "n_params": rec["n_params"], "train_s": rec["train_s"],
             "rows": len(rows), "layers": cfg.layers, "rank": cfg.rank, "lr": cfg.lr, "answer_tokens": new_tokens,
-            "predictions": predictions(ev)}
+            **kept_predictions(predictions(ev))}
 
 
 def predictions(result: dict) -> list[dict]:
     """Every question's answer with its gold and scores, kept in the recipe's rows so a verdict can be audited."""
     keep = ("question", "gold", "prediction", "level", *SCORE_KEYS)
     return [{k: r[k] for k in keep if k in r} for r in result["rows"]]
+
+
+def pooled_interval(rows: list[dict], value: str, field: str = "predictions") -> Interval | None:
+    """95% interval of `value` over every question the rows answered (their kept predictions, pooled over
+    papers); None for rows cached before predictions were kept."""
+    return interval([p.get(value) for r in rows for p in r.get(field) or []])
+
+
+def questions_n(groups: list[list[dict]], per: str = "point") -> str:
+    """What each point (or bar) of a plot is measured on, from the rows behind each: "n = Q questions
+    (P papers) per point", with the range when they differ."""
+    def span(xs: list[int]) -> str:
+        return str(xs[0]) if min(xs) == max(xs) else f"{min(xs)}-{max(xs)}"
+
+    qs = [sum(r.get("n_questions") or 0 for r in g) for g in groups if g] or [0]
+    ps = [len(g) for g in groups if g] or [0]
+    return f"n = {span(qs)} questions ({span(ps)} paper{'s' if max(ps) != 1 else ''}) per {per}"
 
 
 def mean_by(rows: list[dict], key: str, value: str) -> dict:

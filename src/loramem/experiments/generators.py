@@ -73,8 +73,11 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     views = rows[0]["views"]
     (opts.out / "generators.md").write_text(f"### Q7: generator quality (views {views}, writer and judge fixed)\n\n"
                                             f"{md}")
+    subs = [[r for r in rows if r["generator_name"] == g] for g in names]
     bar_plot(opts.out / "generators.png", names, [by_gen[g]["judge"] for g in names],
-             f"Q7: judge score by view generator ({views})", "judge score (0-10)")
+             f"Q7: judge score by view generator ({views})", "judge score (0-10)",
+             n=docqa.questions_n(subs, "bar"),
+             intervals=[docqa.pooled_interval(sub, "judge") for sub in subs])
     return {"by_generator": by_gen, "views": views,
             "best_generator": max(by_gen, key=lambda g: by_gen[g]["judge"]) if by_gen else None}
 

@@ -3,7 +3,8 @@
 Per question the candidates are the gold module plus the k-1 other modules the embedding router ranks highest
 (the paper's set-up: routing returns several candidates and merging must keep the right one's knowledge).
 Facts with the same candidate set share one merged adapter. `none` (the gold module alone) and the single large
-LoRA are the references.
+LoRA are the references. Each row keeps every fact's candidates, teacher-forced prediction and scores
+(`predictions`, a sample of 200 on a large book).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from statistics import mean
 from loramem.bank.merging import check_method, merge_weights
 from loramem.bank.routing import build_router, route_many
 from loramem.config import MergeConfig
-from loramem.experiments.partitioned import eval_groups_tokens, exact_match, grid, questions, setup
+from loramem.experiments.partitioned import eval_groups, grid, predictions, questions, read, scores, setup
+from loramem.intervals import share_interval
 from loramem.registry import MERGES as MERGE_METHODS
 from loramem.report import bar_plot, markdown_table
 from loramem.runs.runner import Recipe, RecipeOptions
@@ -49,17 +51,20 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     s = setup(opts)
     n = len(s.entries)
     if cell["method"] == "single":
-        return {"accuracy": mean(exact_match(s, s.resident.ensure(s.single), list(range(n)))), "n_eval": n,
-                "merge_ms": 0.0, "n_merges": 0}
+        reads = dict(enumerate(read(s, s.resident.ensure(s.single), list(range(n)))))
+        return {**scores(reads), "merge_ms": 0.0, "n_merges": 0,
+                **predictions(s, reads, lambda i: [s.single.name])}
     if cell["method"] == "none":
         groups: dict[tuple, list[int]] = {}
         for i, g in enumerate(s.gold):
             groups.setdefault((g,), []).append(i)
-        tok = eval_groups_tokens(s, groups, lambda key: s.resident.ensure(s.parts[key[0]]))
-        return {**_scores(tok), "n_eval": n, "merge_ms": 0.0, "n_merges": 0}
+        reads = eval_groups(s, groups, lambda key: s.resident.ensure(s.parts[key[0]]))
+        return {**scores(reads), "merge_ms": 0.0, "n_merges": 0,
+                **predictions(s, reads, lambda i: [s.parts[s.gold[i]].name])}
     cfg = MergeConfig(method=cell["method"], weights=cell.get("weights", "auto"), seed=opts.seed)
     groups = {}
-    for i, key in enumerate(candidate_sets(s, cell["top_k"])):
+    sets = candidate_sets(s, cell["top_k"])
+    for i, key in enumerate(sets):
         groups.setdefault(key, []).append(i)
     times = []
 
@@ -72,13 +77,9 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
         times.append((time.perf_counter() - t0) * 1000)
         return name
 
-    tok = eval_groups_tokens(s, groups, activate)
-    return {**_scores(tok), "n_eval": n, "merge_ms": round(mean(times), 2),
-            "n_merges": len(groups)}
-
-
-def _scores(tok: dict[int, float]) -> dict:
-    return {"accuracy": mean(t == 1.0 for t in tok.values()), "token_accuracy": mean(tok.values())}
+    reads = eval_groups(s, groups, activate)
+    return {**scores(reads), "merge_ms": round(mean(times), 2), "n_merges": len(groups),
+            **predictions(s, reads, lambda i: [s.parts[p].name for p in sets[i]])}
 
 
 def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
@@ -87,13 +88,21 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     for r in rows:
         r["variant"] = r["method"] + ("" if r.get("weights", "auto") == "auto" else f" ({r['weights']})")
     acc = {r["variant"]: r["accuracy"] for r in rows}
-    # both metrics: the finding falls back to token accuracy when exact match cannot tell the methods apart
+    # both metrics: the finding falls back to token accuracy when exact match cannot tell the methods apart;
+    # a row cached before intervals were stored gets Wilson's for exact match and none for token accuracy
+    n_eval = sorted({r.get("n_eval") for r in rows if r.get("n_eval")})
     bar_plot(out / "merging.png", list(acc), list(acc.values()),
-             f"Q10: merge of the top-{rows[0]['top_k']} candidates (gold among them, n = {rows[0].get('n_eval')})",
-             "score", reference=[r.get("token_accuracy") or 0.0 for r in rows], reference_label="answer-token accuracy",
-             label="exact match")
+             f"Q10: merge of the top-{rows[0]['top_k']} candidates (gold among them)", "score",
+             n=f"n = {'/'.join(map(str, n_eval)) or '?'} facts per method",
+             reference=[r.get("token_accuracy") or 0.0 for r in rows], reference_label="answer-token accuracy",
+             label="exact match",
+             intervals=[r.get("accuracy_ci") or share_interval(r["accuracy"], r.get("n_eval")) for r in rows],
+             reference_intervals=[r.get("token_accuracy_ci") for r in rows])
     (out / "merging.md").write_text("### Q10: merge methods (gold module among the candidates)\n\n" + markdown_table(
-        rows, ["variant", "accuracy", "token_accuracy", "merge_ms", "n_merges", "n_eval", "top_k", "modules"],
+        rows, ["variant", "accuracy", "accuracy_ci", "token_accuracy", "token_accuracy_ci", "merge_ms", "n_merges",
+               "n_eval", "top_k", "modules"],
+        headers=["variant", "accuracy", "95% CI", "token_accuracy", "95% CI", "merge_ms", "n_merges", "n_eval",
+                 "top_k", "modules"],
         fmt={"accuracy": ".3f", "token_accuracy": ".3f", "merge_ms": ".1f"}))
     merged = {k: v for k, v in acc.items() if k not in ("single", "none")}
     return {"accuracy": acc, "token_accuracy": {r["variant"]: r.get("token_accuracy") for r in rows},

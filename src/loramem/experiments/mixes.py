@@ -139,11 +139,12 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
         # the paper's scores are not drawn beside ours: another judge (GPT-4.1) on another model (Llama-3.1-8B);
         # the table keeps them and the Spearman rank agreement is the comparable number
         names = list(by_mix)
-        n_q = max((r.get("n_questions") or 0 for r in rows), default=0)
+        subs = [[r for r in rows if r["mix"] == n] for n in names]
         bar_plot(opts.out / "mixes.png", names, [by_mix[n]["judge"] for n in names],
-                 f"Q5: {judge} judge score per view mix on {opts.model}" + (f" (n = {n_q} questions per paper)" if n_q else "")
+                 f"Q5: {judge} judge score per view mix on {opts.model}"
                  + "\n(paper's GPT-4.1 scores on Llama-3.1-8B are not comparable: see the table)",
-                 "judge score (0-10)")
+                 "judge score (0-10)", n=docqa.questions_n(subs, "bar"),
+                 intervals=[docqa.pooled_interval(sub, "judge") for sub in subs])
     return {"by_mix": by_mix, "paper_judge": PAPER_JUDGE, "spearman_vs_paper": rho, "judge": judge,
             "mixes_beat_single": verdict, "evidence": evidence}
 

@@ -41,6 +41,7 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
                                 new_tokens=docqa.answer_tokens(opts))
     n_base_params = sum(p.numel() for n, p in base.model.named_parameters() if "lora_" not in n)
     return {**out, **{f"base_{k}": v for k, v in before.items() if k in docqa.SCORE_KEYS},
+            "base_predictions": before["predictions"],
             "base_params": n_base_params, "n_layers": base.n_layers, "view_records": vs.parts}
 
 
@@ -60,9 +61,13 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
                                                                      "base_f1", "rougeL")})
     views = rows[0]["views"]
     (opts.out / "model_scale.md").write_text(f"### Q6: model scale (views {views}, judge 0-10)\n\n{md}")
+    subs = [[r for r in rows if r["base_model"] == m] for m in models]
     bar_plot(opts.out / "model_scale.png", models, [by_model[m]["judge"] for m in models],
              f"Q6: judge score with a module ({views})", "judge score (0-10)",
-             reference=[by_model[m]["base_judge"] for m in models], reference_label="base alone")
+             n=docqa.questions_n(subs, "bar"),
+             reference=[by_model[m]["base_judge"] for m in models], reference_label="base alone",
+             intervals=[docqa.pooled_interval(sub, "judge") for sub in subs],
+             reference_intervals=[docqa.pooled_interval(sub, "judge", "base_predictions") for sub in subs])
     larger_better = None
     if len(models) >= 2:
         larger_better = by_model[models[-1]]["judge"] > by_model[models[0]]["judge"]

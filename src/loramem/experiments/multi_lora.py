@@ -12,9 +12,11 @@ import contextlib
 
 import torch
 
-from loramem.experiments.partitioned import Setup, exact_match, grid, setup
+from loramem.experiments.partitioned import Setup, eval_groups, grid, predictions, read, scores, setup
+from loramem.intervals import share_interval
 from loramem.report import bar_plot, markdown_table
 from loramem.runs.runner import Recipe, RecipeOptions
+from loramem.writer import Read
 
 SYSTEMS = ("single", "multi-oracle", "icl")
 
@@ -28,26 +30,27 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     s = setup(opts)
     n = len(s.entries)
     if cell["system"] == "single":
-        hits = exact_match(s, s.resident.ensure(s.single), list(range(n)))
-        params = s.single.n_params
+        reads = dict(enumerate(read(s, s.resident.ensure(s.single), list(range(n)))))
+        params, answered_by = s.single.n_params, lambda i: [s.single.name]
     elif cell["system"] == "multi-oracle":
-        hits = []
-        for i, m in enumerate(s.parts):
-            idx = [j for j in range(n) if s.gold[j] == i]
-            hits += exact_match(s, s.resident.ensure(m), idx)
-        params = sum(m.n_params for m in s.parts)
+        groups: dict[tuple, list[int]] = {}
+        for i, g in enumerate(s.gold):
+            groups.setdefault((g,), []).append(i)
+        reads = eval_groups(s, groups, lambda key: s.resident.ensure(s.parts[key[0]]))
+        params, answered_by = sum(m.n_params for m in s.parts), lambda i: [s.parts[s.gold[i]].name]
     else:
         idx = list(range(0, n, max(1, n // s.grid["icl_questions"])))[: s.grid["icl_questions"]]
-        hits = icl_exact_match(s, idx)
-        params = 0
-    return {"accuracy": sum(hits) / len(hits), "n_eval": len(hits), "n_facts": n, "lora_params": params,
-            "single_rank": s.single.rank, "knowledge_tokens": s.single.tokens}
+        reads = dict(zip(idx, icl_reads(s, idx), strict=True))
+        params, answered_by = 0, lambda i: []
+    return {**scores(reads), "n_facts": n, "lora_params": params, "single_rank": s.single.rank,
+            "knowledge_tokens": s.single.tokens, **predictions(s, reads, answered_by)}
 
 
 @torch.no_grad()
-def icl_exact_match(s: Setup, idx: list[int]) -> list[bool]:
-    """Every fact in the base model's prompt, then each question: does greedy decoding give the number?
-    The context is encoded once; each question reuses its key/value cache (cropped back after)."""
+def icl_reads(s: Setup, idx: list[int]) -> list[Read]:
+    """Every fact in the base model's prompt, then each question read back under teacher forcing: the argmax at
+    each answer token (the number, then "\n") and which are right. The context is encoded once; each question
+    reuses its key/value cache (cropped back after)."""
     tok = s.base.tokenizer
     host = s.resident.host
     ctx_text = "\n".join(e.row() for e in s.entries) + "\n"
@@ -55,7 +58,7 @@ def icl_exact_match(s: Setup, idx: list[int]) -> list[bool]:
     off = host.disable_adapter() if host is not None else contextlib.nullcontext()
     model = host if host is not None else s.base.model
     newline = tok("\n", add_special_tokens=False).input_ids[:1]
-    hits = []
+    reads = []
     with off:
         model.eval()
         out = model(input_ids=ctx, use_cache=True)
@@ -68,9 +71,9 @@ def icl_exact_match(s: Setup, idx: list[int]) -> list[bool]:
             ids = torch.tensor([q + a[:-1]], device=s.base.device)
             logits = model(input_ids=ids, cache=cache, use_cache=True).logits
             pred = logits[0, len(q) - 1:].argmax(-1).tolist()
-            hits.append(pred == a)
+            reads.append(Read(pred, [p == t for p, t in zip(pred, a, strict=True)]))
             cache.crop(-ids.shape[1])  # drop this question again (transformers 5: negative = tokens to remove)
-    return hits
+    return reads
 
 
 def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
@@ -78,10 +81,14 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     order = {s: i for i, s in enumerate(SYSTEMS)}
     rows = sorted(rows, key=lambda r: order.get(r["system"], 99))
     acc = {r["system"]: r["accuracy"] for r in rows}
+    n_eval = "/".join(str(r.get("n_eval", "?")) for r in rows)
     bar_plot(out / "multi_lora.png", [r["system"] for r in rows], [r["accuracy"] for r in rows],
-             "Q8: one large LoRA vs N small LoRAs (oracle) vs ICL", "exact match")
+             "Q8: one large LoRA vs N small LoRAs (oracle) vs ICL", "exact match",
+             n=f"n = {n_eval} facts ({', '.join(r['system'] for r in rows)})",
+             intervals=[r.get("accuracy_ci") or share_interval(r["accuracy"], r.get("n_eval")) for r in rows])
     (out / "multi_lora.md").write_text("### Q8: same LoRA parameter budget\n\n" + markdown_table(
-        rows, ["system", "accuracy", "n_eval", "n_facts", "modules", "small_rank", "single_rank", "lora_params"],
+        rows, ["system", "accuracy", "accuracy_ci", "n_eval", "n_facts", "modules", "small_rank", "single_rank",
+               "lora_params"],
         fmt={"accuracy": ".3f"}))
     return {"accuracy": acc, "oracle_minus_single": acc.get("multi-oracle", 0) - acc.get("single", 0)
             if {"multi-oracle", "single"} <= acc.keys() else None}

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-from statistics import mean
-
 from loramem.bank.merging import merge_weights
 from loramem.config import MergeConfig
-from loramem.experiments.partitioned import eval_groups_tokens, grid, setup
+from loramem.experiments.partitioned import eval_groups, grid, predictions, scores, setup
+from loramem.intervals import share_interval
 from loramem.report import line_plot, markdown_table
 from loramem.runs.runner import Recipe, RecipeOptions
 
@@ -27,8 +26,9 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     k = len(s.parts)
     cfg = MergeConfig(method=cell["method"], seed=opts.seed)
     groups: dict[tuple, list[int]] = {}
-    for i, g in enumerate(s.gold):
-        groups.setdefault(tuple((g + j) % k for j in range(cell["n"])), []).append(i)
+    sets = [tuple((g + j) % k for j in range(cell["n"])) for g in s.gold]
+    for i, key in enumerate(sets):
+        groups.setdefault(key, []).append(i)
 
     def activate(key: tuple) -> str:
         mods = [s.parts[p] for p in key]
@@ -36,28 +36,30 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
             return s.resident.ensure(mods[0])
         return s.resident.merged(mods, merge_weights(cfg, len(mods)), cfg)[0]
 
-    tok = eval_groups_tokens(s, groups, activate)
-    return {"accuracy": mean(t == 1.0 for t in tok.values()), "token_accuracy": mean(tok.values()),
-            "n_eval": len(tok)}
+    reads = eval_groups(s, groups, activate)
+    return {**scores(reads), **predictions(s, reads, lambda i: [s.parts[p].name for p in sets[i]])}
 
 
 def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     out = opts.out
     methods = sorted({r["method"] for r in rows})
-    curves, tok_curves, by, by_tok = {}, {}, {}, {}
+    curves, tok_curves, by, by_tok, cis, tok_cis = {}, {}, {}, {}, {}, {}
     for m in methods:
         rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["n"])
         curves[m] = ([r["n"] for r in rs], [r["accuracy"] for r in rs])
         by[m] = {str(r["n"]): r["accuracy"] for r in rs}
         by_tok[m] = {str(r["n"]): r.get("token_accuracy") for r in rs}
         tok_curves[m] = ([r["n"] for r in rs], [r.get("token_accuracy", 0.0) for r in rs])
+        # rows cached before intervals were stored: Wilson's from the share for exact match, none for tokens
+        cis[m] = [r.get("accuracy_ci") or share_interval(r["accuracy"], r.get("n_eval")) for r in rs]
+        tok_cis[m] = [r.get("token_accuracy_ci") for r in rs]
     n_eval = max((r.get("n_eval", 0) for r in rows), default=0)
     # one metric per plot: the finding reads exact match; token accuracy (partial recall) gets its own axis
-    line_plot(out / "n_modules.png", curves, f"Q11: exact match vs N merged modules (gold included, n = {n_eval})",
-              "N merged modules", "exact match", integer_x=True)
-    line_plot(out / "n_modules_token_accuracy.png", tok_curves,
-              f"Q11: answer-token accuracy vs N merged modules (n = {n_eval})", "N merged modules",
-              "answer-token accuracy", integer_x=True)
+    line_plot(out / "n_modules.png", curves, "Q11: exact match vs N merged modules (gold included)",
+              "N merged modules", "exact match", n=f"n = {n_eval} facts per point", intervals=cis, integer_x=True)
+    line_plot(out / "n_modules_token_accuracy.png", tok_curves, "Q11: answer-token accuracy vs N merged modules",
+              "N merged modules", "answer-token accuracy", n=f"n = {n_eval} facts per point", intervals=tok_cis,
+              integer_x=True)
     (out / "n_modules.md").write_text("### Q11: accuracy vs N\n\n" + markdown_table(
         sorted(rows, key=lambda r: (r["method"], r["n"])), ["method", "n", "accuracy", "token_accuracy", "n_eval", "modules"],
         fmt={"accuracy": ".3f", "token_accuracy": ".3f"}))

@@ -3,7 +3,8 @@ bank, plus one large module of the same total parameter budget trained on all of
 
 The bank is cached under $LORAMEM_HOME/experiments/<hash of model, facts and writer>, so the four recipes (and a
 rerun) train it once; each module is written only if the bank lacks it, so an interrupted set-up resumes.
-Evaluation is teacher-forced exact match (the same verdict as greedy generation, one forward pass).
+Evaluation is teacher-forced exact match (the same verdict as greedy generation, one forward pass); each fact's
+argmax answer, its scores and the module(s) that answered are kept in the row (`predictions`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from statistics import mean
 
 from loramem.bank.manifest import ModuleInfo
 from loramem.bank.partition import fact_key, key_text, split_even, suffixes
@@ -25,6 +25,7 @@ from loramem.errors import UserError
 from loramem.formats import Example
 from loramem.models import Base, load_base
 from loramem.runs.runner import RecipeOptions
+from loramem.writer import Read
 
 # Smoke: 48 facts over 4 rank-1 all-linear modules on the top 6 layers vs one rank-4 module on the same layers
 # (same parameter count, same epochs). Small batches: more updates per token, so facts stick within minutes.
@@ -123,45 +124,50 @@ def setup(opts: RecipeOptions) -> Setup:
                  Resident(bank, base, capacity=64))
 
 
-def exact_match(s: Setup, adapter: str | None, idx: list[int]) -> list[bool]:
-    """Teacher-forced exact match of facts `idx` with one adapter active (None: the base model alone)."""
-    return [t == 1.0 for t in token_accuracy(s, adapter, idx)]
-
-
-@torch.no_grad()
-def token_accuracy(s: Setup, adapter: str, idx: list[int]) -> list[float]:
-    """Per fact, the fraction of answer tokens (digits and terminator) the model predicts right under teacher
-    forcing; 1.0 is exact match. A softer read-out that shows partial damage (e.g. from merging)."""
+def read(s: Setup, adapter: str | None, idx: list[int]) -> list[Read]:
+    """Facts `idx` read back under teacher forcing with one adapter active: per fact the argmax at each answer
+    token (digits and terminator) and which are right. Its token accuracy is a softer read-out than exact match
+    that shows partial damage (e.g. from merging)."""
     from loramem.formats import render
-    from loramem.forward import collate, length_batches, logits_at
+    from loramem.writer import read_items
 
     host = s.resident.activate(adapter)
-    host.eval()
     items = [render(e, s.base.tokenizer, s.parts[0].format) for e in s.examples(idx)]
-    out = [0.0] * len(items)
-    for b_idx in length_batches(items, 64, None):
-        b = collate(items, b_idx, s.base.tokenizer.pad_token_id)
-        pred = logits_at(host, b, b.eval_mask).argmax(-1).cpu()
-        hit = (pred == b.input_ids[:, 1:][b.eval_mask[:, :-1]]).float()
-        pos = 0
-        for row, n in zip(b_idx, b.eval_mask.sum(1).tolist(), strict=True):
-            out[row] = hit[pos:pos + n].mean().item() if n else 0.0
-            pos += n
-    return out
+    return read_items(host, items, s.base.tokenizer.pad_token_id)
 
 
-def eval_groups(s: Setup, groups: dict[tuple, list[int]], activate) -> dict[int, bool]:
-    """Exact match per fact, where facts sharing a key share an adapter: activate(key) -> adapter name."""
-    return {i: t == 1.0 for i, t in eval_groups_tokens(s, groups, activate).items()}
-
-
-def eval_groups_tokens(s: Setup, groups: dict[tuple, list[int]], activate) -> dict[int, float]:
-    """Token accuracy per fact (see token_accuracy), facts grouped by the adapter that answers them."""
-    acc: dict[int, float] = {}
+def eval_groups(s: Setup, groups: dict[tuple, list[int]], activate) -> dict[int, Read]:
+    """Each fact read back (see `read`), where facts sharing a key share an adapter: activate(key) -> adapter name."""
+    reads: dict[int, Read] = {}
     for key, idx in groups.items():
-        for i, t in zip(idx, token_accuracy(s, activate(key), idx), strict=True):
-            acc[i] = t
-    return acc
+        reads.update(zip(idx, read(s, activate(key), idx), strict=True))
+    return reads
+
+
+def predictions(s: Setup, reads: dict[int, Read], modules=None) -> dict:
+    """The row fields that keep every fact's question, gold number, teacher-forced prediction and scores (see
+    runs.runner.kept_predictions); `modules(i)` adds which module(s) answered fact i."""
+    from loramem.runs.runner import kept_predictions
+
+    tok = s.base.tokenizer
+    preds = []
+    for i in sorted(reads):
+        r, e = reads[i], s.entries[i]
+        preds.append({"question": e.question(), "gold": e.number, "gold_module": s.parts[s.gold[i]].name,
+                      **({"modules": modules(i)} if modules else {}),
+                      "prediction": tok.decode(r.pred_ids, skip_special_tokens=True).strip(),
+                      "exact": r.exact, "token_accuracy": round(r.token_accuracy, 4)})
+    return {**kept_predictions(preds), "predictions_by": "teacher-forced argmax at each answer token"}
+
+
+def scores(reads: dict[int, Read]) -> dict:
+    """Exact match and answer-token accuracy over the facts read, with 95% intervals and n."""
+    from loramem.intervals import interval, rounded
+
+    exact = [r.exact for r in reads.values()]
+    tok = [r.token_accuracy for r in reads.values()]
+    return {"accuracy": mean(exact), "accuracy_ci": rounded(interval(exact)), "token_accuracy": mean(tok),
+            "token_accuracy_ci": rounded(interval(tok)), "n_eval": len(reads)}
 
 
 def questions(s: Setup) -> list[str]:

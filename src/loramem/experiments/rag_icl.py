@@ -19,6 +19,7 @@ from loramem.config import AnswerConfig, RetrievalConfig, WriterConfig
 from loramem.errors import UserError
 from loramem.experiments import context_tasks as lc
 from loramem.experiments.context_tasks import release_dir
+from loramem.intervals import share_interval
 from loramem.report import bar_plot, markdown_table
 from loramem.runs.runner import Recipe, RecipeOptions
 
@@ -112,14 +113,26 @@ def _flat(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _interval(row: dict, method: str) -> tuple[float, float] | None:
+    """A method's 95% interval: stored with the cell, else (a row cached before intervals were stored) Wilson's
+    for a metric that is right or wrong per question, else none."""
+    v = row["methods"][method]
+    if v.get("score_ci") is not None:
+        return tuple(v["score_ci"])
+    if row.get("metric") in ("exact_match", "starts_with", "choice_accuracy"):
+        return share_interval(v["score"], row.get("n_questions"))
+    return None
+
+
 def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     out = Path(opts.out)
     order = {m: i for i, m in enumerate(METHODS + CHUNK_METHODS)}
     flat = sorted(_flat(rows), key=lambda r: (r["benchmark"], order.get(r["method"], 99)))
-    cols = ["benchmark", "metric", "method", "score", "prompt_tokens", "latency_ms", "storage_bytes", "train_s",
-            "truncated_tokens"]
-    table = markdown_table(flat, cols, headers=["benchmark", "metric", "method", "score", "prompt tokens / q",
-                                                "latency ms / q (batched)", "storage bytes", "training s", "ctx tokens cut / q"],
+    cols = ["benchmark", "metric", "method", "score", "score_ci", "prompt_tokens", "latency_ms", "storage_bytes",
+            "train_s", "truncated_tokens"]
+    table = markdown_table(flat, cols, headers=["benchmark", "metric", "method", "score", "95% CI",
+                                                "prompt tokens / q", "latency ms / q (batched)", "storage bytes",
+                                                "training s", "ctx tokens cut / q"],
                            fmt={"score": ".3f", "prompt_tokens": ".1f", "latency_ms": ".0f", "train_s": ".1f",
                                 "truncated_tokens": ".1f"})
     agrees, evidence = finding_lora_plus_context_best(rows)
@@ -135,7 +148,9 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     for r in rows:
         ms = [m for m in METHODS + CHUNK_METHODS if m in r["methods"]]
         bar_plot(out / f"scores_{r['benchmark']}.png", ms, [r["methods"][m]["score"] for m in ms],
-                 f"{r['benchmark']}: {r['metric']} by method", r["metric"])
+                 f"{r['benchmark']}: {r['metric']} by method", r["metric"],
+                 n=f"n = {r.get('n_questions', '?')} questions per method",
+                 intervals=[_interval(r, m) for m in ms])
     return {"finding_lora_plus_context_best": {"agrees": agrees, **evidence},
             "scores": {r["benchmark"]: {m: v["score"] for m, v in r["methods"].items()} for r in rows},
             "prompt_tokens": {r["benchmark"]: {m: v["prompt_tokens"] for m, v in r["methods"].items()} for r in rows}}

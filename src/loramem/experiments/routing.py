@@ -1,6 +1,7 @@
 """Q9: routing. Each router picks one module (top-1) per question; routing accuracy (the gold module picked)
 is reported apart from answer accuracy (teacher-forced exact match with the picked module), against the single
-large LoRA of the same parameter budget and the oracle.
+large LoRA of the same parameter budget and the oracle. Each row keeps every fact's picked module, gold module,
+teacher-forced prediction and scores (`predictions`, a sample of 200 on a large book).
 
 Routers: oracle, embed / bm25 / hybrid over the modules' training rows (fact-level keys), embed-module /
 bm25-module over one key text per module (the paper's setting), and lora (LoRA-aware: each candidate module's
@@ -13,7 +14,8 @@ import time
 from statistics import mean
 
 from loramem.bank.routing import ROUTERS, build_router, route_many
-from loramem.experiments.partitioned import eval_groups, exact_match, grid, questions, setup
+from loramem.experiments.partitioned import eval_groups, grid, predictions, questions, read, scores, setup
+from loramem.intervals import interval, rounded, share_interval
 from loramem.report import bar_plot, markdown_table
 from loramem.runs.runner import Recipe, RecipeOptions
 
@@ -29,8 +31,9 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     s = setup(opts)
     n = len(s.entries)
     if cell["router"] == "single":
-        hits = exact_match(s, s.resident.ensure(s.single), list(range(n)))
-        return {"answer_accuracy": mean(hits), "routing_accuracy": None, "route_ms": 0.0, "n_eval": n}
+        reads = dict(enumerate(read(s, s.resident.ensure(s.single), list(range(n)))))
+        return {**_answer(scores(reads)), "routing_accuracy": None, "route_ms": 0.0,
+                **predictions(s, reads, lambda i: [s.single.name])}
     # fact-level keys of the bank's modules (banks cached before row keys existed fall back to module key texts)
     router = build_router(cell["router"], s.parts, resident=s.resident, candidates=len(s.parts),
                           keys=s.bank.row_keys(s.parts))
@@ -42,10 +45,17 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(picked):
         groups.setdefault((p,), []).append(i)
-    hits = eval_groups(s, groups, lambda key: s.resident.ensure(s.parts[key[0]]))
-    return {"answer_accuracy": mean(hits[i] for i in range(n)),
-            "routing_accuracy": mean(p == g for p, g in zip(picked, s.gold, strict=True)),
-            "route_ms": round(route_ms, 3), "n_eval": n}
+    reads = eval_groups(s, groups, lambda key: s.resident.ensure(s.parts[key[0]]))
+    routed = [p == g for p, g in zip(picked, s.gold, strict=True)]
+    return {**_answer(scores(reads)), "routing_accuracy": mean(routed),
+            "routing_accuracy_ci": rounded(interval(routed)), "route_ms": round(route_ms, 3),
+            **predictions(s, reads, lambda i: [s.parts[picked[i]].name])}
+
+
+def _answer(sc: dict) -> dict:
+    """The partitioned scores under this recipe's names (answer_accuracy is its exact match)."""
+    return {"answer_accuracy": sc["accuracy"], "answer_accuracy_ci": sc["accuracy_ci"],
+            "token_accuracy": sc["token_accuracy"], "n_eval": sc["n_eval"]}
 
 
 def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
@@ -53,10 +63,14 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     rows = sorted(rows, key=lambda r: (r["router"] != "single", r["router"]))
     ans = {r["router"]: r["answer_accuracy"] for r in rows}
     rte = {r["router"]: r["routing_accuracy"] for r in rows if r["routing_accuracy"] is not None}
+    n_eval = sorted({r.get("n_eval") for r in rows if r.get("n_eval")})
+    # a row cached before intervals were stored gets Wilson's from its share and n
+    cis = [r.get("answer_accuracy_ci") or share_interval(r["answer_accuracy"], r.get("n_eval")) for r in rows]
     bar_plot(out / "routing.png", list(ans), list(ans.values()), "Q9: answer accuracy by router (top-1)",
-             "exact match")
+             "exact match", n=f"n = {'/'.join(map(str, n_eval)) or '?'} facts per router", intervals=cis)
     (out / "routing.md").write_text("### Q9: routing (top-1) vs the single LoRA\n\n" + markdown_table(
-        rows, ["router", "routing_accuracy", "answer_accuracy", "route_ms", "n_eval", "modules"],
+        rows, ["router", "routing_accuracy", "answer_accuracy", "answer_accuracy_ci", "route_ms", "n_eval", "modules"],
+        headers=["router", "routing_accuracy", "answer_accuracy", "95% CI", "route_ms", "n_eval", "modules"],
         fmt={"routing_accuracy": ".3f", "answer_accuracy": ".3f", "route_ms": ".2f"}))
     return {"answer_accuracy": ans, "routing_accuracy": rte,
             "route_ms": {r["router"]: r["route_ms"] for r in rows if r["router"] != "single"},

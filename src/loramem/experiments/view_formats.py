@@ -63,7 +63,7 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     key = docqa.score_key(rows)
     formats = list(dict.fromkeys(r["format"] for r in rows))
     budgets = sorted({r["budget"] for r in rows})
-    table_rows, curves = [], {}
+    table_rows, curves, cis, groups = [], {}, {}, []
     for f in formats:
         ys = []
         for b in budgets:
@@ -73,10 +73,12 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
             avg = {k: sum(r.get(k) or 0 for r in sub) / len(sub) for k in docqa.SCORE_KEYS}
             table_rows.append({"format": f, "budget": b, "papers": len(sub), **avg,
                                "tokens_seen": sum(r["tokens_seen"] for r in sub) / len(sub)})
-            ys.append((b, avg[key]))
-        curves[f] = ([x for x, _ in ys], [y for _, y in ys])
+            ys.append((b, avg[key], docqa.pooled_interval(sub, key)))
+            groups.append(sub)
+        curves[f] = ([x for x, _, _ in ys], [y for _, y, _ in ys])
+        cis[f] = [ci for _, _, ci in ys]
     line_plot(opts.out / "formats_score_vs_tokens.png", curves, f"Q4: {key} vs training tokens per module",
-              "training tokens (budget)", key, logx=len(budgets) > 2)
+              "training tokens (budget)", key, n=docqa.questions_n(groups), intervals=cis, logx=len(budgets) > 2)
     table = markdown_table(table_rows, ["format", "budget", "papers", "judge", "f1", "rougeL", "bleu", "em",
                                         "tokens_seen"],
                            fmt={k: ".3f" for k in docqa.SCORE_KEYS} | {"tokens_seen": ".0f"})

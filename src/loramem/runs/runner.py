@@ -48,6 +48,20 @@ class Recipe:
     together: Callable[[dict], Hashable | None] | None = None
 
 
+# A cell keeps at most this many per-question predictions in its row (evenly spaced over its questions, so every
+# part of a partitioned book is in the sample): enough to audit a verdict, and a paper-scale grid of thousands of
+# facts per cell still writes a results.jsonl of a few MB. Scores and intervals are computed on every question.
+PREDICTIONS_KEPT = 200
+
+
+def kept_predictions(predictions: list[dict], limit: int = PREDICTIONS_KEPT) -> dict:
+    """The row fields for a cell's per-question predictions: `predictions` (all, or an evenly spaced `limit` of
+    them, each with its index `i` among the cell's questions) and `predictions_of` (how many there were)."""
+    step = max(1, -(-len(predictions) // limit))
+    return {"predictions": [{"i": i, **p} for i, p in enumerate(predictions)][::step][:limit],
+            "predictions_of": len(predictions)}
+
+
 def read_rows(path: Path) -> list[dict]:
     if not path.is_file():
         return []
