@@ -190,9 +190,10 @@ def lr_scheduler(opt: torch.optim.Optimizer, cfg: WriterConfig, total: int):
 
 def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out: str | Path | None = None,
                  adapter: str = "default", on_step: Callable[[dict], None] | None = None,
-                 data_license: str | None = None) -> WriteResult:
+                 data_license: str | None = None, init_from: str | Path | None = None) -> WriteResult:
     """Train one LoRA module on `examples` and save it as a standard PEFT adapter folder with a run record
-    (`data_license`: the licence of the facts, shown on the exported model card)."""
+    (`data_license`: the licence of the facts, shown on the exported model card; `init_from`: a saved module
+    folder of the same shape whose weights training starts from instead of a fresh init, e.g. a bank update)."""
     if not examples:
         raise UserError("no training examples; pass a file with at least one row")
     t_start = time.time()
@@ -202,6 +203,8 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
     pad_id = tok.pad_token_id
     items = [render(e, tok, cfg.format) for e in examples]
     host = attach(base, lora_config(cfg, base), adapter)
+    if init_from is not None:
+        load_weights(host, adapter, init_from)
     params = adapter_params(host, adapter)
     for p in host.parameters():
         p.requires_grad = False
@@ -424,6 +427,15 @@ def load_adapter(base: Base, path: str | Path, adapter: str):
     host.set_adapter(adapter)
     host.eval()
     return host
+
+
+def load_weights(host, adapter: str, folder: str | Path) -> None:
+    """Copy a saved module's LoRA tensors into the resident adapter `adapter` (same rank, targets and layers)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    check_loaded_keys(host, adapter, folder)  # refuses another shape before anything is copied
+    set_peft_model_state_dict(host, load_file(str(Path(folder) / "adapter_model.safetensors")), adapter_name=adapter)
 
 
 def check_loaded_keys(host, adapter: str, folder: str | Path) -> None:

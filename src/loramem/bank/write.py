@@ -72,4 +72,4 @@ def train_part(part: Part, bank: MemoryBank, name: str, base: Base, cfg: WriterC
     # a generated knowledge set has no file: its data hash stands in
     sources = {str(part.source): file_sha256(part.source) if part.source.is_file() else res.record["data_hash"]}
     return NewModule(staging, name, res.record, part.key_text, part.keys, sources, view_mix or {"qa": 1.0},
-                     row_texts(part.examples))
+                     row_texts(part.examples), facts=part.examples)

@@ -1,0 +1,107 @@
+"""CLI verbs of a memory that changes: `loramem write --update`, `loramem bank retire|consolidate`, `loramem plan`
+and `loramem bench continual`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from loramem.commands import console, print_json
+from loramem.commands.bank import BANK_OPT, bank_app
+from loramem.errors import UserError
+
+
+def _replay(text: str) -> int | None:
+    if text.strip().lower() == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise UserError(f"--replay takes a number of facts (0 for none) or all, not {text!r}") from None
+    if n < 0:
+        raise UserError(f"--replay must be 0 or more (or all), got {n}")
+    return n
+
+
+def _checked(fn, *args, **kw):
+    """Run an update; a failed check (the bank is unchanged) is one line and exit 1."""
+    from loramem.bank.update import CheckFailed
+
+    try:
+        return fn(*args, **kw)
+    except CheckFailed as exc:
+        console.print(f"[red]refused:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+def _print_version(info, report: dict, bank, as_json: bool, undo: str) -> None:
+    if as_json:
+        print_json({"bank": str(bank.root), "module": info.id, **report, "undo": undo})
+        return
+    em = report.get("exact_match")
+    parts = [f"{k.replace('_', ' ')} {v}" for k, v in report.items()
+             if k in ("new", "corrected", "replay", "retired", "merged") and v]
+    console.print(f"added {info.id} to {bank.root} ({report['mode']}: {', '.join(parts) or 'no changes'}; "
+                  f"{report.get('n_facts')} facts, exact match {em if em is None else f'{em:.3f}'}); "
+                  f"undo with `{undo}`", highlight=False)
+
+
+def update_bank_cmd(train_file: Path, out: Path | None, bank: Path | None, name: str | None, partition: int | None,
+                    model: str, mode: str, replay: str, given: dict, limit: int | None,
+                    data_license: str | None, as_json: bool) -> None:
+    """`loramem write FILE --bank DIR --name NAME --update append|correct|new-module`."""
+    from loramem.bank.store import MemoryBank
+    from loramem.bank.update import MODES, update_module
+    from loramem.models import load_base
+
+    if mode not in MODES:
+        raise UserError(f"unknown --update '{mode}'; choose from {', '.join(MODES)}")
+    if out is not None or bank is None or name is None:
+        raise UserError("--update changes a module of a bank: give --bank DIR --name NAME (not --out)")
+    if partition is not None:
+        raise UserError("--update writes one module; drop --partition (or write the parts with --update new-module "
+                        "one file at a time)")
+    n_replay = _replay(replay)
+    b = MemoryBank(bank, create=False)
+    info, report = _checked(update_module, train_file, b, name, load_base(model), mode, given, n_replay, limit,
+                            data_license)
+    undo = (f"loramem bank rm {info.name} --bank {b.root}" if mode == "new-module"
+            else f"loramem bank rollback {info.name} --bank {b.root}")
+    _print_version(info, report, b, as_json, undo)
+
+
+def _bank_base(b, model: str | None):
+    from loramem.models import load_base
+
+    known = b.base()
+    return load_base(model or (known[0] if known else "tiny-random"))
+
+
+@bank_app.command("retire")
+def bank_retire(
+    name: str = typer.Argument(..., help="module whose facts to retire"),
+    facts: Path = typer.Option(..., "--facts", help="the keys to retire: JSONL lines \"key\" or {\"key\": ...} (or "
+                               "fact rows, or a PhoneBook file: their keys)"),
+    bank: Path = BANK_OPT,
+    model: str | None = typer.Option(None, help="base model (default: the bank's)"),
+    steps: int | None = typer.Option(None, help="writer steps (default: the module's recorded settings)"),
+    lr: float | None = typer.Option(None, help="writer learning rate (default: the module's recorded settings)"),
+    as_json: bool = typer.Option(False, "--json", help="print the new version and its checks as one JSON object"),
+) -> None:
+    """A new version of NAME that no longer answers those facts: rewritten from a fresh init on its other facts
+    (not trained to abstain, which would leave the facts in the weights; see the README). Refused (exit 1, bank
+    unchanged) if it still answers a retired fact the base model alone does not. Undo: `bank rollback NAME`;
+    older versions keep the facts until `bank rm`."""
+    from loramem.bank.update import retire_facts
+
+    b = _open_bank(bank)
+    info, report = _checked(retire_facts, b, name, facts, _bank_base(b, model), {"steps": steps, "lr": lr})
+    _print_version(info, report, b, as_json, f"loramem bank rollback {name} --bank {b.root}")
+
+
+def _open_bank(bank: Path):
+    from loramem.bank.store import MemoryBank
+
+    return MemoryBank(bank, create=False)
