@@ -60,3 +60,20 @@ def test_correct_retire_rollback_on_a_model_that_remembers(real_base, tmp_path, 
 
     assert run_main(capsys, monkeypatch, "bank", "rollback", "people", "--bank", root).returncode == 0
     assert answers(bank, real_base, now) == [e.number for e in now]  # v2's answers, the retired fact included
+
+
+def test_consolidate_checks_recall_before_retiring(real_base, tmp_path, capsys, monkeypatch):
+    bank = make_bank(tmp_path / "bank", real_base, phonebook_file(tmp_path, 4), partition=2, cfg=REAL)
+    root = str(bank.root)
+    assert all(m.record["exact_match"] == 1.0 for m in bank.list())
+    manifest = (bank.root / "manifest.sqlite").read_bytes()
+    args = ["bank", "consolidate", "--bank", root, "--names", "people-00,people-01", "--into", "people"]
+    r = run_main(capsys, monkeypatch, *args, "--steps", "1")
+    assert r.returncode == 1 and "of the 4 facts people-00, people-01 recalled" in r.stderr, r.stderr
+    assert (bank.root / "manifest.sqlite").read_bytes() == manifest
+    r = run_main(capsys, monkeypatch, *args, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["recall_of_recalled"] == 1.0
+    assert [m.name for m in bank.list()] == ["people"]
+    book = phonebook.generate(4, 0)
+    assert answers(bank, real_base, book) == [e.number for e in book]

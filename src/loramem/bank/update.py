@@ -169,15 +169,15 @@ def train_version(bank: MemoryBank, name: str, base: Base, cfg: WriterConfig, tr
         shutil.rmtree(staging, ignore_errors=True)
         raise
     record = res.record
-    record["exact_match_union"] = _share(hits["union"])
+    record["exact_match_union"] = share(hits["union"])
     return staging, record, hits
 
 
-def _share(hits: list[bool]) -> float | None:
+def share(hits: list[bool]) -> float | None:
     return sum(hits) / len(hits) if hits else None
 
 
-def _finish(staging: Path, record: dict, update: dict) -> dict:
+def record_update(staging: Path, record: dict, update: dict) -> dict:
     """Record what the update did beside the training record (in the manifest and the folder's loramem.json)."""
     from loramem.writer import RECORD_FILE
 
@@ -222,8 +222,8 @@ def update_module(train_file: str | Path, bank: MemoryBank, name: str, base: Bas
                                          init_from=bank.verified_path(info), data_license=data_license)
     report = {"mode": mode, "from": info.id, "new": len(new), "corrected": len(corrected), "replay": len(sample),
               "replay_of": len(untouched), "n_facts": len(union) if old is not None else len(info.keys) + len(new),
-              "exact_match": record["exact_match_union"], "exact_match_new": _share(hits["new"]),
-              "exact_match_replayed": _share(hits["replayed"]), "old_value_given": _share(hits["old_values"]),
+              "exact_match": record["exact_match_union"], "exact_match_new": share(hits["new"]),
+              "exact_match_replayed": share(hits["replayed"]), "old_value_given": share(hits["old_values"]),
               "train_s": record.get("train_s"), "source": str(train_file)}
     still = [fact_key(e) for e, h in zip(was, hits["old_values"], strict=True) if h]
     if still:
@@ -234,7 +234,7 @@ def update_module(train_file: str | Path, bank: MemoryBank, name: str, base: Bas
     keys = [fact_key(e) for e in union] if old is not None else [*info.keys, *(fact_key(e) for e in new)]
     ktext = updated_key_text(info, old, union) if old is not None else (
         info.key_text + "; " + key_text(new))[:KEY_TEXT_CHARS]
-    item = NewModule(folder, name, _finish(folder, record, report), ktext, keys, {**info.sources, **src},
+    item = NewModule(folder, name, record_update(folder, record, report), ktext, keys, {**info.sources, **src},
                      info.view_mix, row_texts(union) if old is not None else None,
                      facts=union if old is not None else None)
     return bank.add_folders([item], move=True)[0], report
@@ -251,7 +251,7 @@ def _old_facts(bank: MemoryBank, info: ModuleInfo, needed: bool) -> list[Example
         return None
 
 
-def _recalled_by(info: ModuleInfo, bank: MemoryBank, base: Base, facts: list[Example]) -> list[bool]:
+def recalled_by(info: ModuleInfo, bank: MemoryBank, base: Base, facts: list[Example]) -> list[bool]:
     """Which of `facts` module version `info` recalls (teacher-forced exact match)."""
     from loramem.evaluate import teacher_forced_em
     from loramem.writer import load_adapter
@@ -282,7 +282,7 @@ def _new_module(bank: MemoryBank, info: ModuleInfo, base: Base, new: list[Exampl
               "n_facts": len(new), "exact_match": record["exact_match_union"], "exact_match_new":
               record["exact_match_union"], "shadows": len(shadowed), "train_s": record.get("train_s"),
               "source": next(iter(src))}
-    item = NewModule(folder, name, _finish(folder, record, report), key_text(new), [fact_key(e) for e in new], src,
+    item = NewModule(folder, name, record_update(folder, record, report), key_text(new), [fact_key(e) for e in new], src,
                      info.view_mix, row_texts(new), facts=new)
     return bank.add_folders([item], move=True)[0], report
 
@@ -312,14 +312,14 @@ def retire_facts(bank: MemoryBank, name: str, keys_file: str | Path, base: Base,
     by_base = _base_recalls(base, retired, cfg.format)
     answered = [fact_key(e) for e, h, b in zip(retired, hits["retired"], by_base, strict=True) if h and not b]
     report = {"mode": "retire", "from": info.id, "retired": len(retired), "n_facts": len(keep),
-              "exact_match": record["exact_match_union"], "retired_answered": _share(hits["retired"]),
-              "retired_answered_by_base": _share(by_base), "method": "rewrite without the facts (fresh init)",
+              "exact_match": record["exact_match_union"], "retired_answered": share(hits["retired"]),
+              "retired_answered_by_base": share(by_base), "method": "rewrite without the facts (fresh init)",
               "train_s": record.get("train_s"), "source": str(keys_file)}
     if answered:
         shutil.rmtree(folder, ignore_errors=True)
         raise CheckFailed(f"{name}: the rewritten version still answers {len(answered)} retired facts the base "
                           f"model alone does not (e.g. {answered[0]!r}); nothing was changed")
-    item = NewModule(folder, name, _finish(folder, record, report), updated_key_text(info, facts, keep),
+    item = NewModule(folder, name, record_update(folder, record, report), updated_key_text(info, facts, keep),
                      [fact_key(e) for e in keep], info.sources, info.view_mix, row_texts(keep), facts=keep)
     return bank.add_folders([item], move=True)[0], report
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from loramem.commands import console, print_json
+from loramem.commands import console, csv_list, print_json
 from loramem.commands.bank import BANK_OPT, bank_app
 from loramem.errors import UserError
 
@@ -105,3 +105,37 @@ def _open_bank(bank: Path):
     from loramem.bank.store import MemoryBank
 
     return MemoryBank(bank, create=False)
+
+
+@bank_app.command("consolidate")
+def bank_consolidate(
+    bank: Path = BANK_OPT,
+    names: str = typer.Option(..., help="comma list of the served modules to consolidate, e.g. a,b,c"),
+    into: str = typer.Option(..., help="name of the one module that replaces them (new, or one of --names)"),
+    method: str = typer.Option("retrain", help="retrain (a fresh module on the union of their facts) or cat (their "
+                               "exact sum in weight-update space, rank = sum of ranks, no training)"),
+    min_recall: float = typer.Option(1.0, help="share of the facts they recalled that INTO must recall"),
+    rank: int | None = typer.Option(None, help="with retrain: INTO's rank (default: the sum of their ranks)"),
+    steps: int | None = typer.Option(None, help="with retrain: writer steps (default: the first module's settings)"),
+    lr: float | None = typer.Option(None, help="with retrain: learning rate (default: the first module's settings)"),
+    model: str | None = typer.Option(None, help="base model (default: the bank's)"),
+    as_json: bool = typer.Option(False, "--json", help="print INTO's version and the recall check as one JSON object"),
+) -> None:
+    """Replace several modules by one: INTO recalls what they recalled (checked by teacher forcing before
+    anything changes), then INTO is served and they are retired in one transaction. A failed check exits 1 with
+    the bank unchanged. Undo: `bank rm INTO` and `bank rollback NAME` for each of them."""
+    from loramem.bank.consolidate import METHODS, consolidate
+
+    if method not in METHODS:
+        raise UserError(f"unknown --method '{method}'; choose from {', '.join(METHODS)}")
+    if method == "cat" and (rank, steps, lr) != (None, None, None):
+        raise UserError("--method cat trains nothing; drop --rank, --steps and --lr (or use --method retrain)")
+    b = _open_bank(bank)
+    listed = csv_list(names, str, "--names")
+    info, report = _checked(consolidate, b, listed, into, _bank_base(b, model),
+                            {"rank": rank, "steps": steps, "lr": lr}, method, min_recall)
+    others = [n for n in listed if n != into]
+    undo = f"loramem bank rm {into} --bank {b.root}" if into not in listed else \
+        f"loramem bank rollback {into} --bank {b.root}"
+    undo += "".join(f"; loramem bank rollback {n} --bank {b.root}" for n in others)
+    _print_version(info, report, b, as_json, undo)
