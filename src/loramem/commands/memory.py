@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from loramem.commands import console, csv_list, print_json
+from loramem.commands import app, console, csv_list, print_json
 from loramem.commands.bank import BANK_OPT, bank_app
 from loramem.errors import UserError
 
@@ -139,3 +139,37 @@ def bank_consolidate(
         f"loramem bank rollback {into} --bank {b.root}"
     undo += "".join(f"; loramem bank rollback {n} --bank {b.root}" for n in others)
     _print_version(info, report, b, as_json, undo)
+
+
+def _plan_defaults():
+    from loramem import plan
+
+    return plan.MAX_EXTRAPOLATION, plan.MAX_MODULES
+
+
+@app.command("plan")
+def plan_cmd(
+    facts: int = typer.Option(..., help="how many facts the memory must hold (of the kind the datasheet measured)"),
+    tau: float = typer.Option(0.9, help="exact match each module must reach (the T_max threshold)"),
+    datasheet: Path = typer.Option(..., help="a `loramem datasheet` or `bench capacity` folder with capacity rows"),
+    max_extrapolation: float = typer.Option(_plan_defaults()[0], help="how far beyond the measured ranks and sizes "
+                                            "the power-law fit may be read (a factor; 1: not at all)"),
+    max_modules: int = typer.Option(_plan_defaults()[1], help="refuse plans needing more modules than this"),
+    as_json: bool = typer.Option(False, "--json", help="print the plan as one JSON object (rank, modules, "
+                                 "expected_exact_match, n_params, fit, ...)"),
+) -> None:
+    """Recommend rank, number of modules and expected exact match for N facts, from a power-law fit of T_max vs
+    rank over a datasheet's capacity rows (refusing to read the fit beyond --max-extrapolation)."""
+    from loramem.plan import capacity_rows, plan
+
+    p = plan(capacity_rows(datasheet), facts, tau, max_extrapolation, max_modules)
+    if as_json:
+        return print_json(p)
+    f, x = p["fit"], p["extrapolation"]
+    se = f" ± {f['b_se']}" if f["b_se"] is not None else " (two ranks: no error)"
+    print(f"{facts} facts ({p['knowledge_tokens']:,} tokens): rank {p['rank']} x {p['modules']} module(s), "
+          f"{p['n_params']:,} parameters, expected exact match {p['expected_exact_match']:.3f} "
+          f"(sd {p['expected_exact_match_sd']:.3f})")
+    print(f"fit T_max = {f['a']} * rank^{f['b']}{se} on ranks {f['ranks']}; T_max at rank {p['rank']}: "
+          f"{p['t_max_at_rank']:,} tokens; extrapolation x{x['rank']} in rank, x{x['size']} in size "
+          f"(limit x{x['limit']:g})")
