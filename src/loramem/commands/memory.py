@@ -8,8 +8,9 @@ from pathlib import Path
 
 import typer
 
-from loramem.commands import app, console, csv_list, print_json
+from loramem.commands import app, bench_app, console, csv_list, print_json, run_bench
 from loramem.commands.bank import BANK_OPT, bank_app
+from loramem.config import DEFAULT_MODEL
 from loramem.errors import UserError
 
 
@@ -173,3 +174,42 @@ def plan_cmd(
     print(f"fit T_max = {f['a']} * rank^{f['b']}{se} on ranks {f['ranks']}; T_max at rank {p['rank']}: "
           f"{p['t_max_at_rank']:,} tokens; extrapolation x{x['rank']} in rank, x{x['size']} in size "
           f"(limit x{x['limit']:g})")
+
+
+@bench_app.command("continual")
+def bench_continual(
+    out: Path = typer.Option(..., help="results folder (results.jsonl, *.png, continual.md, findings.json)"),
+    model: str = typer.Option(DEFAULT_MODEL, help="base model"),
+    scale: str = typer.Option("smoke", help="smoke (4 rounds of 16 facts, minutes), cpu (10 of 50) or paper"),
+    seed: int = typer.Option(0, help="seed of the facts, the corrections and the writer"),
+    rounds: int | None = typer.Option(None, help="update rounds k (default per scale)"),
+    facts: int | None = typer.Option(None, help="facts per round (default per scale)"),
+    rank: int | None = typer.Option(None, help="LoRA rank of every strategy (default per scale)"),
+    replay: int | None = typer.Option(None, help="facts replayed per round by append-replay (default per scale)"),
+    every: int | None = typer.Option(None, help="consolidate every this many rounds (default per scale)"),
+    strategies: str | None = typer.Option(None, help="comma list of append-replay, append-no-replay, new-module, "
+                                          "consolidate (default: all)"),
+    datasets: str | None = typer.Option(None, help="comma list of phonebook, corrections (default: both)"),
+    probe_ranks: str | None = typer.Option(None, help="extra ranks for the forgetting-vs-rank plot, e.g. 1,16 "
+                                           "(default per scale; '' for none)"),
+    steps: int | None = typer.Option(None, help="writer steps per write (default per scale)"),
+    lr: float | None = typer.Option(None, help="writer learning rate (default per scale)"),
+    as_json: bool = typer.Option(False, "--json", help="print the recipe's summary as one JSON object"),
+) -> None:
+    """Beyond the paper: k rounds of new facts and corrections per update strategy; retention, latest, old values,
+    base knowledge and cost per round, with intervals, plots and three findings."""
+    params = {k: v for k, v in dict(rounds=rounds, facts=facts, rank=rank, replay=replay, every=every,
+                                    strategies=csv_list(strategies), datasets=csv_list(datasets)).items()
+              if v is not None}
+    if probe_ranks is not None:
+        params["probe_ranks"] = csv_list(probe_ranks, int, "--probe-ranks")
+    params["writer"] = {"steps": steps, "lr": lr}
+    for k, v in params.items():
+        if isinstance(v, int) and not isinstance(v, bool) and v < (0 if k == "replay" else 1):
+            raise UserError(f"--{k} must be {'0' if k == 'replay' else '1'} or more, got {v}")
+    s = run_bench("continual", out, model, scale, seed, None, params)
+    if as_json:
+        return print_json(s)
+    for key, r in s.get("final", {}).items():
+        print(f"{key:30s} round {r['round']}: retention {r['retention']:.3f} {r['retention_ci']}, base probe "
+              f"{r['base_probe']:.3f}, {r['modules']} module(s), {r['n_params']:,} params, {r['train_s_total']:.1f} s")
