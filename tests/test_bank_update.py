@@ -163,3 +163,17 @@ def test_bad_updates_are_one_line_exit_2_and_keep_the_bank(bank, tmp_path, capsy
         _one_line_error(run_main(capsys, monkeypatch, *args))
     assert (bank.root / "manifest.sqlite").read_bytes() == before
     assert not (tmp_path / "nobank").exists()
+
+
+def test_python_api_updates_retires_consolidates_and_rolls_back(bank, tiny_base, tmp_path):
+    import loramem
+
+    b = loramem.Bank(bank.root)
+    new = phonebook_file(tmp_path, 2, seed=3)
+    assert b.update(new, "people", replay=0, steps=1)["module"] == "people@v2"
+    assert b.update(new, "people", mode="new-module", steps=1)["module"] == "people.u1@v1"
+    keys = tmp_path / "k.jsonl"
+    keys.write_text(json.dumps(phonebook.generate(6, 0)[0].name) + "\n")
+    assert b.retire("people", keys, steps=1)["n_facts"] == 7
+    assert b.consolidate(["people", "people.u1"], "all", method="cat")["n_facts"] == 7  # u1 repeats 2 of its facts
+    assert [m["name"] for m in b.ls()] == ["all"] and b.rollback("people") == 3
