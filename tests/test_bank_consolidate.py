@@ -94,5 +94,7 @@ def test_bad_consolidations_are_one_line_exit_2_and_keep_the_bank(bank, tiny_bas
                              "people-00,people-01", "--into", "y"))
     _cli(capsys, monkeypatch, "bank", "consolidate", "--bank", root, "--names", "people-00,people-01", "--into", "y",
          "--method", "cat")
-    _one_line_error(run_main(capsys, monkeypatch, "bank", "consolidate", "--bank", root, "--names",
-                             "people-00,people-01", "--into", "y"))  # a and b are retired now: not served
+    r = run_main(capsys, monkeypatch, "bank", "consolidate", "--bank", root, "--names", "people-00,people-01",
+                 "--into", "z")  # a and b are retired now: not served
+    _one_line_error(r)
+    assert "people-00' is retired" in r.stderr and "bank rollback people-00" in r.stderr

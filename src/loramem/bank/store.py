@@ -205,6 +205,9 @@ class MemoryBank:
         check_name(name)
         version = version if version is not None else self.head(name)
         if version is None:
+            if self.exists() and self.versions(name):
+                raise UserError(f"module '{name}' is retired (not served) in bank {self.root}; serve it again with "
+                                f"`loramem bank rollback {name} --bank {self.root}`")
             raise UserError(f"no module '{name}' in bank {self.root}; see `loramem bank ls --bank {self.root}`")
         with self._db() as con:
             row = con.execute(f"{SELECT} WHERE m.name = ? AND m.version = ?", (name, version)).fetchone()
