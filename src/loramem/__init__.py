@@ -14,7 +14,8 @@ Every argument takes a path or a name as readily as an object: `bank` is a folde
 registry name ("smollm2-135m", "tiny-random"), a Hugging Face id, a local folder, or a loaded `Base`.
 
     write(data, bank=..., name=..., model=..., **writer options)   train one module (or `partition=N` modules)
-    Bank(path)                .ls() .write() .ask() .verify() .export()
+    Bank(path)                .ls() .write() .ask() .update() .retire() .consolidate() .rollback() .verify()
+                              .export()
     ask(question, bank=...)   route -> merge -> generate; mode= lora, base, icl, rag, lora+rag, lora+icl
     datasheet(out, model=...) the paper's audit as a report (HTML + Markdown + findings.json)
     UserError                 what every mistake a user can make raises, with the fix in its message

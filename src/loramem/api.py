@@ -7,6 +7,8 @@ of these calls.
     bank = loramem.Bank("my-bank")
     bank.ls()                                   # the modules it serves
     bank.ask("What is the phone number of Ann Lee?")["answer"]
+    bank.update("new.csv", "people", mode="append")   # a memory that changes: update, retire, consolidate
+    bank.rollback("people")
 """
 
 from __future__ import annotations
@@ -138,6 +140,37 @@ class Bank:
     def ask(self, question: str, **options: Any) -> dict:
         """`loramem.ask(question, bank=self, ...)`: route, merge, answer."""
         return ask(question, bank=self, **{"model": self.model, **options})
+
+    def update(self, data: str | Path, name: str, mode: str = "append", replay: int | None = None,
+               **writer: Any) -> dict:
+        """`loramem write DATA --bank self --name NAME --update MODE [--replay N]`: append / correct facts as NAME's
+        next version, or new-module; `writer` options replace the module's recorded ones. Returns the report."""
+        from loramem.bank.update import update_module
+
+        info, report = update_module(data, self.store, name, self._loaded(), mode, writer, replay)
+        return {"module": info.id, **report}
+
+    def retire(self, name: str, keys: str | Path, **writer: Any) -> dict:
+        """`loramem bank retire NAME --facts KEYS`: NAME's next version, rewritten without those facts."""
+        from loramem.bank.update import retire_facts
+
+        info, report = retire_facts(self.store, name, keys, self._loaded(), writer)
+        return {"module": info.id, **report}
+
+    def consolidate(self, names: list[str], into: str, method: str = "retrain", min_recall: float = 1.0,
+                    **writer: Any) -> dict:
+        """`loramem bank consolidate --names ... --into INTO`: one module checked to recall what they recalled."""
+        from loramem.bank.consolidate import consolidate
+
+        info, report = consolidate(self.store, names, into, self._loaded(), writer, method, min_recall)
+        return {"module": info.id, **report}
+
+    def rollback(self, name: str, to: int | None = None) -> int:
+        """`loramem bank rollback NAME [--to V]`: serve an earlier version (or a retired module again)."""
+        return self.store.rollback(name, to).version
+
+    def _loaded(self) -> Base:
+        return _base(self.model or self._base_name())
 
     def verify(self) -> VerifyReport:
         """Check that manifest and files agree (`.ok`, `.problems`, `.notes`)."""

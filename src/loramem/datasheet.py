@@ -24,7 +24,7 @@ console = Console(stderr=True)
 
 # In the paper's order: capacity, internalization, multi-module, complementarity.
 ORDER = ["capacity", "formats", "mixes", "model-scale", "generators", "multi-lora", "routing", "merging",
-         "n-modules", "rag-icl", "counterfact"]
+         "n-modules", "rag-icl", "counterfact", "continual"]
 
 
 def recipe_names(only: str | None = None) -> list[str]:

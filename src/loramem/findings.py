@@ -105,6 +105,14 @@ def delegated(module: str, func: str) -> Callable[[list[dict]], tuple[bool | Non
     return check
 
 
+def _continual_findings() -> list:
+    try:
+        from loramem.experiments.continual_report import FINDINGS as CONTINUAL
+    except ImportError:  # a checkout without the recipe
+        return []
+    return CONTINUAL
+
+
 FINDINGS: list[Finding] = [
     Finding("capacity-saturates", "Capacity saturates: at a fixed rank accuracy falls as knowledge grows, "
             "and a larger rank stores more", "capacity", capacity_saturates),
@@ -124,6 +132,9 @@ FINDINGS: list[Finding] = [
             delegated("n_modules", "finding_accuracy_falls_with_n")),
     Finding("lora-plus-rag-icl", "Open-book, LoRA + RAG/ICL beats each alone", "rag-icl",
             delegated("rag_icl", "finding_lora_plus_context_best")),
+    # beyond the paper: a memory that changes (statements and checks beside the recipe)
+    *(Finding(fid, text, "continual", delegated("continual_report", fn.__name__))
+      for fid, text, fn in _continual_findings()),
 ]
 
 

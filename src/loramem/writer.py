@@ -228,14 +228,16 @@ class WriteJob:
     out: str | Path | None = None
     adapter: str = "default"
     data_license: str | None = None
+    init_from: str | Path | None = None  # a saved module folder of the same shape to start from (a bank update)
 
 
 def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out: str | Path | None = None,
                  adapter: str = "default", on_step: Callable[[dict], None] | None = None,
-                 data_license: str | None = None) -> WriteResult:
+                 data_license: str | None = None, init_from: str | Path | None = None) -> WriteResult:
     """Train one LoRA module on `examples` and save it as a standard PEFT adapter folder with a run record
-    (`data_license`: the licence of the facts, shown on the exported model card)."""
-    return write_modules([WriteJob(examples, cfg, out, adapter, data_license)], base, on_step=on_step)[0]
+    (`data_license`: the licence of the facts, shown on the exported model card; `init_from`: a saved module
+    folder of the same shape whose weights training starts from instead of a fresh init, e.g. a bank update)."""
+    return write_modules([WriteJob(examples, cfg, out, adapter, data_license, init_from)], base, on_step=on_step)[0]
 
 
 # how many modules train in one pass at most (their rows share every base matmul)
@@ -287,6 +289,8 @@ class _Lane:
         self.rng = random.Random(cfg.seed)
         self.items = [render(e, base.tokenizer, cfg.format) for e in job.examples]
         self.host = attach(base, lora_config(cfg, base), job.adapter)
+        if job.init_from is not None:
+            load_weights(self.host, job.adapter, job.init_from)
         self.params = adapter_params(self.host, job.adapter)
         self.per_epoch = math.ceil(len(self.items) / cfg.batch_size)
         self.total = cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * self.per_epoch))
@@ -596,6 +600,15 @@ def load_adapter(base: Base, path: str | Path, adapter: str):
     host.set_adapter(adapter)
     host.eval()
     return host
+
+
+def load_weights(host, adapter: str, folder: str | Path) -> None:
+    """Copy a saved module's LoRA tensors into the resident adapter `adapter` (same rank, targets and layers)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    check_loaded_keys(host, adapter, folder)  # refuses another shape before anything is copied
+    set_peft_model_state_dict(host, load_file(str(Path(folder) / "adapter_model.safetensors")), adapter_name=adapter)
 
 
 def check_loaded_keys(host, adapter: str, folder: str | Path) -> None:

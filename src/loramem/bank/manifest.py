@@ -50,6 +50,15 @@ CREATE TABLE IF NOT EXISTS row_keys (  -- fact-level routing keys, one per train
     embedding BLOB NOT NULL,         -- float32 unit vector of text (all-MiniLM-L6-v2)
     PRIMARY KEY (name, version, row)
 );
+CREATE TABLE IF NOT EXISTS facts (     -- the facts each version was trained to know, for updates (see facts.py)
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    row INTEGER NOT NULL,
+    prompt TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (name, version, row)
+);
 """
 
 COLUMNS = ("name", "version", "path", "base_name", "base_fingerprint", "rank", "targets", "n_params", "sources",

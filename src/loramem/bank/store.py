@@ -26,6 +26,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from loramem.bank import facts as facts_table
 from loramem.bank import rowkeys, vindex
 from loramem.bank.manifest import SELECT, ModuleInfo, connect, has_table, info_to_row, row_to_info
 from loramem.config import fault_point
@@ -103,6 +104,7 @@ class NewModule:
     sources: dict = field(default_factory=dict)
     view_mix: dict = field(default_factory=dict)
     rows: list[str] | None = None  # fact-level routing keys of its training rows (questions), embedded on add
+    facts: list | None = None  # the facts (formats.Example) this version should answer, kept for updates
 
 
 _VERIFIED: dict[tuple[str, str], tuple] = {}  # (folder, checksum) -> file stamps when it last matched
@@ -203,6 +205,9 @@ class MemoryBank:
         check_name(name)
         version = version if version is not None else self.head(name)
         if version is None:
+            if self.exists() and self.versions(name):
+                raise UserError(f"module '{name}' is retired (not served) in bank {self.root}; serve it again with "
+                                f"`loramem bank rollback {name} --bank {self.root}`")
             raise UserError(f"no module '{name}' in bank {self.root}; see `loramem bank ls --bank {self.root}`")
         with self._db() as con:
             row = con.execute(f"{SELECT} WHERE m.name = ? AND m.version = ?", (name, version)).fetchone()
@@ -258,8 +263,9 @@ class MemoryBank:
         return self.add_folders([NewModule(Path(folder), name, record, key_text, keys or [], sources or {},
                                            view_mix or {}, rows)], move=move)[0]
 
-    def add_folders(self, items: list[NewModule], move: bool = False) -> list[ModuleInfo]:
-        """Add several module folders in ONE manifest transaction: after a crash either all are new or none."""
+    def add_folders(self, items: list[NewModule], move: bool = False, retire: list[str] = ()) -> list[ModuleInfo]:
+        """Add several module folders in ONE manifest transaction: after a crash either all are new or none.
+        `retire`: names that stop being served in that same transaction (their versions stay, see `rollback`)."""
         if len({i.name for i in items}) != len(items):
             raise UserError("one write cannot add two versions of the same module name")
         staged = []
@@ -269,7 +275,7 @@ class MemoryBank:
             fault_point("bank-staged")
             with self.lock:
                 self._clean_stale_staging()
-                infos = self._commit(staged)
+                infos = self._commit(staged, list(retire))
             vindex.after_change(self)
             return infos
         finally:
@@ -304,7 +310,7 @@ class MemoryBank:
             if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
                 shutil.rmtree(d, ignore_errors=True)
 
-    def _commit(self, staged: list[tuple]) -> list[ModuleInfo]:
+    def _commit(self, staged: list[tuple], retire: list[str] = ()) -> list[ModuleInfo]:
         with self._db(write=True) as con:
             known = dict(con.execute("SELECT key, value FROM meta"))
             infos, moves = [], []
@@ -331,9 +337,13 @@ class MemoryBank:
                     con.execute(f"INSERT INTO modules VALUES ({', '.join('?' * 18)})", info_to_row(info))
                     if st[5] is not None:
                         rowkeys.insert(con, info.name, info.version, *st[5])
+                    if st[1].facts is not None:
+                        facts_table.insert(con, info.name, info.version, st[1].facts)
                     con.execute("INSERT OR REPLACE INTO heads VALUES (?, ?)", (info.name, info.version))
                     con.execute("INSERT OR IGNORE INTO meta VALUES ('base_name', ?)", (info.base_name,))
                     con.execute("INSERT OR IGNORE INTO meta VALUES ('base_fingerprint', ?)", (info.base_fingerprint,))
+                for name in retire:
+                    con.execute("DELETE FROM heads WHERE name = ?", (name,))
                 for i, (staging, target) in enumerate(moves):
                     os.replace(staging, target)
                     _fsync_dir(target.parent)
@@ -349,13 +359,16 @@ class MemoryBank:
         return infos
 
     def rollback(self, name: str, to: int | None = None) -> ModuleInfo:
-        """Serve an earlier version of `name` (default: the one before the current head)."""
+        """Serve an earlier version of `name` (default: the one before the current head; for a module retired by
+        `bank consolidate`, its last version again)."""
         check_name(name)
         with self.lock:
             have = [v.version for v in self.versions(name)]
             head = self.head(name)
-            if not have or head is None:
+            if not have:
                 raise UserError(f"no module '{name}' in bank {self.root}; see `loramem bank ls --bank {self.root}`")
+            if head is None and to is None:
+                to = have[-1]
             if to is None:
                 older = [v for v in have if v < head]
                 if not older:
@@ -365,7 +378,7 @@ class MemoryBank:
                 raise UserError(f"module '{name}' has no version {to}; versions: {have}")
             with self._db(write=True) as con:
                 con.execute("BEGIN IMMEDIATE")
-                con.execute("UPDATE heads SET version = ? WHERE name = ?", (to, name))
+                con.execute("INSERT OR REPLACE INTO heads VALUES (?, ?)", (name, to))
                 con.execute("COMMIT")
         vindex.after_change(self)
         return self.get(name, to)
@@ -382,10 +395,18 @@ class MemoryBank:
                 con.execute("DELETE FROM modules WHERE name = ?", (name,))
                 con.execute("DELETE FROM heads WHERE name = ?", (name,))
                 rowkeys.delete(con, name)
+                facts_table.delete(con, name)
                 con.execute("COMMIT")
             shutil.rmtree(self.root / MODULES / name, ignore_errors=True)
         vindex.after_change(self)
         return versions
+
+    def facts(self, info: ModuleInfo) -> list:
+        """The facts (formats.Example) a module version was trained to know: as the bank recorded them, or read
+        back from its unchanged source files for versions written before the bank kept facts."""
+        with self._db() as con:
+            got = facts_table.stored(con, info)
+        return got if got is not None else facts_table.from_sources(info)
 
     def row_keys(self, modules: list[ModuleInfo]) -> rowkeys.RowKeys:
         """The fact-level routing keys of these module versions (key text for modules without training rows)."""

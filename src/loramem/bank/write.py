@@ -69,4 +69,4 @@ def _new_module(part: Part, name: str, record: dict, staging: Path, view_mix: di
     # a generated knowledge set has no file: its data hash stands in
     sources = {str(part.source): file_sha256(part.source) if part.source.is_file() else record["data_hash"]}
     return NewModule(staging, name, record, part.key_text, part.keys, sources, view_mix or {"qa": 1.0},
-                     row_texts(part.examples))
+                     row_texts(part.examples), facts=part.examples)

@@ -101,6 +101,14 @@ def write_cmd(
     bank: Path | None = typer.Option(None, help="bank folder to add the module to (instead of --out)"),
     name: str | None = typer.Option(None, help="module name in the bank (a new version if it exists)"),
     partition: int | None = typer.Option(None, help="split the facts into N modules NAME-00.. (with --bank)"),
+    update: str | None = typer.Option(None, help="change module NAME of --bank: append (NAME trained further on the "
+                                      "new facts + a replay sample of its own), correct (new values replace old "
+                                      "ones by key; refused if an old value is still given) or new-module (its own "
+                                      "module NAME.uK, routing decides); each a new version, undone by `loramem "
+                                      "bank rollback NAME` (new-module: `bank rm`). The module's recorded writer "
+                                      "settings apply; flags given replace them (not its shape: rank, targets, ...)"),
+    replay: str = typer.Option("all", help="with --update append/correct: how many of the module's untouched "
+                               "facts to train on again (a seeded sample), 0 for none, or all"),
     model: str = model_option(),
     recipe: str = typer.Option("fast", help="preset: fast (loramem defaults) or paper (authors' settings)"),
     rank: int | None = typer.Option(None, help=writer_help("rank")),
@@ -135,6 +143,14 @@ def write_cmd(
                          dropout=dropout, lr=lr, schedule=schedule, steps=steps, epochs=epochs,
                          batch_size=batch_size, seed=seed, loss=loss, format=format, target_em=target_em,
                          eval_every=eval_every, max_seconds=max_seconds)
+    if update is not None:
+        from loramem.commands.memory import update_bank_cmd
+
+        given = dict(rank=rank, alpha=alpha, rslora=rslora, targets=targets, layers=layers, dropout=dropout, lr=lr,
+                     schedule=schedule, steps=steps, epochs=epochs, batch_size=batch_size, seed=seed, loss=loss,
+                     format=format, target_em=target_em, eval_every=eval_every, max_seconds=max_seconds)
+        return update_bank_cmd(train_file, out, bank, name, partition, model, update, replay, given, limit,
+                               data_license, as_json)
     if bank is not None or name is not None or partition is not None:
         from loramem.commands.bank import write_bank_cmd
 

@@ -16,7 +16,7 @@ MODULES: dict[str, str] = {
     "capacity": "capacity",
     "formats": "view_formats", "mixes": "mixes", "model-scale": "model_scale", "generators": "generators",
     "multi-lora": "multi_lora", "routing": "routing", "merging": "merging", "n-modules": "n_modules",
-    "rag-icl": "rag_icl", "counterfact": "counterfact",
+    "rag-icl": "rag_icl", "counterfact": "counterfact", "continual": "continual",
 }
 
 

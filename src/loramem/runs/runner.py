@@ -213,11 +213,14 @@ class _CellProgress(OptionalBar):
     def __init__(self, name: str, total: int, done: int, enabled: bool) -> None:
         self.enabled = enabled and total > 0
         if self.enabled:
+            from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+            # on stderr: stdout carries `bench ... --json` output, which the bar must not precede
             self.bar = Progress(TextColumn(f"[bold]{name}[/bold]"), BarColumn(),
                                 TextColumn("{task.completed}/{task.total} cells"), TextColumn("{task.fields[cell]}"),
-                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                console=Console(stderr=True))
             self.task = self.bar.add_task(name, total=total, completed=done, cell="")
 
     def start(self, cell: str) -> None:
