@@ -37,12 +37,10 @@ def _paired(a: str, b: str) -> dict:
     return {"mean": round(m, 4), "ci95": [round(lo, 4), round(hi, 4)], "n": n}
 
 
-def _bars(rows: list[dict], key: str, ci: str | None = None, flip: bool = False) -> list[list[float]]:
-    """Asymmetric error bars [below, above] of the rows' Wilson intervals (matplotlib's 2 x N yerr); `flip` for
-    a plot of 1 - key."""
-    below = [r[key] - r[ci or f"{key}_ci"][0] for r in rows]
-    above = [r[ci or f"{key}_ci"][1] - r[key] for r in rows]
-    return [above, below] if flip else [below, above]
+def _bars(rows: list[dict], key: str, ci: str | None = None, flip: bool = False) -> list[tuple[float, float]]:
+    """The rows' 95% Wilson intervals (lo, hi) for `key`; `flip` for a plot of 1 - key."""
+    spans = [tuple(r[ci or f"{key}_ci"]) for r in rows]
+    return [(1 - hi, 1 - lo) for lo, hi in spans] if flip else spans
 
 
 def summarize(rows: list[dict], opts) -> dict:
@@ -56,16 +54,16 @@ def summarize(rows: list[dict], opts) -> dict:
         n = max(r["n_facts"] for rs in runs.values() for r in rs)
         line_plot(out / f"retention_vs_round_{d}.png",
                   {s: ([r["round"] for r in rs], [r["retention"] for r in rs]) for s, rs in runs.items()},
-                  f"{d}: retention vs round (n up to {n} facts; 95% Wilson)", "round",
-                  "retention", errors={s: _bars(rs, "retention") for s, rs in runs.items()},
+                  f"{d}: retention vs round (95% Wilson)", "round",
+                  "retention", n=f"n = up to {n} facts per point", intervals={s: _bars(rs, "retention") for s, rs in runs.items()},
                   integer_x=True, y_from_zero=True, hline=TAU, hline_label=f"tau = {TAU}")
         fixed = {s: [r for r in rs if r.get("old_value_rate") is not None] for s, rs in runs.items()}
         if any(fixed.values()):
             m = max(r["n_corrected"] for rs in fixed.values() for r in rs)
             line_plot(out / f"old_value_vs_round_{d}.png",
                       {s: ([r["round"] for r in rs], [r["old_value_rate"] for r in rs]) for s, rs in fixed.items() if rs},
-                      f"{d}: old value still given (n up to {m}; 95% Wilson)", "round",
-                      "old value given", errors={s: _bars(rs, "old_value_rate", "old_value_ci") for s, rs in fixed.items() if rs},
+                      f"{d}: old value still given (95% Wilson)", "round",
+                      "old value given", n=f"n = up to {m} corrected facts per point", intervals={s: _bars(rs, "old_value_rate", "old_value_ci") for s, rs in fixed.items() if rs},
                       integer_x=True, y_from_zero=True)
     probe = sorted((r for r in rows if (r["dataset"], r["strategy"]) == ("phonebook", "append-replay")
                     and r["round"] == r["rounds"]), key=lambda r: r["rank"])
@@ -73,9 +71,9 @@ def summarize(rows: list[dict], opts) -> dict:
         n_probes = probe[0]["n_probes"]
         line_plot(out / "base_forgetting_vs_rank.png",
                   {"append-replay": ([r["rank"] for r in probe], [1 - r["base_probe"] for r in probe])},
-                  f"base answers changed after {probe[0]['rounds']} rounds (n = {n_probes}; 95% Wilson)", "rank",
-                  "share of probe answers changed", logx=True, y_from_zero=True,
-                  errors={"append-replay": _bars(probe, "base_probe", flip=True)})
+                  f"base answers changed after {probe[0]['rounds']} rounds (95% Wilson)", "rank",
+                  "share of probe answers changed", logx=True, y_from_zero=True, n=f"n = {n_probes} probes per point",
+                  intervals={"append-replay": _bars(probe, "base_probe", flip=True)})
     cols = ["dataset", "strategy", "rank", "round", "n_facts", "retention", "latest", "retention_oracle",
             "routing_accuracy", "old_value_rate", "base_probe", "modules", "n_params", "train_s", "train_s_total"]
     order = sorted(rows, key=lambda r: (r["dataset"], r["strategy"], r["rank"], r["round"]))
