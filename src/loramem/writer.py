@@ -251,13 +251,24 @@ def together_key(cfg: WriterConfig, base: Base) -> tuple:
             cfg.dropout > 0)
 
 
+def together_default(key: tuple, base: Base) -> int:
+    """How many modules share a pass by default. On a CPU the FLOPs are the same either way and a pass over every
+    layer with 8x the rows was slower than 8 writes one after another (0.82x, 128-entry PhoneBook in 8 parts,
+    `benchmarks/multi_module_write.py --steps 3`), while with LoRA on the top layers only (the prefix cache) it was
+    1.44x faster (`--layers 24-29 --steps 4`): on a CPU modules share a pass only when the prefix cache applies."""
+    if base.device.type == "cpu" and key[2] == 0:
+        return 1
+    return MAX_TOGETHER
+
+
 def write_modules(jobs: Sequence[WriteJob], base: Base, on_step: Callable[[dict], None] | None = None,
-                  together: int = MAX_TOGETHER) -> list[WriteResult]:
+                  together: int | None = None) -> list[WriteResult]:
     """Train several modules over one frozen base, up to `together` at once: every step's batch holds a batch of
     each module's facts, the base matmuls run once over all of them and each module's LoRA only on its own rows.
     Each module keeps its own data order, initialization (its seed), optimizer, schedule, early stop and run
     record, so it ends where `write_module` alone would (to floating-point tolerance). Modules whose settings
-    cannot share a pass (`together_key`) train in separate passes. Results come back in the jobs' order."""
+    cannot share a pass (`together_key`) train in separate passes; `together` None: `together_default`. Results
+    come back in the jobs' order."""
     if not jobs:
         return []
     names = [j.adapter for j in jobs]
@@ -271,9 +282,10 @@ def write_modules(jobs: Sequence[WriteJob], base: Base, on_step: Callable[[dict]
     for i, j in enumerate(jobs):
         groups.setdefault(together_key(j.cfg, base), []).append(i)
     results: list[WriteResult | None] = [None] * len(jobs)
-    for idx in groups.values():
-        for k in range(0, len(idx), max(1, together)):
-            chunk = idx[k : k + max(1, together)]
+    for key, idx in groups.items():
+        most = max(1, together or together_default(key, base))
+        for k in range(0, len(idx), most):
+            chunk = idx[k : k + most]
             for i, r in zip(chunk, _write_together([jobs[i] for i in chunk], base, on_step), strict=True):
                 results[i] = r
     return results  # type: ignore[return-value]
