@@ -37,6 +37,13 @@ def run_main(capsys, monkeypatch, *args) -> Ran:
     return Ran(code, out, err)
 
 
+def run_ok(capsys, monkeypatch, *args) -> Ran:
+    """`run_main` that must succeed (its stderr is the failure message)."""
+    r = run_main(capsys, monkeypatch, *args)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
 @pytest.fixture(scope="module")
 def cli_bank(tmp_path_factory):
     d = tmp_path_factory.mktemp("clibank")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from bank_helpers import QUICK, copy_bank, make_bank, phonebook_file
 from conftest import run_cli
-from test_bank_cli import _one_line_error, run_main
+from test_bank_cli import _one_line_error, run_main, run_ok
 
 from loramem.bank.partition import fact_key
 from loramem.data import phonebook
@@ -27,12 +27,6 @@ def bank(two, tmp_path):
     return copy_bank(two, tmp_path / "bank")
 
 
-def _cli(capsys, monkeypatch, *args):
-    r = run_main(capsys, monkeypatch, *args)
-    assert r.returncode == 0, r.stderr
-    return r
-
-
 def _deltas(bank, base, info) -> dict:
     from loramem.bank.merging import lora_layers
     from loramem.writer import load_adapter
@@ -46,7 +40,7 @@ def _deltas(bank, base, info) -> dict:
 def test_cat_is_the_exact_sum_and_replaces_them_in_one_version(bank, tiny_base, capsys, monkeypatch):
     root = str(bank.root)
     a, b = bank.get("people-00"), bank.get("people-01")
-    r = _cli(capsys, monkeypatch, "bank", "consolidate", "--bank", root, "--names", "people-00,people-01", "--into",
+    r = run_ok(capsys, monkeypatch, "bank", "consolidate", "--bank", root, "--names", "people-00,people-01", "--into",
              "people", "--method", "cat", "--json")
     out = json.loads(r.stdout)
     assert out["module"] == "people@v1" and out["rank"] == a.rank + b.rank and out["recall_of_recalled"] == 1.0
@@ -55,13 +49,13 @@ def test_cat_is_the_exact_sum_and_replaces_them_in_one_version(bank, tiny_base, 
     assert [fact_key(e) for e in bank.facts(y)] == [e.name for e in phonebook.generate(6, 0)]
     da, db, dy = (_deltas(bank, tiny_base, i) for i in (a, b, y))
     assert dy.keys() == da.keys() and all(torch.allclose(dy[k], da[k] + db[k], atol=1e-6) for k in dy)
-    _cli(capsys, monkeypatch, "bank", "rollback", "people-00", "--bank", root)
+    run_ok(capsys, monkeypatch, "bank", "rollback", "people-00", "--bank", root)
     assert [m.name for m in bank.list()] == ["people", "people-00"] and bank.head("people-00") == 1
     assert run_main(capsys, monkeypatch, "bank", "verify", "--bank", root).returncode == 0
 
 
 def test_retrain_into_one_of_them_is_its_next_version(bank, tiny_base, capsys, monkeypatch):
-    r = _cli(capsys, monkeypatch, "bank", "consolidate", "--bank", str(bank.root), "--names", "people-00,people-01",
+    r = run_ok(capsys, monkeypatch, "bank", "consolidate", "--bank", str(bank.root), "--names", "people-00,people-01",
              "--into", "people-00", "--steps", "2", "--json")
     out = json.loads(r.stdout)
     assert out["module"] == "people-00@v2" and out["method"] == "retrain" and out["n_facts"] == 6
@@ -92,7 +86,7 @@ def test_bad_consolidations_are_one_line_exit_2_and_keep_the_bank(bank, tiny_bas
     assert (bank.root / "manifest.sqlite").read_bytes() == before
     _one_line_error(run_main(capsys, monkeypatch, "bank", "consolidate", "--bank", str(other.root), "--names",
                              "people-00,people-01", "--into", "y"))
-    _cli(capsys, monkeypatch, "bank", "consolidate", "--bank", root, "--names", "people-00,people-01", "--into", "y",
+    run_ok(capsys, monkeypatch, "bank", "consolidate", "--bank", root, "--names", "people-00,people-01", "--into", "y",
          "--method", "cat")
     r = run_main(capsys, monkeypatch, "bank", "consolidate", "--bank", root, "--names", "people-00,people-01",
                  "--into", "z")  # a and b are retired now: not served

@@ -14,7 +14,7 @@ import pytest
 import torch
 from bank_helpers import QUICK, copy_bank, make_bank, phonebook_file
 from conftest import run_cli
-from test_bank_cli import _one_line_error, run_main
+from test_bank_cli import _one_line_error, run_main, run_ok
 
 from loramem.bank.partition import fact_key
 from loramem.data import phonebook
@@ -31,12 +31,6 @@ def people(tmp_path_factory, tiny_base):
 @pytest.fixture
 def bank(people, tmp_path):
     return copy_bank(people, tmp_path / "bank")
-
-
-def _cli(capsys, monkeypatch, *args):
-    r = run_main(capsys, monkeypatch, *args)
-    assert r.returncode == 0, r.stderr
-    return r
 
 
 @torch.no_grad()
@@ -60,7 +54,7 @@ def test_append_is_a_new_version_and_rollback_gives_the_same_logits(bank, tiny_b
     root = str(bank.root)
     before, answers_before = served(bank, tiny_base)
     new = phonebook_file(tmp_path, 2, seed=3)
-    r = _cli(capsys, monkeypatch, "write", str(new), "--bank", root, "--name", "people", "--update", "append",
+    r = run_ok(capsys, monkeypatch, "write", str(new), "--bank", root, "--name", "people", "--update", "append",
              "--replay", "2", "--json", *TINY)
     out = json.loads(r.stdout)
     assert out["module"] == "people@v2" and out["from"] == "people@v1"
@@ -70,7 +64,7 @@ def test_append_is_a_new_version_and_rollback_gives_the_same_logits(bank, tiny_b
     assert v2.keys[6:] == [e.name for e in phonebook.read(new)] and v2.record["update"]["replay"] == 2
     after, _ = served(bank, tiny_base)
     assert not torch.equal(before, after)  # the update changed what the module computes
-    r = _cli(capsys, monkeypatch, "bank", "rollback", "people", "--bank", root)
+    r = run_ok(capsys, monkeypatch, "bank", "rollback", "people", "--bank", root)
     assert "v1" in r.stderr
     restored, answers_restored = served(bank, tiny_base)
     assert torch.equal(before, restored) and answers_restored == answers_before
@@ -80,7 +74,7 @@ def test_append_continues_the_module_weights(bank, tiny_base, tmp_path, capsys, 
     from safetensors.torch import load_file
 
     new = phonebook_file(tmp_path, 2, seed=3)
-    _cli(capsys, monkeypatch, "write", str(new), "--bank", str(bank.root), "--name", "people", "--update", "append",
+    run_ok(capsys, monkeypatch, "write", str(new), "--bank", str(bank.root), "--name", "people", "--update", "append",
          "--replay", "0", "--model", "tiny-random", "--steps", "1", "--lr", "1e-9")
     v1, v2 = (load_file(str(bank.path(v) / "adapter_model.safetensors")) for v in bank.versions("people"))
     assert v1.keys() == v2.keys()
@@ -93,7 +87,7 @@ def test_correct_replaces_values_by_key_and_keeps_the_rest(bank, tiny_base, tmp_
     old = phonebook.generate(6, 0)
     fixes = [dataclasses.replace(e, number=f"999-000-{i:04d}") for i, e in enumerate(old[1:3])]
     new = phonebook.write(fixes, tmp_path / "fixes.csv")
-    r = _cli(capsys, monkeypatch, "write", str(new), "--bank", str(bank.root), "--name", "people", "--update",
+    r = run_ok(capsys, monkeypatch, "write", str(new), "--bank", str(bank.root), "--name", "people", "--update",
              "correct", "--replay", "all", "--json", *TINY)
     out = json.loads(r.stdout)
     assert (out["corrected"], out["new"], out["replay"], out["n_facts"]) == (2, 2, 4, 6)
@@ -109,15 +103,15 @@ def test_correct_replaces_values_by_key_and_keeps_the_rest(bank, tiny_base, tmp_
 def test_new_module_is_its_own_module_and_routing_finds_it(bank, tiny_base, tmp_path, capsys, monkeypatch):
     root = str(bank.root)
     new = phonebook_file(tmp_path, 2, seed=3)
-    r = _cli(capsys, monkeypatch, "write", str(new), "--bank", root, "--name", "people", "--update", "new-module",
+    r = run_ok(capsys, monkeypatch, "write", str(new), "--bank", root, "--name", "people", "--update", "new-module",
              "--json", *TINY)
     out = json.loads(r.stdout)
     assert out["module"] == "people.u1@v1" and out["undo"].startswith("loramem bank rm people.u1")
     assert [m.name for m in bank.list()] == ["people", "people.u1"] and bank.head("people") == 1
     q = phonebook.read(new)[0].question() + "?"
-    r = _cli(capsys, monkeypatch, "ask", q, "--bank", root, "--route", "embed", "--json", "--max-tokens", "2")
+    r = run_ok(capsys, monkeypatch, "ask", q, "--bank", root, "--route", "embed", "--json", "--max-tokens", "2")
     assert json.loads(r.stdout)["modules"][0]["name"] == "people.u1"
-    _cli(capsys, monkeypatch, "write", str(phonebook_file(tmp_path, 1, seed=5)), "--bank", root, "--name",
+    run_ok(capsys, monkeypatch, "write", str(phonebook_file(tmp_path, 1, seed=5)), "--bank", root, "--name",
          "people", "--update", "new-module", *TINY)
     assert bank.head("people.u2") == 1
 
@@ -127,7 +121,7 @@ def test_retire_rewrites_the_module_without_those_facts(bank, tiny_base, tmp_pat
     old = phonebook.generate(6, 0)
     keys = tmp_path / "gone.jsonl"
     keys.write_text(json.dumps({"key": old[0].name}) + "\n" + json.dumps(old[4].name) + "\n")
-    r = _cli(capsys, monkeypatch, "bank", "retire", "people", "--facts", str(keys), "--bank", root, "--json",
+    r = run_ok(capsys, monkeypatch, "bank", "retire", "people", "--facts", str(keys), "--bank", root, "--json",
              "--steps", "2")
     out = json.loads(r.stdout)
     assert out["module"] == "people@v2" and out["retired"] == 2 and out["n_facts"] == 4
@@ -136,7 +130,7 @@ def test_retire_rewrites_the_module_without_those_facts(bank, tiny_base, tmp_pat
     kept = [e.name for i, e in enumerate(old) if i not in (0, 4)]
     assert v2.keys == kept and [fact_key(e) for e in bank.facts(v2)] == kept
     assert old[0].name not in v2.key_text and old[1].name in v2.key_text
-    _cli(capsys, monkeypatch, "bank", "rollback", "people", "--bank", root)
+    run_ok(capsys, monkeypatch, "bank", "rollback", "people", "--bank", root)
     assert bank.get("people").keys == [e.name for e in old]
 
 

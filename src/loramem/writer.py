@@ -195,13 +195,20 @@ def read_items(model, items: Sequence[Rendered], pad_id: int, autocast=contextli
                 logits = logits_at(model, b, b.eval_mask, cache.batch_hidden(b), cache.layer)
             else:
                 logits = logits_at(model, b, b.eval_mask, share_prefix=share_prefix)
-        pred = logits.argmax(-1).cpu()
-        target = b.input_ids[:, 1:][b.eval_mask[:, :-1]]
-        preds, hits = pred.tolist(), (pred == target).tolist()
-        pos = 0
-        for i, n in zip(idx, b.eval_mask.sum(1).tolist(), strict=True):
-            out[i] = Read(preds[pos:pos + n], hits[pos:pos + n])
-            pos += n
+        for i, r in zip(idx, batch_reads(b, logits), strict=True):
+            out[i] = r
+    return out
+
+
+def batch_reads(b: Batch, logits: torch.Tensor) -> list[Read]:
+    """Per row of `b`: the `Read` of its answer span, from the logits at its `eval_mask` positions (row-major)."""
+    pred = logits.argmax(-1).cpu()
+    target = b.input_ids[:, 1:][b.eval_mask[:, :-1]]
+    preds, hits = pred.tolist(), (pred == target).tolist()
+    out, pos = [], 0
+    for n in b.eval_mask.sum(1).tolist():
+        out.append(Read(preds[pos:pos + n], hits[pos:pos + n]))
+        pos += n
     return out
 
 
@@ -246,7 +253,8 @@ MAX_TOGETHER = 16
 
 def together_key(cfg: WriterConfig, base: Base) -> tuple:
     """Modules whose settings give the same key can train in one pass: one autocast, one forward path, one frozen
-    prefix below the same lowest LoRA layer, and (with dropout) the same dropout on every layer."""
+    prefix below the same lowest LoRA layer, and dropout on for all or none (a pass decides the shared prefix and
+    the running exact-match estimate once, and both are exact only without dropout)."""
     return (precision_for(cfg.precision, base.device), cfg.fast, lowest_layer(cfg, base) if cfg.prefix_cache else 0,
             cfg.dropout > 0)
 
@@ -411,12 +419,8 @@ def _write_together(jobs: Sequence[WriteJob], base: Base, on_step: Callable[[dic
             parts = [collate(lane.items, plans[g][j], pad_id) for g, lane in sub]
             outs = forward([lane for _, lane in sub], parts, [p.eval_mask for p in parts])
             for (g, _lane), p, logits in zip(sub, parts, outs, strict=True):
-                hit = (logits.argmax(-1).cpu() == p.input_ids[:, 1:][p.eval_mask[:, :-1]]).long()
-                pos = 0
-                for row, i in enumerate(p.index):
-                    n = int(p.eval_mask[row].sum())
-                    ok[g][i] = bool(hit[pos : pos + n].all()) if n else False
-                    pos += n
+                for i, r in zip(p.index, batch_reads(p, logits), strict=True):
+                    ok[g][i] = r.exact
         for g, lane in enumerate(group):
             lane.checked(sum(ok[g]) / len(lane.items))
         eval_s += time.time() - t
