@@ -103,7 +103,8 @@ def test_merges_are_cached_and_dare_is_seeded(bank, res):
 
 def test_merge_weights():
     assert merge_weights(MergeConfig(method="ties"), 3) == [1.0, 1.0, 1.0]
-    assert merge_weights(MergeConfig(method="linear"), 4) == [0.25] * 4
+    assert merge_weights(MergeConfig(method="linear"), 4) == [1 / 16] * 4  # PEFT's sqrt split: see the copies test
+    assert merge_weights(MergeConfig(method="exact-linear"), 4) == [0.25] * 4
     w = merge_weights(MergeConfig(method="linear", weights="score"), 2, [2.0, 0.0])
     assert w[0] > w[1] and abs(sum(w) - 1) < 1e-9
     assert merge_weights(MergeConfig(method="cat", weights=[0.3, 0.7]), 2) == [0.3, 0.7]
@@ -198,6 +199,26 @@ def test_exact_linear_is_the_weighted_sum_of_the_updates_up_to_the_svd_truncatio
     peft_linear = _merged_delta("linear", [_factors(2, 1), _factors(2, 4)], [0.5, 0.5])
     exact = _merged_delta("exact-linear", [_factors(2, 1), _factors(2, 4)], [0.5, 0.5])
     assert not torch.allclose(peft_linear, exact, atol=1e-3)  # PEFT's linear is not the sum of the updates
+
+
+@pytest.mark.parametrize("method", MERGES)
+@pytest.mark.parametrize("n", [2, 5])
+def test_n_copies_of_one_module_merged_with_the_default_weights_are_the_module(method, n):
+    """The merge scaling check: a merge of N identical modules must not scale the update (a cliff from N=1 to
+    N=2 in Q11 was PEFT's linear at weights 1/N, which gives N times the update)."""
+    f = _factors(3, 7)
+    kw = {"density": 1.0}  # nothing trimmed or dropped: only the scaling is under test
+    got = _merged_delta(method, [f] * n, merge_weights(MergeConfig(method=method, **kw), n), **kw)
+    assert torch.allclose(got, f.delta(), atol=1e-5 * f.delta().abs().max()), (method, n)
+
+
+@pytest.mark.parametrize("method", ["linear", "ties", "exact-linear"])
+def test_n_copies_of_a_trained_module_answer_as_the_module(bank, res, method):
+    m = bank.get("people-01")
+    ref = logits(res.host, res.ensure(m))
+    cfg = MergeConfig(method=method, density=1.0)
+    merged, _ = res.merged([m] * 3, merge_weights(cfg, 3), cfg)
+    assert torch.allclose(logits(res.host, merged), ref, atol=1e-4)
 
 
 def test_exact_ties_keeps_only_agreeing_signs():

@@ -168,7 +168,7 @@ class WriterConfig(BaseModel):
     alpha: float | None = Field(None, description="LoRA alpha; default 2*rank")
     rslora: bool = False
     targets: str = Field("all-linear", description="'all-linear' or comma list of module names, e.g. q_proj,v_proj")
-    layers: str | None = Field(None, description="layer range, e.g. '20-29' or '0,5,10'; default all layers")
+    layers: str | None = Field(None, description="layers: '20-29', '0,5,10', or relative to the model's depth: 'top 3', 'top 20%'; default all layers")
     dropout: float = 0.0
     lr: float = 2e-3
     schedule: Literal["constant", "cosine", "linear"] = "constant"

@@ -209,13 +209,21 @@ def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dic
                  **{k: v for k, v in info["packages"].items()}}
     lines += [f"| {k} | {v} |" for k, v in env_items.items()]
     lines += ["", "## Findings of the paper, checked on this run", "",
-              "Each verdict is computed from `results.jsonl`. *undecided*: the recipe ran but its numbers cannot tell "
-              "(the evidence says why); *not measured*: the recipe did not run or finished no cell.", "",
-              "| finding | verdict | evidence |",
-              "|---|---|---|"]
+              "Each finding is a paired comparison (the same facts, papers or questions under both arms); its effect "
+              "is signed so that the paper's claim is positive, on a 0-1 scale, with a 95% paired bootstrap interval "
+              "(two-level over seeds, papers or benchmarks where the items come from several). *agrees*: the interval "
+              "lies above 0; *disagrees*: it lies below 0, or inside the no-effect margin declared before the run; "
+              "*undecided*: otherwise (the evidence says why); *not measured*: the recipe did not run or finished no "
+              "cell. Computed from `results.jsonl`; the same numbers are in `findings.json`.", "",
+              "| finding | verdict | effect (A minus B) | 95% interval | margin | n | evidence |",
+              "|---|---|---|---|---|---|---|"]
     for v in verdicts:
         ev = evidence_sentence(v["evidence"]).replace("|", "\\|")
-        lines.append(f"| {v['finding']} ({v['recipe']}) | **{findings.label(v)}** | {ev} |")
+        eff = "-" if v.get("effect") is None else f"{v['effect']:+.3f}"
+        ci = "-" if v.get("ci_low") is None else f"{v['ci_low']:+.3f} to {v['ci_high']:+.3f}"
+        what = v.get("effect_is", "").replace("|", "\\|")
+        lines.append(f"| {v['finding']} ({v['recipe']}) | **{findings.label(v)}** | {eff} ({what}) | {ci} | "
+                     f"{v.get('margin', '-')} | {v.get('n', '-')} | {ev} |")
     if side:
         lines += ["", "## Notable side results", "", *[f"- {x}" for x in side]]
     for name in names:

@@ -1,17 +1,27 @@
 """The paper's findings, each a pure function of a datasheet run's result rows: does this run agree?
 
-A verdict is True/False when the run measured what decides it, None when it did not (recipe skipped, failed or
-too small to tell). Evidence carries the numbers the verdict was computed from. Nothing here is typed by hand:
-change the data, and the table changes.
+Every finding is a paired comparison: the same facts, papers or questions under two arms (e.g. a QA-trained module
+and a raw-text one on the same paper's questions). Its check returns the effect (arm A minus arm B, signed so that
+the paper's claim is a positive effect, on a 0-1 scale), its 95% interval (a paired bootstrap over questions,
+two-level when the items come from several seeds, papers or benchmarks) and n. The verdict then follows from the
+interval and the finding's no-effect `margin`, declared here before any run:
+
+- `agrees`: the interval lies above zero (on the paper's side);
+- `disagrees`: it lies below zero, or inside [-margin, margin] (a well-measured "no effect": an equivalence test);
+- `undecided`: otherwise, or with fewer than `min_n` paired items; `not measured` when the recipe did not run.
+
+Nothing here is typed by hand: change the data, and the table changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from statistics import mean
 
 Rows = dict[str, list[dict]]  # recipe name -> its ok rows
+Effect = dict  # {"effect", "ci_low", "ci_high", "n", "clusters", "arms"}
+Check = Callable[[list[dict]], tuple[Effect | None, dict]]
 
 
 @dataclass(frozen=True)
@@ -19,7 +29,10 @@ class Finding:
     id: str
     statement: str
     recipe: str
-    check: Callable[[list[dict]], tuple[bool | None, dict]]
+    check: Check
+    effect: str  # what the effect measures (arm A minus arm B, and the metric)
+    margin: float = 0.02  # no-effect margin on the effect's 0-1 scale
+    min_n: int = 10  # fewer paired items than this decide nothing
 
 
 def _r(x: float) -> float:
@@ -33,67 +46,120 @@ def interval95(values: list[float]) -> tuple[float, float, float]:
     return mean_interval(values)
 
 
-def capacity_saturates(rows: list[dict]) -> tuple[bool | None, dict]:
-    """Accuracy falls as size grows at a fixed rank, and the largest rank holds more than the smallest.
+def decide(ci_low: float, ci_high: float, margin: float) -> str:
+    """agrees / disagrees / undecided from a 95% interval of an effect whose positive side is the paper's."""
+    if -margin <= ci_low and ci_high <= margin:
+        return "disagrees"  # the effect is measured to be smaller than the margin
+    if ci_low > 0:
+        return "agrees"
+    if ci_high < 0:
+        return "disagrees"
+    return "undecided"
 
-    Accuracies are means over training seeds. With several seeds, "holds more" is the per-seed gain (largest rank
-    minus smallest, same PhoneBook) and is decided only when its 95% interval excludes zero (or every seed shows the
-    same gain; no gain at all is "does not hold more").
-    """
-    from loramem.experiments.capacity import curves, rank_gain, seeds_run
+
+def item_scores(rows: list[dict], unit: Callable[[dict], Hashable], score: str = "exact",
+                scale: float = 1.0) -> dict[tuple, float]:
+    """{(unit, question index, question): score / scale} over the rows' kept per-question predictions."""
+    out = {}
+    for r in rows:
+        for p in r.get("predictions") or []:
+            if p.get(score) is not None:
+                out[(unit(r), p.get("i"), p.get("question"))] = float(p[score]) / scale
+    return out
+
+
+def paired_effect(a: dict[tuple, float], b: dict[tuple, float], cluster: int | None = 0,
+                  arms: tuple[str, str] = ("A", "B")) -> Effect | None:
+    """Arm a minus arm b over the items both scored, with its paired bootstrap interval; `cluster`: which part of
+    the item key the two-level bootstrap draws first (the unit: a seed, paper or benchmark), None for items only."""
+    from loramem.intervals import paired_bootstrap
+
+    keys = [k for k in a if k in b]
+    if not keys:
+        return None
+    diffs = [a[k] - b[k] for k in keys]
+    groups = None if cluster is None else [_part(k[0], cluster) for k in keys]
+    m, lo, hi = paired_bootstrap(diffs, groups if groups and len(set(groups)) > 1 else None)
+    return {"effect": _r(m), "ci_low": _r(lo), "ci_high": _r(hi), "n": len(keys),
+            "clusters": len(set(groups)) if groups else 1, "arms": list(arms),
+            "arm_means": [_r(mean(a[k] for k in keys)), _r(mean(b[k] for k in keys))]}
+
+
+def _part(unit, i: int):
+    return unit[i] if isinstance(unit, tuple) else unit
+
+
+def seed_effect(values: dict, arms: tuple[str, str]) -> Effect | None:
+    """An effect measured once per seed (e.g. a rank's efficiency lead): mean and Student t interval over seeds."""
+    if not values:
+        return None
+    m, lo, hi = interval95(list(values.values()))
+    return {"effect": _r(m), "ci_low": _r(lo), "ci_high": _r(hi), "n": len(values), "clusters": len(values),
+            "arms": list(arms), "by_seed": {s: _r(v) for s, v in values.items()}}
+
+
+def capacity_saturates(rows: list[dict]) -> tuple[Effect | None, dict]:
+    """Saturation (some rank's accuracy falls by > 0.05 from the smallest to the largest size) is the setting; the
+    effect is the largest rank's exact match minus the smallest's on the same facts (same seed and size)."""
+    from loramem.experiments.capacity import curves
 
     curve = curves(rows)
     ranks = list(curve)
     if len(ranks) < 2:
         return None, {"why": "needs at least two ranks"}
-    falls = {k: pts[0]["accuracy"] - pts[-1]["accuracy"] for k, pts in curve.items() if len(pts) >= 2}
-    by_rank = {k: mean(p["accuracy"] for p in pts) for k, pts in curve.items()}
-    saturates = any(d > 0.05 for d in falls.values())
-    gains = rank_gain(curve, ranks[0], ranks[-1])
-    n_seeds = seeds_run(curve)
-    if not gains or (n_seeds > 1 and len(gains) < 2):
-        return (False if not saturates else None), {
-            "why": f"fewer than two of the {n_seeds} seeds finished the same sizes at rank {ranks[0]} and "
-                   f"rank {ranks[-1]}; rerun to resume the failed cells",
-            "accuracy_drop_smallest_to_largest_size": {k: _r(v) for k, v in falls.items()}}
-    m, lo, hi = interval95(list(gains.values()))
-    evidence = {"mean_accuracy_by_rank": {k: _r(v) for k, v in by_rank.items()},
-                "accuracy_drop_smallest_to_largest_size": {k: _r(v) for k, v in falls.items()},
-                "seeds": len(gains),
-                f"rank_{ranks[-1]}_minus_rank_{ranks[0]}": {"by_seed": {s: _r(g) for s, g in gains.items()},
-                                                            "mean": _r(m), "ci95": [_r(lo), _r(hi)]}}
-    if len(gains) < 2 or lo > 0 or hi < 0 or lo == hi:  # one seed, or every seed the same gain: its sign
-        grows: bool | None = m > 0
-    else:
-        grows = None
-    if not saturates:
-        return False, evidence
-    if grows is None:
-        evidence["why"] = (f"rank {ranks[-1]} vs rank {ranks[0]}: the seeds disagree (95% interval of the gain "
-                           f"{_r(lo)} to {_r(hi)} holds 0); more seeds or steps would decide it")
-    return grows, evidence
+    falls = {k: _r(pts[0]["accuracy"] - pts[-1]["accuracy"]) for k, pts in curve.items() if len(pts) >= 2}
+    ev = {"mean_accuracy_by_rank": {k: _r(mean(p["accuracy"] for p in pts)) for k, pts in curve.items()},
+          "accuracy_drop_smallest_to_largest_size": falls}
+    lo_k, hi_k = ranks[0], ranks[-1]
+
+    def unit(r):
+        return (r.get("train_seed", 0), f"{r.get('size_kind', 'tokens')}:{r.get('size', r.get('size_tokens'))}")
+
+    hi_rows, lo_rows = ([r for r in rows if r["rank"] == k] for k in (hi_k, lo_k))
+    a, b = item_scores(hi_rows, unit), item_scores(lo_rows, unit)
+    if not a or not b:  # rows from before predictions were kept: one item per (seed, size) cell, its accuracy
+        a, b = ({(unit(r), None, None): float(r["accuracy"]) for r in rs} for rs in (hi_rows, lo_rows))
+        ev["items"] = "cells (no kept predictions)"
+    eff = paired_effect(a, b, arms=(f"rank {hi_k}", f"rank {lo_k}"))
+    if not any(d > 0.05 for d in falls.values()):
+        ev["why"] = "no rank's accuracy falls with size: the grid does not reach capacity; larger sizes decide it"
+        return None, ev
+    if eff is None:
+        ev["why"] = f"ranks {lo_k} and {hi_k} share no finished (seed, size) cell with kept predictions"
+    return eff, ev
 
 
-def efficiency_peaks_low(rows: list[dict]) -> tuple[bool | None, dict]:
-    """Efficiency = T_max / N_params (on the mean over seeds) is highest below the largest rank tried."""
-    from loramem.experiments.capacity import curves, t_max
+def efficiency_peaks_low(rows: list[dict]) -> tuple[Effect | None, dict]:
+    """Efficiency = T_max / N_params is non-monotonic in rank, peaking at a low rank that is not the lowest: per
+    seed, the best interior rank's efficiency minus the better of the two end ranks', over the largest efficiency.
+    An interior rank that leads is positive; a monotonic curve (either way) is negative. Needs three ranks."""
+    from loramem.experiments.capacity import curves
 
     tau = rows[0].get("tau", 0.9)
     curve = curves(rows)
     ranks = list(curve)
-    tmax = {k: t_max(pts, tau) for k, pts in curve.items()}
-    eff = {k: tmax[k] / curve[k][0]["n_params"] for k in ranks}
-    if len(ranks) < 2 or not any(tmax.values()):
-        return None, {"why": "no rank reached the threshold" if ranks else "no rows", "t_max": tmax}
-    best = max(eff, key=eff.get)
-    return best < ranks[-1], {"tau": tau, "t_max": tmax, "efficiency": {k: f"{v:.3g}" for k, v in eff.items()},
-                             "peak_rank": best}
+    if len(ranks) < 3:
+        return None, {"why": f"needs at least three ranks to see an interior peak (has {ranks})", "tau": tau}
+    seeds = set.intersection(*(set(p["by_seed"]) for pts in curve.values() for p in pts))
+    lead, by_seed = {}, {}
+    for s in sorted(seeds):
+        tmax = {k: max((p["size_tokens"] for p in pts if p["by_seed"][s] >= tau), default=0)
+                for k, pts in curve.items()}
+        eff = {k: tmax[k] / curve[k][0]["n_params"] for k in ranks}
+        top = max(eff.values())
+        by_seed[s] = {"t_max": tmax, "peak_rank": max(eff, key=eff.get)}
+        if top > 0:
+            lead[s] = (max(eff[k] for k in ranks[1:-1]) - max(eff[ranks[0]], eff[ranks[-1]])) / top
+    ev = {"tau": tau, "ranks": ranks, "by_seed": by_seed}
+    if not lead:
+        ev["why"] = "no rank reached tau in any seed: no T_max to compare"
+    return seed_effect(lead, ("best interior rank", "better end rank")), ev
 
 
-def delegated(module: str, func: str) -> Callable[[list[dict]], tuple[bool | None, dict]]:
-    """A check that lives beside its recipe: loramem.experiments.<module>.<func>(rows) -> (agrees, evidence)."""
+def delegated(module: str, func: str) -> Check:
+    """A check that lives beside its recipe: loramem.experiments.<module>.<func>(rows) -> (effect, evidence)."""
 
-    def check(rows: list[dict]) -> tuple[bool | None, dict]:
+    def check(rows: list[dict]) -> tuple[Effect | None, dict]:
         import importlib
 
         try:
@@ -115,48 +181,96 @@ def _continual_findings() -> list:
 
 FINDINGS: list[Finding] = [
     Finding("capacity-saturates", "Capacity saturates: at a fixed rank accuracy falls as knowledge grows, "
-            "and a larger rank stores more", "capacity", capacity_saturates),
-    Finding("efficiency-low-rank", "Efficiency (T_max / N_params) peaks at low rank", "capacity",
-            efficiency_peaks_low),
-    Finding("qa-beats-raw", "QA supervision beats summary/rewrite, which beat raw text, at equal tokens",
-            "formats", delegated("formats", "finding_qa_best")),
+            "and a larger rank stores more", "capacity", capacity_saturates,
+            "exact match, largest rank minus smallest, same facts (where accuracy falls with size)", min_n=4),
+    Finding("efficiency-low-rank", "Efficiency (T_max / N_params) is non-monotonic in rank, peaking at a low rank "
+            "that is not the lowest", "capacity", efficiency_peaks_low,
+            "per seed, (best interior rank's efficiency - better end rank's) / largest efficiency", margin=0.05,
+            min_n=2),
+    Finding("qa-beats-raw", "QA supervision beats raw text at equal tokens (summary/rewrite in between)",
+            "formats", delegated("view_formats", "finding_qa_best"),
+            "judge score / 10 (else token F1), QA-trained minus raw-trained, same paper, budget and question",
+            margin=0.03),
     Finding("mixes-beat-single", "Multi-view mixes beat single views", "mixes",
-            delegated("mixes", "finding_mixes_beat_single")),
+            delegated("mixes", "finding_mixes_beat_single"),
+            "judge score / 10 (else token F1), mean of the mixes minus the best single view, same questions",
+            margin=0.03),
     Finding("oracle-multi-beats-single", "With oracle routing, N small LoRAs beat one large LoRA of the same "
-            "parameter budget", "multi-lora", delegated("multi_lora", "finding_oracle_beats_single")),
+            "parameter budget", "multi-lora", delegated("multi_lora", "finding_oracle_beats_single"),
+            "exact match, N small modules (oracle) minus one large module, same facts"),
     Finding("embed-routing-can-fall-below", "Embedding routing can fall below a single LoRA", "routing",
-            delegated("routing", "finding_embed_can_fall_below")),
+            delegated("routing", "finding_embed_can_fall_below"),
+            "answer exact match, the single LoRA minus module-level embedding routing, same facts"),
     Finding("ties-most-robust", "TIES is the most robust merge method", "merging",
-            delegated("merging", "finding_ties_most_robust")),
+            delegated("merging", "finding_ties_most_robust"),
+            "exact match (token accuracy when exact match ties), TIES minus the best other method, same facts"),
     Finding("merge-n-degrades", "Accuracy falls as the number N of merged modules grows", "n-modules",
-            delegated("n_modules", "finding_accuracy_falls_with_n")),
+            delegated("n_modules", "finding_accuracy_falls_with_n"),
+            "exact match, N = 1 minus the largest N, same facts, pooled over merge methods"),
     Finding("lora-plus-rag-icl", "Open-book, LoRA + RAG/ICL beats each alone", "rag-icl",
-            delegated("rag_icl", "finding_lora_plus_context_best")),
+            delegated("rag_icl", "finding_lora_plus_context_best"),
+            "score, the best hybrid minus the best single method per benchmark, same questions"),
     # beyond the paper: a memory that changes (statements and checks beside the recipe)
-    *(Finding(fid, text, "continual", delegated("continual_report", fn.__name__))
-      for fid, text, fn in _continual_findings()),
+    *(Finding(fid, text, "continual", delegated("continual_report", fn.__name__), effect, margin, min_n)
+      for fid, text, fn, effect, margin, min_n in _continual_findings()),
 ]
 
 
-def evaluate(rows: Rows) -> list[dict]:
-    """One entry per finding: finding, recipe, agrees (True/False/None), evidence."""
+def judge(f: Finding, effect: Effect | None, evidence: dict, measured: bool) -> dict:
+    """The finding's entry: its effect, interval, margin, n and the verdict they give."""
+    base = {"name": f.id, "id": f.id, "finding": f.statement, "recipe": f.recipe, "effect_is": f.effect,
+            "margin": f.margin, "min_n": f.min_n, "measured": measured, "evidence": evidence}
+    if effect is None:
+        verdict = "undecided" if measured else "not measured"
+        return {**base, "verdict": verdict, "agrees": None, "effect": None, "ci_low": None, "ci_high": None,
+                "n": 0}
+    verdict = decide(effect["ci_low"], effect["ci_high"], f.margin)
+    if effect["n"] < f.min_n:
+        verdict = "undecided"
+        evidence.setdefault("why", f"{effect['n']} paired items; {f.min_n} or more decide it")
+    elif verdict == "undecided":
+        evidence.setdefault("why", f"the 95% interval {effect['ci_low']} to {effect['ci_high']} holds 0 and "
+                                   f"reaches past the margin {f.margin}: more items or seeds would decide it")
+    agrees = {"agrees": True, "disagrees": False}.get(verdict)
+    return {**base, **effect, "verdict": verdict, "agrees": agrees}
+
+
+def evaluate(rows: Rows, only: str | None = None) -> list[dict]:
+    """One entry per finding: name, verdict, agrees (True/False/None), effect, ci_low, ci_high, margin, n, evidence."""
     out = []
     for f in FINDINGS:
+        if only is not None and f.id != only:
+            continue
         got = rows.get(f.recipe) or []
         if not got:
-            agrees, evidence = None, {"why": f"recipe '{f.recipe}' was not run or has no finished cells"}
+            effect, evidence = None, {"why": f"recipe '{f.recipe}' was not run or has no finished cells"}
         else:
             try:
-                agrees, evidence = f.check(got)
+                effect, evidence = f.check(got)
             except (KeyError, ValueError, ZeroDivisionError, TypeError) as exc:
-                agrees, evidence = None, {"why": f"rows lack what decides it ({type(exc).__name__}: {exc})"}
-        out.append({"id": f.id, "finding": f.statement, "recipe": f.recipe, "agrees": agrees, "evidence": evidence,
-                    "measured": bool(got)})
+                effect, evidence = None, {"why": f"rows lack what decides it ({type(exc).__name__}: {exc})"}
+        out.append(judge(f, effect, evidence, bool(got)))
     return out
 
 
 def label(verdict: dict) -> str:
-    """agrees / disagrees; undecided when the recipe ran but its numbers cannot tell; not measured when it did not."""
+    """agrees / disagrees / undecided / not measured (older findings.json files carry only `agrees`)."""
+    if verdict.get("verdict"):
+        return verdict["verdict"]
     if verdict["agrees"] is not None:
         return "agrees" if verdict["agrees"] else "disagrees"
     return "undecided" if verdict.get("measured") else "not measured"
+
+
+def verdict_of(finding_id: str, rows: list[dict]) -> dict:
+    """One finding's entry from one recipe's ok rows (what a recipe's own summary and `bench` print)."""
+    f = next(x for x in FINDINGS if x.id == finding_id)
+    return evaluate({f.recipe: rows}, only=finding_id)[0]
+
+
+def sentence(entry: dict) -> str:
+    """'agrees: +0.12 (95% interval +0.05 to +0.20; margin 0.03; n = 120)', or the verdict and why."""
+    if entry.get("effect") is None:
+        return f"{label(entry)} ({entry.get('evidence', {}).get('why', 'no effect measured')})"
+    return (f"{label(entry)}: {entry['effect']:+.3f} (95% interval {entry['ci_low']:+.3f} to {entry['ci_high']:+.3f}; "
+            f"margin {entry['margin']}; n = {entry['n']})")

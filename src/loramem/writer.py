@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -59,9 +60,17 @@ class WriteResult:
 
 
 def parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
-    """'20-29' or '0,5,10' -> layer indices (None: all layers)."""
-    if spec is None or spec.strip() in ("", "all"):
+    """Layer indices for a spec: '20-29' or '0,5,10' (absolute), 'top 3' or 'top 20%' (the model's upper layers,
+    resolved against its depth, so one recipe fits any base model), 'all' or None (every layer: None)."""
+    if spec is None or spec.strip().lower() in ("", "all"):
         return None
+    top = re.fullmatch(r"top\s*(\d+(?:\.\d+)?)\s*(%?)", spec.strip().lower())
+    if top:
+        share = float(top.group(1))
+        count = math.ceil(n_layers * share / 100) if top.group(2) else int(share)
+        if count < 1 or (top.group(2) and share > 100) or (not top.group(2) and share != int(share)):
+            raise UserError(f"bad layer spec '{spec}': use e.g. 'top 3' (a whole number >= 1) or 'top 20%'")
+        return list(range(max(0, n_layers - count), n_layers))
     out: set[int] = set()
     try:
         for part in spec.split(","):
@@ -72,11 +81,22 @@ def parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
             else:
                 out.add(int(part))
     except ValueError:
-        raise UserError(f"bad layer range '{spec}': use e.g. 20-29 or 0,5,10") from None
+        raise UserError(f"bad layer spec '{spec}': use e.g. 20-29, 0,5,10, 'top 3' or 'top 20%'") from None
     bad = [i for i in out if not 0 <= i < n_layers]
     if bad or not out:
-        raise UserError(f"layers {sorted(bad) or spec} are outside 0-{n_layers - 1} for this model; pick layers in range")
+        raise UserError(f"layers {sorted(bad) or spec} are outside 0-{n_layers - 1} for this model; pick layers in "
+                        f"range, or a relative spec such as 'top 3' or 'top 20%'")
     return sorted(out)
+
+
+def layers_label(spec: str | None, n_layers: int) -> str:
+    """The layers a spec resolved to on this model, as a record shows them ('27-29', 'all 30')."""
+    layers = parse_layers(spec, n_layers)
+    if layers is None:
+        return f"all {n_layers}"
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
+    return ",".join(map(str, layers))
 
 
 def lora_config(cfg: WriterConfig, base: Base):
@@ -516,6 +536,7 @@ def _record(lane: _Lane, base: Base, final_em: float, autocast, cache_layer: int
         "base": {"name": base.name, "hub_id": base.hub_id, "fingerprint": base.fingerprint, "source": base.source,
                  "weights": base.weights},
         "config": cfg.model_dump(),
+        "layers_resolved": layers_label(cfg.layers, base.n_layers),
         "n_examples": len(items),
         "data_hash": data_hash(lane.job.examples),
         "data_license": lane.job.data_license,

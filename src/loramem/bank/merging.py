@@ -18,9 +18,12 @@ loramem's exact merges work in weight-update space: `exact-linear` (the weighted
 random, rescale by 1/density), each on the full updates s_i * B_i @ A_i, then a truncated SVD back to a LoRA of rank
 `cfg.svd_rank` (default: the sum of the input ranks, which loses nothing for exact-linear).
 
-Weights ("auto", the default): 1 per module for the sign-consensus methods (ties, dare_ties, exact-ties), which
-already average over the modules that agree, as in the TIES paper with lambda = 1; 1/k for the additive methods, so
-they average rather than add up. "mean", "sum" and "score" (routing scores, softmax-normalized) override that.
+Weights ("auto", the default) are the ones under which k copies of one module merge back into that module (a
+test checks it for every method): 1 per module for the sign-consensus methods (ties, dare_ties, exact-ties), which
+already average over the modules that agree, as in the TIES paper with lambda = 1; 1/k for the additive methods in
+weight space (exact-linear, exact-dare, cat, svd), so they average rather than add up; 1/k^2 for PEFT's sidewise
+additive methods (linear, dare_linear, magnitude_prune), because PEFT puts sqrt(w) on the A's and on the B's, so
+the product of k copies at weight w is (k sqrt(w))^2 times the update: at 1/k it would be k times the module. "mean", "sum" and "score" (routing scores, softmax-normalized) override that.
 `none` means no merge: the top-1 module answers.
 """
 
@@ -96,7 +99,9 @@ for _name, _fn, _help in [
     ("dare_ties", "dare_ties", "PEFT: DARE + TIES sign election on the A's and on the B's"),
     ("magnitude_prune", "magnitude_prune", "PEFT: magnitude pruning on the A's and on the B's"),
 ]:
-    MERGES.register(_name, help=_help, same_rank=True, peft=True)(_peft_sidewise(_fn))
+    MERGES.register(_name, help=_help, same_rank=True, peft=True, sidewise=_name in ("linear", "dare_linear",
+                                                                                   "magnitude_prune"))(
+        _peft_sidewise(_fn))
 
 
 @MERGES.register("cat", help="PEFT: stack the modules (exact sum of updates; rank = sum of ranks)", peft=True)
@@ -172,7 +177,10 @@ def merge_weights(cfg: MergeConfig, k: int, scores: list[float] | None = None) -
             raise UserError(f"{len(w)} merge weights given for {k} modules; give one weight per module")
         return [float(x) for x in w]
     if w == "auto":
-        consensus = cfg.method in ("ties", "dare_ties") or MERGES.entry(cfg.method).meta.get("consensus")
+        meta = MERGES.entry(cfg.method).meta
+        if meta.get("sidewise"):  # PEFT puts sqrt(w) on A and on B: k copies of a module at 1/k^2 are the module
+            return [1.0 / k**2] * k
+        consensus = cfg.method in ("ties", "dare_ties") or meta.get("consensus")
         w = "sum" if consensus else "mean"
     if w == "sum":
         return [1.0] * k

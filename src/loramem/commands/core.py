@@ -225,7 +225,7 @@ def bench_capacity(
     paper_sizes: str | None = typer.Option(None, help="use the paper's files instead, e.g. 1K,2K (needs --paper-data)"),
     tau: float = typer.Option(0.9, help="accuracy threshold for T_max"),
     targets: str | None = typer.Option(None, help="LoRA targets (default per scale)"),
-    layers: str | None = typer.Option(None, help="LoRA layer range (default per scale)"),
+    layers: str | None = typer.Option(None, help="LoRA layers: 20-29, 'top 3' or 'top 20%' (default per scale)"),
     lr: float | None = typer.Option(None, help=writer_help("lr", "writer learning rate (default per scale)")),
     epochs: float | None = typer.Option(None, help="writer epochs per cell (default: per scale)"),
     steps: int | None = typer.Option(None, help="writer steps per cell (default: per scale, from epochs)"),
@@ -285,9 +285,21 @@ def datasheet_cmd(
     res = run_datasheet(model, scale, out, only=only, executor=executor, address=address, seed=seed,
                         paper_data=paper_data, workers=workers, command=command_line())
     if as_json:
-        return print_json(res)
-    _print_findings(res["findings"])
-    print(f"report: {Path(out) / 'report.html'}")
+        print_json(res)
+    else:
+        _print_findings(res["findings"])
+        print(f"report: {Path(out) / 'report.html'}")
+    fail_if_a_recipe_measured_nothing(res["recipes"])
+
+
+def fail_if_a_recipe_measured_nothing(status: dict[str, dict]) -> None:
+    """The report is written either way; a recipe that could not run or whose every cell failed makes the exit
+    non-zero with its first error (a rerun resumes: finished cells are kept)."""
+    dead = {n: s for n, s in status.items() if "error" in s or (s.get("cells", 0) and not s.get("ok", 0))}
+    if dead:
+        name, s = next(iter(dead.items()))
+        first = s.get("error") or s.get("first_error") or "see its results.jsonl"
+        raise UserError(f"{len(dead)} recipe(s) measured nothing ({', '.join(dead)}); first: {name}: {first}")
 
 
 def _print_findings(verdicts: list[dict]) -> None:
@@ -317,3 +329,4 @@ def demo_cmd(
                         command=command_line())
     _print_findings(res["findings"])
     print(f"demo outputs in {out}/: report.html, report.md, results.jsonl, findings.json, one folder per recipe")
+    fail_if_a_recipe_measured_nothing(res["recipes"])

@@ -97,7 +97,7 @@ def bench_counterfact(
     limit: int | None = typer.Option(None, help="with --data: use the first N records"),
     max_probes: int | None = typer.Option(None, help="evaluate at most N edit prompts per cell"),
     targets: str | None = typer.Option(None, help="LoRA targets (default per scale)"),
-    layers: str | None = typer.Option(None, help="LoRA layer range (default per scale)"),
+    layers: str | None = typer.Option(None, help="LoRA layers: 20-29, 'top 3' or 'top 20%' (default per scale)"),
     lr: float | None = typer.Option(None), epochs: float | None = typer.Option(None),
     steps: int | None = typer.Option(None),
     seed: int = typer.Option(0),
@@ -139,7 +139,7 @@ def bench_rag_icl(
     documents: int | None = typer.Option(None, help="long documents to use from NarrativeQA / QuALITY (default 1)"),
     method: str | None = typer.Option(None, help="retrieval: bm25, dense or hybrid (default per scale)"),
     overflow: str = typer.Option("truncate", help="ICL over the context budget: truncate (recorded) or error"),
-    rank: int | None = typer.Option(None), layers: str | None = typer.Option(None, help="LoRA layer range"),
+    rank: int | None = typer.Option(None), layers: str | None = typer.Option(None, help="LoRA layers: 20-29, 'top 3' or 'top 20%'"),
     targets: str | None = typer.Option(None), lr: float | None = typer.Option(None),
     steps: int | None = typer.Option(None, help="training steps per module (default: epochs per benchmark)"),
     seed: int = typer.Option(0),
@@ -162,7 +162,9 @@ def bench_rag_icl(
               "narrativeqa": str(narrativeqa) if narrativeqa else None, "quality": str(quality) if quality else None,
               "documents": documents, "writer": {"rank": rank, "layers": layers, "targets": targets, "lr": lr, "steps": steps}}
     summary = run_bench("rag-icl", out, model, scale, seed, paper_data or paper_release_dir(), params)
-    f = summary.get("finding_lora_plus_context_best", {})
-    verdict = {True: "agrees", False: "disagrees", None: "cannot tell"}[f.get("agrees")]
+    from loramem.findings import sentence
+
+    verdict = sentence(summary["finding_lora_plus_context_best"]) if summary.get("finding_lora_plus_context_best") \
+        else "not measured"
     print(f"finding 'closed-book LoRA strong; open-book LoRA + RAG/ICL beats each alone': {verdict}; "
           f"table in {out}/rag_icl.md")

@@ -28,10 +28,10 @@ BITS_PER_PARAM_LIMIT = 2.0  # published knowledge-capacity limit of language mod
 # which rank stores more; the plots and findings use the mean over seeds and their spread.
 SCALES: dict[str, dict] = {
     "smoke": {"ranks": [1, 4], "sizes": [500, 1500], "seeds": 3,
-              "writer": {"targets": "all-linear", "layers": "27-29", "lr": 1e-2, "steps": 100, "batch_size": 8,
+              "writer": {"targets": "all-linear", "layers": "top 3", "lr": 1e-2, "steps": 100, "batch_size": 8,
                          "eval_every": 25}},
     "cpu": {"ranks": [1, 2, 4, 8, 16], "sizes": [500, 1000, 2000, 4000, 8000], "seeds": 1,
-            "writer": {"targets": "all-linear", "layers": "24-29", "lr": 5e-3, "steps": 400, "batch_size": 16,
+            "writer": {"targets": "all-linear", "layers": "top 6", "lr": 5e-3, "steps": 400, "batch_size": 16,
                        "eval_every": 50}},
     "paper": {"ranks": [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024], "seeds": 1,
               "sizes": [1000, 2000, 4000, 8000, 12000, 16000, 20000],

@@ -37,13 +37,13 @@ DATASETS = ("phonebook", "corrections")
 NAME = "mem"
 
 # smoke fits 2 minutes on tiny-random (which learns no PhoneBook fact: it checks the mechanics and the base probe);
-# cpu is a real run on smollm2-135m (hours). `layers_top`: LoRA on the top N layers (relative to the model's depth).
+# cpu is a real run on smollm2-135m (hours). "top 6": LoRA on the top 6 layers, whatever the depth.
 SCALES: dict[str, dict] = {
     "smoke": {"rounds": 4, "facts": 16, "rank": 4, "probe_ranks": [1], "replay": 16, "every": 2, "probes": 16,
-              "writer": {"layers_top": 6, "lr": 1e-2, "steps": 8, "batch_size": 16, "target_em": 1.0,
+              "writer": {"layers": "top 6", "lr": 1e-2, "steps": 8, "batch_size": 16, "target_em": 1.0,
                          "precision": "fp32"}},
     "cpu": {"rounds": 10, "facts": 50, "rank": 8, "probe_ranks": [2, 32], "replay": 50, "every": 3, "probes": 40,
-            "writer": {"layers_top": 6, "lr": 5e-3, "epochs": 60, "batch_size": 16, "target_em": 1.0}},
+            "writer": {"layers": "top 6", "lr": 5e-3, "epochs": 60, "batch_size": 16, "target_em": 1.0}},
     "paper": {"rounds": 20, "facts": 200, "rank": 16, "probe_ranks": [4, 64, 256], "replay": 200, "every": 5,
               "probes": 40, "writer": {"lr": 1e-3, "epochs": 100, "batch_size": 8, "target_em": 1.0}},
 }
@@ -124,13 +124,10 @@ def truth_after(plan: list[list[tuple[Example, str | None]]], k: int) -> tuple[d
 # ---- applying a round -------------------------------------------------------------------------------------
 
 
-def _writer(g: dict, rank: int, seed: int, base):
+def _writer(g: dict, rank: int, seed: int):
     from loramem.config import WriterConfig
 
     w = dict(g["writer"])
-    top = w.pop("layers_top", None)
-    if top is not None:
-        w["layers"] = f"{max(0, base.n_layers - top)}-{base.n_layers - 1}"
     return WriterConfig(rank=rank, seed=seed, progress=False, **w)
 
 
@@ -146,7 +143,7 @@ def apply_round(bank, base, cell: dict, g: dict, plan, k: int, folder: Path) -> 
     f.write_text("".join(json.dumps({"prompt": e.prompt, "answer": e.answer, "key": e.key}) + "\n" for e in facts))
     s = cell["strategy"]
     if k == 1:
-        cfg = _writer(g, cell["rank"], cell["train_seed"], base)
+        cfg = _writer(g, cell["rank"], cell["train_seed"])
         info = write_part(Part("", facts, key_text(facts), [fact_key(e) for e in facts], f), bank, NAME, base, cfg)
         return {"train_s": info.record.get("train_s", 0.0), "update": "write"}
     if s in ("append-replay", "append-no-replay"):

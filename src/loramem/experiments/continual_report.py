@@ -81,8 +81,9 @@ def summarize(rows: list[dict], opts) -> dict:
                               "base_probe")}
     (out / "continual.md").write_text("### Continual memory: every round, every strategy\n\n"
                                       + markdown_table(order, cols, fmt=fmt))
-    verdicts = [{"id": fid, "finding": text, "recipe": "continual", "agrees": a, "evidence": ev, "measured": True}
-                for fid, text, (a, ev) in ((i, t, fn(rows)) for i, t, fn in FINDINGS)]
+    from loramem.findings import verdict_of
+
+    verdicts = [verdict_of(fid, rows) for fid, *_ in FINDINGS]
     (out / "findings.json").write_text(json.dumps(verdicts, indent=2, default=str))
     final = {f"{d}/{s}": series(rows, d, s, rank)[-1] for d in datasets for s in strategies
              if series(rows, d, s, rank)}
@@ -102,9 +103,9 @@ def _pick(rows: list[dict], strategy: str) -> tuple[str, int, list[dict]]:
     return "", rank, []
 
 
-def finding_replay_keeps(rows: list[dict]) -> tuple[bool | None, dict]:
-    """Append with replay keeps retention above tau in every round: decided when every round's 95% interval is
-    above tau (agrees) or some round's is below it (disagrees); with the paired gain over no replay as evidence."""
+def finding_replay_keeps(rows: list[dict]) -> tuple[dict | None, dict]:
+    """Append with replay keeps retention above tau in every round: the worst round's retention minus tau, with its
+    Wilson interval; the paired gain over no replay is evidence."""
     d, rank, rs = _pick(rows, "append-replay")
     if len(rs) < 2:
         return None, {"why": "needs the append-replay rows of two rounds or more"}
@@ -114,15 +115,17 @@ def finding_replay_keeps(rows: list[dict]) -> tuple[bool | None, dict]:
     plain = series(rows, d, "append-no-replay", rank)
     if plain and plain[-1]["round"] == rs[-1]["round"]:
         ev["replay_minus_no_replay_last_round"] = _paired(rs[-1]["hits"], plain[-1]["hits"])
-    if all(r["retention_ci"][0] >= TAU for r in rs):
-        return True, ev
-    if any(r["retention_ci"][1] < TAU for r in rs):
-        return False, ev
-    ev["why"] = f"some round's interval holds tau = {TAU}; more facts or seeds would decide it"
-    return None, ev
+    worst = min(rs, key=lambda r: r["retention"])
+    return _shifted(worst["retention"], worst["retention_ci"], TAU, worst["n_facts"]), ev
 
 
-def finding_new_module_routing(rows: list[dict]) -> tuple[bool | None, dict]:
+def _shifted(value: float, ci, by: float, n: int) -> dict:
+    """A share measured against a threshold: value - by with its interval (positive: above the threshold)."""
+    return {"effect": round(value - by, 4), "ci_low": round(ci[0] - by, 4), "ci_high": round(ci[1] - by, 4),
+            "n": n, "clusters": 1, "arms": ["measured", "threshold"]}
+
+
+def finding_new_module_routing(rows: list[dict]) -> tuple[dict | None, dict]:
     """A module per round keeps each module's facts (oracle retention) while the embed router's errors grow:
     decided on the paired change in routing accuracy of the round-2 facts from round 2 to the last round."""
     d, rank, rs = _pick(rows, "new-module")
@@ -140,18 +143,14 @@ def finding_new_module_routing(rows: list[dict]) -> tuple[bool | None, dict]:
         if other != d and len(more) >= 3:
             ev[f"{other}_routing_error_growth"] = _paired(more[1]["routed"], more[-1]["routed"])
     lo, hi = growth["ci95"]
-    if lo == hi:
-        return growth["mean"] > 0, ev
-    if lo > 0 or hi < 0:
-        return lo > 0, ev
-    ev["why"] = "the interval of the routing-error growth holds 0"
-    return None, ev
+    return {"effect": growth["mean"], "ci_low": lo, "ci_high": hi, "n": growth["n"], "clusters": 1,
+            "arms": [f"round {second['round']}", f"round {last['round']}"]}, ev
 
 
-def finding_base_intact(rows: list[dict]) -> tuple[bool | None, dict]:
+def finding_base_intact(rows: list[dict]) -> tuple[dict | None, dict]:
     """At the lowest rank run, after the last round, the share of the general-knowledge probe whose greedy answer
-    changed from the base model's is at most INTACT_MARGIN (agrees: its interval's top is below the margin;
-    disagrees: its bottom is above it)."""
+    changed from the base model's is at most INTACT_MARGIN: the effect is INTACT_MARGIN minus that share (positive:
+    intact), with its Wilson interval."""
     last = [r for r in rows if (r["dataset"], r["strategy"]) == ("phonebook", "append-replay")
             and r["round"] == r["rounds"]]
     if not last:
@@ -162,19 +161,17 @@ def finding_base_intact(rows: list[dict]) -> tuple[bool | None, dict]:
                "n": low["n_probes"]}
     ev = {"rank": low["rank"], "rounds": low["rounds"], "changed": changed, "margin": INTACT_MARGIN,
           "changed_by_rank": {r["rank"]: round(1 - r["base_probe"], 4) for r in sorted(last, key=lambda r: r["rank"])}}
-    if changed["ci95"][1] <= INTACT_MARGIN:
-        return True, ev
-    if changed["ci95"][0] > INTACT_MARGIN:
-        return False, ev
-    ev["why"] = f"the interval of the changed share holds the margin {INTACT_MARGIN}; more probes would decide it"
-    return None, ev
+    return _shifted(INTACT_MARGIN - changed["mean"], [INTACT_MARGIN - changed["ci95"][1],
+                                                      INTACT_MARGIN - changed["ci95"][0]], 0.0, low["n_probes"]), ev
 
 
+# (id, statement, check, what the effect is, no-effect margin, fewest items that decide)
 FINDINGS = [
     ("continual-replay-keeps", f"(beyond the paper) Replay keeps retention above tau = {TAU} over k update rounds",
-     finding_replay_keeps),
+     finding_replay_keeps, f"retention of the worst round minus tau = {TAU}", 0.0, 10),
     ("continual-new-module-routing", "(beyond the paper) A new module per round keeps its facts, but routing "
-     "errors grow with rounds", finding_new_module_routing),
+     "errors grow with rounds", finding_new_module_routing,
+     "routing accuracy of round 2's facts at round 2 minus at the last round", 0.02, 10),
     ("continual-base-intact", "(beyond the paper) LoRA writes leave the base model's own knowledge intact at low "
-     "rank", finding_base_intact),
+     "rank", finding_base_intact, f"{INTACT_MARGIN} minus the share of base probes whose answer changed", 0.0, 10),
 ]

@@ -20,9 +20,9 @@ SCORE_KEYS = ("judge", "f1", "rougeL", "bleu", "em")
 
 # Writer settings per scale: small LoRAs on the top layers (prefix cache) on CPU; all layers at paper scale.
 WRITERS: dict[str, dict] = {
-    "smoke": {"rank": 8, "targets": "all-linear", "top_layers": 3, "lr": 5e-3, "epochs": 6, "batch_size": 4},
-    "cpu": {"rank": 16, "targets": "all-linear", "top_layers": 8, "lr": 2e-3, "epochs": 12, "batch_size": 8},
-    "paper": {"rank": 32, "targets": "all-linear", "top_layers": None, "lr": 1e-4, "epochs": 20, "batch_size": 8},
+    "smoke": {"rank": 8, "targets": "all-linear", "layers": "top 3", "lr": 5e-3, "epochs": 6, "batch_size": 4},
+    "cpu": {"rank": 16, "targets": "all-linear", "layers": "top 8", "lr": 2e-3, "epochs": 12, "batch_size": 8},
+    "paper": {"rank": 32, "targets": "all-linear", "layers": None, "lr": 1e-4, "epochs": 20, "batch_size": 8},
 }
 PAPERS = {"smoke": 1, "cpu": 4, "paper": 10}  # smoke: 1 paper keeps each bench near 15 min on 2 busy cores
 QUESTIONS = {"smoke": 6, "cpu": 30, "paper": 30}
@@ -66,12 +66,8 @@ def balanced(questions: list, k: int) -> list:
     return out
 
 
-def writer_config(opts: RecipeOptions, n_layers: int) -> WriterConfig:
+def writer_config(opts: RecipeOptions) -> WriterConfig:
     w = {**WRITERS[opts.scale], **{k: v for k, v in opts.params.get("writer", {}).items() if v is not None}}
-    top = w.pop("top_layers", None)
-    if top and "layers" not in w:
-        top = min(int(top), n_layers)
-        w["layers"] = f"{n_layers - top}-{n_layers - 1}"
     # fixed epochs, no early stop: tokens seen are then equal for equal training tokens
     return WriterConfig(seed=opts.seed, progress=False, target_em=None, loss="answer", format="plain", **w)
 

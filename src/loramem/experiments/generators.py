@@ -49,7 +49,7 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
                               endpoint=EndpointConfig.from_env())
     gen = make_generator(gen_cfg)
     vs = make_views(doc, cell["views"], gen, base.tokenizer)
-    out = docqa.write_and_score(base, doc, vs.rows, docqa.writer_config(opts, base.n_layers), docqa.judge_for(opts),
+    out = docqa.write_and_score(base, doc, vs.rows, docqa.writer_config(opts), docqa.judge_for(opts),
                                 new_tokens=docqa.answer_tokens(opts))
     return {**out, "generator_name": gen.name, "prompt_version": gen.prompt_version, "view_records": vs.parts,
             "view_tokens": vs.tokens, "generate_s": sum(p["generate_s"] for p in vs.parts.values()),

@@ -110,19 +110,26 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
             "merge_ms": {r["variant"]: r["merge_ms"] for r in rows if r["variant"] in merged}}
 
 
-def finding_ties_most_robust(rows: list[dict]) -> tuple[bool | None, dict]:
-    """TIES is the most robust merge: its accuracy is the best among the merge methods (within 0.01)."""
-    merged = [r for r in rows  # each method with its default weights
-              if r.get("method") not in (None, "single", "none") and r.get("weights", "auto") == "auto"]
+def finding_ties_most_robust(rows: list[dict]) -> tuple[dict | None, dict]:
+    """TIES minus the best other merge method (each with its default weights; best by mean), on the same facts:
+    exact match, or answer-token accuracy when exact match cannot tell the methods apart (e.g. all 0)."""
+    from loramem.findings import item_scores, paired_effect
+
+    merged = {r["method"]: r for r in rows
+              if r.get("method") not in (None, "single", "none") and r.get("weights", "auto") == "auto"}
     metric = "accuracy"
-    if len({r["accuracy"] for r in merged}) == 1 and all(r.get("token_accuracy") is not None for r in merged):
-        metric = "token_accuracy"  # exact match cannot tell the methods apart (e.g. all 0): compare partial recall
-    acc = {r["method"]: float(r[metric]) for r in merged}
-    if "ties" not in acc or len(acc) < 2:
+    if len({r["accuracy"] for r in merged.values()}) == 1 and all(r.get("token_accuracy") is not None
+                                                                   for r in merged.values()):
+        metric = "token_accuracy"
+    if "ties" not in merged or len(merged) < 2:
         return None, {"why": "needs the ties cell and at least one other merge method"}
-    best = max(acc.values())
-    return acc["ties"] >= best - 0.01, {metric: {k: round(v, 4) for k, v in sorted(acc.items())},
-                                         "metric": metric, "best": max(acc, key=acc.get)}
+    acc = {m: float(r[metric]) for m, r in sorted(merged.items())}
+    best = max((m for m in acc if m != "ties"), key=acc.get)
+    item = "exact" if metric == "accuracy" else "token_accuracy"
+    one = lambda r: 0  # noqa: E731 - the same facts in every cell
+    return paired_effect(item_scores([merged["ties"]], one, item), item_scores([merged[best]], one, item),
+                         cluster=None, arms=("ties", best)), {metric: {k: round(v, 4) for k, v in acc.items()},
+                                                              "metric": metric, "best_other": best}
 
 
 RECIPE = Recipe("merging", "Q10: merge methods over top-k routed modules (gold among them)", cells, run_cell,

@@ -37,7 +37,7 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     before = docqa.score_base(base, doc, judge, docqa.answer_tokens(opts))
     gen = make_generator(GeneratorConfig(kind=cell["generator"], model=opts.model))
     vs = make_views(doc, cell["views"], gen, base.tokenizer)
-    out = docqa.write_and_score(base, doc, vs.rows, docqa.writer_config(opts, base.n_layers), judge,
+    out = docqa.write_and_score(base, doc, vs.rows, docqa.writer_config(opts), judge,
                                 new_tokens=docqa.answer_tokens(opts))
     n_base_params = sum(p.numel() for n, p in base.model.named_parameters() if "lora_" not in n)
     return {**out, **{f"base_{k}": v for k, v in before.items() if k in docqa.SCORE_KEYS},

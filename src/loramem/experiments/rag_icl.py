@@ -26,15 +26,14 @@ from loramem.runs.runner import Recipe, RecipeOptions
 METHODS = ("base", "lora", "rag", "icl", "lora+rag", "lora+icl")
 CHUNK_METHODS = ("chunk-lora", "chunk-lora+rag")
 CLOSED = ("base", "lora", "chunk-lora")
-TIE = 0.02  # score differences this small are ties (a question or two at smoke scale)
 
 SCALES: dict[str, dict] = {
     "smoke": {"benchmarks": ["phonebook", "counterfact", "paperqa"], "entries": 16, "questions": 8, "edits": 40,
               "papers": 1, "level": 1, "chunk_modules": 0, "method": "bm25",
-              "writer": {"targets": "all-linear", "layers": "26-29", "rank": 8, "lr": 5e-3, "batch_size": 8}},
+              "writer": {"targets": "all-linear", "layers": "top 4", "rank": 8, "lr": 5e-3, "batch_size": 8}},
     "cpu": {"benchmarks": ["phonebook", "counterfact", "paperqa"], "entries": 60, "questions": 30, "edits": 106,
             "papers": 3, "level": None, "chunk_modules": 4, "method": "hybrid",
-            "writer": {"targets": "all-linear", "layers": "20-29", "rank": 16, "lr": 3e-3, "batch_size": 8}},
+            "writer": {"targets": "all-linear", "layers": "top 10", "rank": 16, "lr": 3e-3, "batch_size": 8}},
     "paper": {"benchmarks": ["phonebook", "counterfact", "paperqa"], "entries": 400, "questions": 200,
               "edits": 2154, "papers": 10, "level": None, "chunk_modules": 8, "method": "hybrid",
               "writer": {"targets": "all-linear", "rank": 64, "lr": 1e-3, "batch_size": 8}},
@@ -80,29 +79,29 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
             "knowledge_tokens": task.knowledge_tokens(base.tokenizer), **results}
 
 
-def finding_lora_plus_context_best(rows: list[dict]) -> tuple[bool | None, dict]:
-    """Closed-book a single LoRA is strong (lora > base); open-book LoRA + RAG/ICL beats each alone.
+def finding_lora_plus_context_best(rows: list[dict]) -> tuple[dict | None, dict]:
+    """Per benchmark, the best hybrid (lora+rag, lora+icl) minus the best single method (lora, rag, icl), each
+    picked by its mean score, on the same questions, pooled over benchmarks (the bootstrap draws benchmarks
+    first); closed-book, lora minus base is evidence beside it."""
+    from loramem.findings import paired_effect
 
-    Per benchmark, the best hybrid (lora+rag, lora+icl) against the best single method (lora, rag, icl): beats,
-    ties (within TIE) or loses. Agrees when more benchmarks are beaten than lost; None when all tie or no rows."""
-    per, beats, loses = {}, 0, 0
+    hybrid, single, per = {}, {}, {}
     for r in rows:
         m = {k: v["score"] for k, v in r["methods"].items()}
-        hybrid = max(m["lora+rag"], m["lora+icl"])
-        single = max(m["lora"], m["rag"], m["icl"])
-        verdict = "beats" if hybrid > single + TIE else ("loses" if hybrid < single - TIE else "ties")
-        beats += verdict == "beats"
-        loses += verdict == "loses"
-        per[r["benchmark"]] = {"hybrid_best": hybrid, "single_best": single, "open_book": verdict,
-                               "lora": m["lora"], "base": m["base"], "closed_book_lora_beats_base":
-                               m["lora"] > m["base"] + TIE, **{k: m[k] for k in ("rag", "icl", "lora+rag", "lora+icl")}}
-    if not per:
-        return None, {"why": "no benchmark rows"}
-    evidence = {"benchmarks": per, "beats": beats, "loses": loses, "ties": len(per) - beats - loses,
-                "closed_book_lora_strong": sum(v["closed_book_lora_beats_base"] for v in per.values())}
-    if beats == 0 and loses == 0:
-        return None, {**evidence, "why": "every benchmark ties (ceiling or floor): cannot tell"}
-    return beats > loses, evidence
+        items: dict[str, dict] = {}
+        for p in r.get("predictions") or []:
+            if p.get("score") is not None:
+                items.setdefault(p["method"], {})[(r["benchmark"], p.get("i"), p["question"])] = float(p["score"])
+        h = max(("lora+rag", "lora+icl"), key=lambda k: m.get(k, -1))
+        s = max(("lora", "rag", "icl"), key=lambda k: m.get(k, -1))
+        per[r["benchmark"]] = {"best_hybrid": h, "best_single": s, **{k: round(v, 4) for k, v in m.items()}}
+        if h in items and s in items:
+            hybrid.update(items[h])
+            single.update(items[s])
+    ev = {"benchmarks": per}
+    if not hybrid:
+        return None, {**ev, "why": "no benchmark rows with kept predictions"}
+    return paired_effect(hybrid, single, arms=("best hybrid", "best single")), ev
 
 
 def _flat(rows: list[dict]) -> list[dict]:
@@ -135,23 +134,23 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
                                                 "training s", "ctx tokens cut / q"],
                            fmt={"score": ".3f", "prompt_tokens": ".1f", "latency_ms": ".0f", "train_s": ".1f",
                                 "truncated_tokens": ".1f"})
-    agrees, evidence = finding_lora_plus_context_best(rows)
-    verdict = {True: "agrees", False: "disagrees", None: "cannot tell"}[agrees]
-    lines = [f"- {b}: closed-book lora {v['lora']:.3f} vs base {v['base']:.3f}; open-book best hybrid "
-             f"{v['hybrid_best']:.3f} vs best single {v['single_best']:.3f} ({v['open_book']})"
-             for b, v in evidence.get("benchmarks", {}).items()]
+    from loramem.findings import sentence, verdict_of
+
+    verdict = verdict_of("lora-plus-rag-icl", rows)
+    lines = [f"- {b}: closed-book lora {v.get('lora', 0):.3f} vs base {v.get('base', 0):.3f}; open-book best hybrid "
+             f"{v['best_hybrid']} {v.get(v['best_hybrid'], 0):.3f} vs best single {v['best_single']} "
+             f"{v.get(v['best_single'], 0):.3f}" for b, v in verdict["evidence"].get("benchmarks", {}).items()]
     (out / "rag_icl.md").write_text(
         "### LoRA vs RAG vs ICL (methods x benchmarks, with costs)\n\n" + table
-        + f"\n### Finding: closed-book a single LoRA is strong; open-book LoRA + RAG/ICL beats each alone\n\n"
-        f"This run **{verdict}** ({evidence.get('beats', 0)} benchmarks beaten, {evidence.get('ties', 0)} tied, "
-        f"{evidence.get('loses', 0)} lost by the best hybrid).\n\n" + "\n".join(lines) + "\n")
+        + "\n### Finding: open-book LoRA + RAG/ICL beats each alone (best hybrid minus best single, paired)\n\n"
+        f"This run: {sentence(verdict)}.\n\n" + "\n".join(lines) + "\n")
     for r in rows:
         ms = [m for m in METHODS + CHUNK_METHODS if m in r["methods"]]
         bar_plot(out / f"scores_{r['benchmark']}.png", ms, [r["methods"][m]["score"] for m in ms],
                  f"{r['benchmark']}: {r['metric']} by method", r["metric"],
                  n=f"n = {r.get('n_questions', '?')} questions per method",
                  intervals=[_interval(r, m) for m in ms])
-    return {"finding_lora_plus_context_best": {"agrees": agrees, **evidence},
+    return {"finding_lora_plus_context_best": verdict,
             "scores": {r["benchmark"]: {m: v["score"] for m, v in r["methods"].items()} for r in rows},
             "prompt_tokens": {r["benchmark"]: {m: v["prompt_tokens"] for m, v in r["methods"].items()} for r in rows}}
 

@@ -40,23 +40,29 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     doc = next(d for d in docqa.papers(opts) if d.id == cell["paper"])
     gen = make_generator(GeneratorConfig(kind=cell["generator"], model=opts.model))
     vs = make_views(doc, cell["view"], gen, base.tokenizer, ViewsConfig(budget_tokens=cell["budget"]))
-    cfg = docqa.writer_config(opts, base.n_layers)
+    cfg = docqa.writer_config(opts)
     out = docqa.write_and_score(base, doc, vs.rows, cfg, docqa.judge_for(opts),
                                 new_tokens=docqa.answer_tokens(opts))
     return {**out, "views": vs.parts}
 
 
-def finding_qa_best(rows: list[dict]) -> tuple[bool | None, dict]:
-    """QA scores highest, and summary/rewrite (each measured) score above raw, averaged over budgets and papers."""
+def finding_qa_best(rows: list[dict]) -> tuple[dict | None, dict]:
+    """QA minus raw on the same paper, budget and question (judge / 10, else token F1); the synthetic formats'
+    own gaps (qa minus summary/rewrite, summary/rewrite minus raw) are evidence beside it."""
+    from loramem.findings import item_scores, paired_effect
+
     key = docqa.score_key(rows)
-    by = docqa.mean_by(rows, "format", key)
-    if "qa" not in by or "raw" not in by or len(by) < 2:
-        return None, {"why": "needs at least the raw and qa formats", "by_format": by}
-    others = {f: v for f, v in by.items() if f in ("summary", "rewrite")}
-    qa_best = all(by["qa"] > v for f, v in by.items() if f != "qa")
-    synthetic_above_raw = all(v > by["raw"] for v in others.values())
-    return qa_best and synthetic_above_raw, {"metric": key, "by_format": {f: round(v, 4) for f, v in by.items()},
-                                             "qa_best": qa_best, "synthetic_above_raw": synthetic_above_raw}
+    scores = {f: item_scores([r for r in rows if r["format"] == f], lambda r: (r["paper"], r["budget"]), key,
+                             10.0 if key == "judge" else 1.0)
+              for f in dict.fromkeys(r["format"] for r in rows)}
+    ev = {"metric": key, "by_format": {f: round(sum(v.values()) / len(v), 4) for f, v in scores.items() if v}}
+    if not scores.get("qa") or not scores.get("raw"):
+        return None, {**ev, "why": "needs the raw and qa formats with kept predictions"}
+    for f in ("summary", "rewrite"):
+        if scores.get(f):
+            ev[f"qa_minus_{f}"] = paired_effect(scores["qa"], scores[f], arms=("qa", f))
+            ev[f"{f}_minus_raw"] = paired_effect(scores[f], scores["raw"], arms=(f, "raw"))
+    return paired_effect(scores["qa"], scores["raw"], arms=("qa", "raw")), ev
 
 
 def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
@@ -82,15 +88,17 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     table = markdown_table(table_rows, ["format", "budget", "papers", "judge", "f1", "rougeL", "bleu", "em",
                                         "tokens_seen"],
                            fmt={k: ".3f" for k in docqa.SCORE_KEYS} | {"tokens_seen": ".0f"})
-    verdict, evidence = finding_qa_best(rows)
+    from loramem.findings import sentence, verdict_of
+
+    verdict = verdict_of("qa-beats-raw", rows)
     judge = next((r.get("judge_name") for r in rows if r.get("judge_name")), "none")
     (opts.out / "formats.md").write_text(
         f"### Q4: supervision formats at equal training tokens ({opts.model}, judge {judge}, 0-10)\n\n{table}\n"
         f"Paper: QA is the most token-efficient; all synthetic formats beat raw. This run: "
-        f"{ {True: 'agrees', False: 'disagrees', None: 'undecided'}[verdict]} ({evidence.get('by_format')}).\n")
+        f"{sentence(verdict)}; QA minus raw, paired over questions ({verdict['evidence'].get('by_format')}).\n")
     by_format = {f: {k: docqa.mean_by([r for r in rows if r["format"] == f], "format", k).get(f)
                      for k in docqa.SCORE_KEYS} for f in formats}
-    return {"metric": key, "by_format": by_format, "budgets": budgets, "qa_best": verdict, "evidence": evidence}
+    return {"metric": key, "by_format": by_format, "budgets": budgets, "qa_beats_raw": verdict}
 
 
 RECIPE = Recipe("formats", "Q4: raw vs QA vs summary vs rewrite at equal training tokens", cells, run_cell, summarize)

@@ -136,6 +136,7 @@ def run_recipe_status(recipe: Recipe, opts: RecipeOptions, executor: str = "loca
     try:
         summary = run_recipe(recipe, opts, executor=executor, address=address, listener=listener)
         return {"ok": summary.get("ok", 0), "cells": summary.get("cells", 0), "failed": summary.get("failed", []),
+                **({"first_error": summary["first_error"]} if summary.get("first_error") else {}),
                 "seconds": round(time.time() - t, 1)}
     except KeyboardInterrupt:
         raise
