@@ -104,3 +104,14 @@ def test_tmax_uses_the_mean_over_seeds(tmp_path):
     assert s["seeds"] == 2
     assert s["per_rank"]["1"]["t_max"] == 490 and s["per_rank"]["2"]["t_max"] == 1000
     assert "| 1 | 1000 | 33 | 2 | 0.850 | 0.212 | 0.000 to 1.000 | 1.00 / 0.70 |" in (tmp_path / "capacity.md").read_text()
+
+
+def test_the_memory_law_recovers_a_known_power_and_needs_three_ranks():
+    from loramem.experiments.capacity import memory_law
+
+    law = memory_law({1: 300.0, 2: 300.0 * 2**0.7, 4: 300.0 * 4**0.7, 8: 300.0 * 8**0.7, 16: 0})
+    assert law["alpha"] == pytest.approx(0.7, abs=1e-4) and law["c"] == pytest.approx(300, abs=0.01)
+    assert law["ranks"] == [1, 2, 4, 8] and law["alpha_stderr"] == pytest.approx(0, abs=1e-4)
+    noisy = memory_law({1: 500, 2: 1000, 4: 1000, 8: 4000})
+    assert noisy["alpha_ci95"][0] < noisy["alpha"] < noisy["alpha_ci95"][1] and noisy["r2"] < 1
+    assert memory_law({1: 500, 4: 2000}) is None

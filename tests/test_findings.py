@@ -40,6 +40,11 @@ def test_a_clear_effect_agrees_noise_stays_undecided_and_reversed_or_null_effect
     noise = _oracle_vs_single([1] * 10 + [0] * 10 + [0] * 30, [0] * 10 + [1] * 10 + [0] * 30)
     assert noise["verdict"] == "undecided" and noise["agrees"] is None
     assert noise["ci_low"] < 0 < noise["ci_high"] and "interval" in noise["evidence"]["why"]
+    # its power calculation: a null effect must shrink the interval inside the margin, which takes many items
+    assert noise["n_to_decide"] > 10 * noise["n"]
+    small = _oracle_vs_single([1] * 12 + [0] * 38, [1] * 6 + [0] * 44)  # +0.12, interval holding 0 at n = 50
+    if small["verdict"] == "undecided":
+        assert small["n"] < small["n_to_decide"] < 20 * small["n"]
     reversed_ = _oracle_vs_single([1] * 10 + [0] * 40, [1] * 40 + [0] * 10)
     assert reversed_["verdict"] == "disagrees" and reversed_["agrees"] is False and reversed_["ci_high"] < 0
     # 400 facts, the arms differ on 2: an effect measured to lie inside the margin of 0.02 is "no effect"

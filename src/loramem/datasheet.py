@@ -219,6 +219,8 @@ def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dic
               "|---|---|---|---|---|---|---|"]
     for v in verdicts:
         ev = evidence_sentence(v["evidence"]).replace("|", "\\|")
+        if v.get("n_to_decide"):  # the power calculation at this run's spread
+            ev = f"About {v['n_to_decide']} paired items (this run: {v['n']}) would decide it. " + ev
         eff = "-" if v.get("effect") is None else f"{v['effect']:+.3f}"
         ci = "-" if v.get("ci_low") is None else f"{v['ci_low']:+.3f} to {v['ci_high']:+.3f}"
         what = v.get("effect_is", "").replace("|", "\\|")

@@ -15,6 +15,7 @@ Nothing here is typed by hand: change the data, and the table changes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from statistics import mean
@@ -232,7 +233,20 @@ def judge(f: Finding, effect: Effect | None, evidence: dict, measured: bool) -> 
         evidence.setdefault("why", f"the 95% interval {effect['ci_low']} to {effect['ci_high']} holds 0 and "
                                    f"reaches past the margin {f.margin}: more items or seeds would decide it")
     agrees = {"agrees": True, "disagrees": False}.get(verdict)
-    return {**base, **effect, "verdict": verdict, "agrees": agrees}
+    more = {"n_to_decide": n_to_decide(effect, f.margin)} if verdict == "undecided" else {}
+    return {**base, **effect, "verdict": verdict, "agrees": agrees, **more}
+
+
+def n_to_decide(effect: Effect, margin: float) -> int | None:
+    """The power calculation for an undecided finding: how many paired items (at this run's spread, the interval
+    narrowing as 1/sqrt(n)) would put the interval clear of 0 if the effect is what was measured, or inside the
+    margin if it is smaller than the margin. None when the spread is zero or the effect sits on the margin."""
+    half = (effect["ci_high"] - effect["ci_low"]) / 2
+    size = abs(effect["effect"])
+    target = size if size > margin else margin - size
+    if half <= 0 or target <= 1e-9:
+        return None
+    return max(effect["n"] + 1, math.ceil(effect["n"] * (half / target) ** 2))
 
 
 def evaluate(rows: Rows, only: str | None = None) -> list[dict]:

@@ -202,6 +202,24 @@ def rank_gain(curve: dict[int, list[dict]], low: int, high: int) -> dict[int, fl
             for s in sorted(seeds)}
 
 
+def memory_law(t_max_by_rank: dict[int, float]) -> dict | None:
+    """T_max = c * rank^alpha, fitted by least squares on log T_max vs log rank over the ranks that reached tau:
+    alpha with its standard error and 95% interval, c, R^2 and the ranks used; None with fewer than three ranks
+    (two points always fit a line exactly, so they say nothing about the law's error)."""
+    import math
+
+    from scipy import stats
+
+    pts = sorted((k, t) for k, t in t_max_by_rank.items() if t > 0)
+    if len(pts) < 3:
+        return None
+    fit = stats.linregress([math.log(k) for k, _ in pts], [math.log(t) for _, t in pts])
+    half = float(stats.t.ppf(0.975, len(pts) - 2)) * fit.stderr
+    return {"law": "T_max = c * rank^alpha", "alpha": round(fit.slope, 4), "alpha_stderr": round(fit.stderr, 4),
+            "alpha_ci95": [round(fit.slope - half, 4), round(fit.slope + half, 4)],
+            "c": round(math.exp(fit.intercept), 2), "r2": round(fit.rvalue**2, 4), "ranks": [k for k, _ in pts]}
+
+
 def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     """Per rank T_max and efficiency (on the mean over seeds); plots and Markdown tables under opts.out."""
     out = opts.out
@@ -269,8 +287,14 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
             fmt={"mean_accuracy": ".3f", "sd": ".3f"})
     (out / "capacity.md").write_text(f"{text}\n### Every cell\n\n{table}")
     best = max(per_rank.values(), key=lambda v: v["efficiency"])
+    law = memory_law({k: per_rank[str(k)]["t_max"] for k in ranks})
+    if law:
+        (out / "capacity.md").write_text((out / "capacity.md").read_text() + (
+            f"\n### Memory law\n\nT_max = {law['c']} x rank^{law['alpha']} (alpha 95% interval "
+            f"{law['alpha_ci95'][0]} to {law['alpha_ci95'][1]}, R^2 {law['r2']}, ranks {law['ranks']}).\n"))
     return {"tau": tau, "seeds": n_seeds, "per_rank": per_rank, "peak_efficiency_rank": next(
-        k for k, v in per_rank.items() if v is best), "bits_per_param_limit": BITS_PER_PARAM_LIMIT}
+        k for k, v in per_rank.items() if v is best), "bits_per_param_limit": BITS_PER_PARAM_LIMIT,
+        "memory_law": law or {"why": "needs three or more ranks that reached tau"}}
 
 
 RECIPE = Recipe("capacity", "Q1-Q3: capacity and efficiency vs rank (PhoneBook)", cells, run_cell, summarize,

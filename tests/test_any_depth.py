@@ -1,0 +1,37 @@
+"""The audit fits any base model: every recipe's smoke defaults (relative layer specs such as 'top 3') run on a
+2-layer model, and a layer spec that cannot fit is refused with the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from loramem import experiments
+from loramem.errors import UserError
+from loramem.runs.runner import RecipeOptions, run_one
+from loramem.writer import layers_label, parse_layers
+
+# the datasheet's recipes (test files register extra ones)
+RECIPES = ["capacity", "formats", "mixes", "model-scale", "generators", "multi-lora", "routing", "merging",
+           "n-modules", "rag-icl", "counterfact", "continual"]
+
+
+def test_relative_layer_specs_resolve_against_the_model_depth():
+    assert parse_layers("top 3", 30) == [27, 28, 29] and parse_layers("top 3", 2) == [0, 1]
+    assert parse_layers("top 20%", 30) == [24, 25, 26, 27, 28, 29] and parse_layers("top 20%", 2) == [1]
+    assert parse_layers("top 100%", 28) is not None and len(parse_layers("top 100%", 28)) == 28
+    assert parse_layers("all", 2) is None and layers_label("top 3", 30) == "27-29" and layers_label(None, 2) == "all 2"
+    for bad in ("top 0", "top 1.5", "top 120%", "27-29"):
+        with pytest.raises(UserError, match="top 3"):
+            parse_layers(bad, 2)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_at_smoke_scale_runs_a_cell_on_a_two_layer_model(name, tmp_path, paper_dir, monkeypatch):
+    """The first cell of each recipe, with the smoke grid's own settings, on tiny-random (depth 2)."""
+    monkeypatch.setenv("LORAMEM_CACHE", str(tmp_path / "cache"))
+    recipe = experiments.get(name)
+    opts = RecipeOptions(model="tiny-random", scale="smoke", out=tmp_path / name, paper_data=paper_dir,
+                         progress=False)
+    cells = recipe.cells(opts)
+    row = run_one(recipe, cells[0], opts)
+    assert row["status"] == "ok", row.get("error")
