@@ -52,6 +52,7 @@ class Decoded:
     ms: float = 0.0  # this row's share of its batch's wall time
     logprobs: list[float] = field(default_factory=list)  # one per new token
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # per token, when asked
+    timed_out: bool = False  # the row's deadline ended it
 
 
 @dataclass(eq=False)
@@ -104,7 +105,7 @@ class Row:
     def decoded(self, tok) -> Decoded:
         mean = sum(self.logps) / len(self.logps) if self.logps else float("-inf")
         return Decoded(self.text(tok), list(self.new), len(self.prompt.ids), len(self.new), mean,
-                       self.finish or "length", self.batch, self.ms, list(self.logps), list(self.tops))
+                       self.finish or "length", self.batch, self.ms, list(self.logps), list(self.tops), self.timed_out)
 
 
 def _tidy(text: str, one_line: bool) -> str:
@@ -388,8 +389,7 @@ def _keep_active_adapter_loaded(model, adapters: Sequence[str]) -> None:
 
 
 def _config(model):
-    m = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return m.config
+    return model.config  # a PEFT wrapper passes it through (its get_base_model needs a loaded active adapter)
 
 
 def _choose(logits: torch.Tensor, r: Row) -> torch.Tensor:
