@@ -176,3 +176,22 @@ def test_a_damaged_module_gets_its_request_an_error_and_the_others_answers(serve
         assert ok.choices[0].message.content is not None
     finally:
         bank.remove("cat")
+
+
+def test_an_unexpected_exception_is_a_json_500():
+    """The server's error handlers on a route that fails as a bug would: 500 in OpenAI's shape, never text/plain."""
+    from fastapi import FastAPI
+
+    from loramem.serve.app import _handlers
+
+    app = FastAPI()
+    _handlers(app)
+
+    @app.get("/boom")
+    async def boom():
+        raise RuntimeError("kaput")
+
+    with RunningServer(app, free_port()) as srv:
+        r = httpx.get(srv.url + "/boom")
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert r.json()["error"]["code"] == "internal_error" and "kaput" in r.json()["error"]["message"]

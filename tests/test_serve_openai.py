@@ -190,3 +190,15 @@ def test_embeddings_are_the_bank_s_minilm(srv):
     assert r.data[1].embedding == pytest.approx(vecs[1].tolist(), abs=1e-5) and r.usage.prompt_tokens > 0
     with pytest.raises(openai.NotFoundError):
         srv["client"].embeddings.create(model="text-embedding-3-small", input="x")
+
+
+def test_a_request_still_queued_past_its_deadline_gets_429(srv):
+    cfg = srv["app"].state.cfg
+    old, cfg.request_timeout_s = cfg.request_timeout_s, 1e-6  # over before the batcher's 50 ms window ends
+    try:
+        with pytest.raises(openai.RateLimitError, match="deadline") as err:
+            _ask(srv["client"], "loramem:ann", PLAIN, max_tokens=4)
+        assert err.value.code == "rate_limit_exceeded"
+    finally:
+        cfg.request_timeout_s = old
+    assert _text(_ask(srv["client"], "loramem:ann", PLAIN, max_tokens=4)) is not None
