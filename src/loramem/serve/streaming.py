@@ -21,14 +21,13 @@ from loramem.serve import openai_io as io
 async def stream(batcher, reqs, tok, cid: str, model: str, kind: str, include_usage: bool) -> StreamingResponse:
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
-    rows: list = []  # the decoding rows, so a client that leaves stops them
+    rows: dict = {}  # the decoding rows, so a client that leaves stops them
 
     def on_token(i: int):
         sent = [""]
 
         def cb(row) -> None:
-            if not rows or rows[-1] is not row:
-                rows.append(row)
+            rows[i] = row
             now = row.visible(tok)
             if len(now) > len(sent[0]) and now.startswith(sent[0]):
                 delta, sent[0] = now[len(sent[0]):], now
@@ -41,8 +40,7 @@ async def stream(batcher, reqs, tok, cid: str, model: str, kind: str, include_us
         fut.add_done_callback(lambda f, i=i: loop.call_soon_threadsafe(events.put_nowait, ("done", i, f)))
     first = await events.get()
     if first[0] == "done" and first[2].exception() is not None:
-        for r in rows:
-            r.deadline = 0.0
+        _stop(rows)
         raise first[2].exception()
     return StreamingResponse(_events(first, events, len(reqs), rows, tok, cid, model, kind, include_usage),
                              media_type="text/event-stream")
@@ -62,7 +60,7 @@ def _sse(kind: str, cid: str, model: str, choices: list[dict], **more) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
 
-async def _events(first, events, n: int, rows: list, tok, cid, model, kind, include_usage):
+async def _events(first, events, n: int, rows: dict, tok, cid, model, kind, include_usage):
     sent = [""] * n
     results: list[dict | None] = [None] * n
     try:
@@ -92,5 +90,11 @@ async def _events(first, events, n: int, rows: list, tok, cid, model, kind, incl
             yield _sse(kind, cid, model, [], usage=io.usage(results))
         yield "data: [DONE]\n\n"
     finally:
-        for r in rows:  # a client that left: its rows end at the next step
+        _stop(rows)
+
+
+def _stop(rows: dict) -> None:
+    """A client that left (or a choice that failed): the other rows end at their next step, not at max_tokens."""
+    for r in rows.values():
+        if r.finish is None:
             r.deadline = 0.0
