@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 
 from fastapi.responses import StreamingResponse
 
@@ -56,8 +57,9 @@ def _choice(kind: str, i: int, text: str | None, finish=None, role: bool = False
 def _sse(kind: str, cid: str, model: str, choices: list[dict], **more) -> str:
     if kind == "chat":
         return io.chunk(cid, model, choices, **more)
-    body = {"id": cid, "object": "text_completion", "created": 0, "model": model, "choices": choices, **more}
-    return f"data: {json.dumps(body)}\n\n"
+    body = {"id": cid, "object": "text_completion", "created": int(time.time()), "model": model, "choices": choices,
+            **more}
+    return f"data: {json.dumps(body)}\n\n"  # not checked: openai's Completion has no null finish_reason
 
 
 async def _events(first, events, n: int, rows: dict, tok, cid, model, kind, include_usage):
