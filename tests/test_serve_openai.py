@@ -123,6 +123,11 @@ def test_n_seed_and_temperature(srv):
     assert len(seeds) > 1
     greedy = _ask(c, "loramem:bob", CHAT, max_tokens=6, n=2)
     assert greedy.choices[0].message.content == greedy.choices[1].message.content
+    texts = ["", ""]
+    for p in _ask(c, "loramem:bob", CHAT, max_tokens=6, n=2, stream=True):
+        for ch in p.choices:
+            texts[ch.index] += ch.delta.content or ""
+    assert texts == [greedy.choices[0].message.content] * 2
 
 
 def test_stop_strings_end_the_answer(srv):
