@@ -207,3 +207,17 @@ def test_a_request_still_queued_past_its_deadline_gets_429(srv):
     finally:
         cfg.request_timeout_s = old
     assert _text(_ask(srv["client"], "loramem:ann", PLAIN, max_tokens=4)) is not None
+
+
+def test_over_max_concurrent_is_429_and_a_stream_counts_until_it_ends(srv):
+    cfg = srv["app"].state.cfg
+    old, cfg.max_concurrent = cfg.max_concurrent, 1
+    try:
+        stream = _ask(srv["client"], "loramem:bob", CHAT, max_tokens=64, stream=True)
+        next(iter(stream))  # the stream has started and is still decoding
+        with pytest.raises(openai.RateLimitError) as err:
+            _ask(srv["client"], "loramem:ann", PLAIN, max_tokens=4)
+        assert err.value.code == "rate_limit_exceeded"
+        list(stream)
+    finally:
+        cfg.max_concurrent = old

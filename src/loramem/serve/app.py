@@ -71,6 +71,26 @@ class _TooLarge(Exception):
     pass
 
 
+class _InFlight:
+    """ASGI middleware: 429 past `cfg.max_concurrent` requests in flight, a stream counted until its last byte."""
+
+    def __init__(self, app, cfg: ServeConfig) -> None:
+        self.app, self.cfg, self.n = app, cfg, 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in OPEN or scope["path"] == "/health":
+            return await self.app(scope, receive, send)
+        if self.n >= self.cfg.max_concurrent:
+            busy = io.ApiError(429, f"more than {self.cfg.max_concurrent} requests in flight; retry shortly",
+                               "rate_limit_exceeded", kind="rate_limit_error")
+            return await _error(busy)(scope, receive, send)
+        self.n += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.n -= 1
+
+
 def create_app(bank, model: str | None = None, cfg: ServeConfig | None = None) -> FastAPI:
     """The app over a bank folder (or MemoryBank). The base model loads once, here."""
     from loramem.answer.session import open_session
@@ -83,8 +103,8 @@ def create_app(bank, model: str | None = None, cfg: ServeConfig | None = None) -
     app = FastAPI(title="loramem", version="1", description="An OpenAI-compatible API whose memory is a loramem "
                   "bank. Send `Authorization: Bearer KEY` when the server has a key.")
     app.state.batcher, app.state.session, app.state.cfg = batcher, session, cfg
+    app.add_middleware(_InFlight, cfg=cfg)
     app.add_middleware(_BodyLimit, limit=cfg.max_body_bytes)
-    in_flight = {"n": 0}
     started = time.time()
     tok = session.base.tokenizer
 
@@ -98,14 +118,7 @@ def create_app(bank, model: str | None = None, cfg: ServeConfig | None = None) -
         if path not in OPEN and path != "/health" and not authorized(request):
             return _error(io.ApiError(401, "missing or wrong API key; send 'Authorization: Bearer KEY'",
                                       "invalid_api_key", kind="authentication_error"))
-        if in_flight["n"] >= cfg.max_concurrent:
-            return _error(io.ApiError(429, f"more than {cfg.max_concurrent} requests in flight; retry shortly",
-                                      "rate_limit_exceeded", kind="rate_limit_error"))
-        in_flight["n"] += 1
-        try:
-            return await call_next(request)
-        finally:
-            in_flight["n"] -= 1
+        return await call_next(request)
 
     _handlers(app)
     _openapi_with_chunks(app)
