@@ -9,9 +9,10 @@ With a model a caller prepared (recipes, notebooks: `host` is the PEFT model wit
 
     answer_many(questions, base, mode="lora+rag", host=host, index=index, cfg=AnswerConfig(), fmt="chat-user")
 
-Both build each prompt with `prompt.build_prompt` in the format of the module that answers and decode with
-`decode.decode`. `ask_many` returns one row per request, or the exception that request raised: one request's
-bad input never fails the others in its batch.
+Both build each prompt with `prompt.build_prompt` in the format of the module that answers and decode with the
+one loop of `decode.py`. `ask_many` returns one row per request, or the exception that request raised: one
+request's bad input never fails the others in its batch. The server's scheduler uses the same parts one request
+at a time (`plan_many` -> `Plan.decode_row` -> its running `decode.Batch` -> `result`).
 """
 
 from __future__ import annotations

@@ -124,6 +124,7 @@ class Batcher:
         host = self.session.resident.host
         if host is not None:  # a module is loaded: every row (base rows too) names its adapter
             self.batch.model, self.batch.mixed = host, True
+        self.batch.model.eval()  # a writer in this process may have left it training (LoRA dropout on)
         try:
             self._finish(self.batch.join(ready))
         except Exception as exc:  # the prefill of these rows failed: they fail, the running rows go on
