@@ -253,7 +253,10 @@ class Batch:
             att[r, T - (len(q) - P):] = 1
         ids, att = ids.to(dev), att.to(dev)
         pos = (att.cumsum(-1) - 1).clamp(min=0)
-        cache = prefix_kv_cache(self.model, ids[:1, :P], att[:1, :P], B) if P else DynamicCache(config=_config(self.model))
+        if P:
+            cache = prefix_kv_cache(self.model, ids[:1, :P], att[:1, :P], B)
+        else:
+            cache = DynamicCache(config=_config(self.model))
         logits = self._forward(ids[:, P:], att, pos[:, P:], cache, rows)
         self._append(rows, cache, att)
         return self._pick(logits, rows)
@@ -308,8 +311,10 @@ class Batch:
         top = logp.topk(k, -1) if k else None
         now = time.monotonic()
         for i, (r, t) in enumerate(zip(rows, nxt.tolist(), strict=True)):
-            alts = [(int(a), float(b)) for a, b in zip(top.indices[i, : r.top_logprobs].tolist(),
-                                                      top.values[i, : r.top_logprobs].tolist(), strict=True)] if k else None
+            alts = None
+            if k:
+                alts = list(zip(top.indices[i, : r.top_logprobs].tolist(), top.values[i, : r.top_logprobs].tolist(),
+                                strict=True))
             self._accept(r, t, lp[i], alts, now)
         self.feed[at:, 0] = nxt.to(self.feed.device)
         for r in rows:
