@@ -18,6 +18,7 @@ picks; a row's `Sampling` adds temperature/top-p, a repetition penalty and its o
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import torch
 
 from loramem.answer.prompt import Prompt
 
+log = logging.getLogger("loramem.decode")
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 MIN_SHARED_PREFIX = 64  # tokens; below this a shared start is not worth a separate pass
 
@@ -320,7 +322,11 @@ class Batch:
         for r in rows:
             r.batch = max(r.batch, len(self.rows))
             if r.on_token is not None:
-                r.on_token(r)
+                try:
+                    r.on_token(r)
+                except Exception:  # a listener that broke (a closed event loop) must not stop the batch
+                    log.exception("on_token failed; the row decodes on without it")
+                    r.on_token = None
         return self._leave()
 
     def _accept(self, r: Row, t: int, lp: float, alts, now: float) -> None:
