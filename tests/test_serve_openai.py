@@ -148,6 +148,10 @@ def test_logprobs_are_the_model_s(srv):
     for t in content:  # greedy: each token is its step's most likely one
         assert len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob == pytest.approx(t.logprob)
         assert t.logprob <= 0
+    streamed = [t for p in _ask(srv["client"], "loramem:bob", CHAT, max_tokens=6, logprobs=True, top_logprobs=3,
+                                stream=True) if p.choices and p.choices[0].logprobs
+                for t in p.choices[0].logprobs.content]
+    assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content]
 
 
 def test_a_system_message_and_earlier_turns_go_through_the_chat_template(srv, tiny_base):

@@ -182,13 +182,17 @@ def _answer_tokens(row: dict) -> list[tuple[int, float, list]]:
     return list(zip(ids, lps, tops, strict=True))
 
 
-def chat_logprobs(row: dict, tok) -> dict:
+def logprob_entries(tokens, tok) -> list[dict]:
+    """Chat logprobs content for (token id, logprob, [(alternative id, logprob)]) triples."""
     def entry(i: int, lp: float) -> dict:
         t = tok.decode([i])
         return {"token": t, "logprob": lp, "bytes": list(t.encode())}
 
-    return {"content": [entry(i, lp) | {"top_logprobs": [entry(a, b) for a, b in top]}
-                        for i, lp, top in _answer_tokens(row)], "refusal": None}
+    return [entry(i, lp) | {"top_logprobs": [entry(a, b) for a, b in top]} for i, lp, top in tokens]
+
+
+def chat_logprobs(row: dict, tok, start: int = 0) -> dict:
+    return {"content": logprob_entries(_answer_tokens(row)[start:], tok), "refusal": None}
 
 
 def completion_logprobs(row: dict, tok) -> dict:

@@ -24,15 +24,21 @@ async def stream(batcher, reqs, tok, cid: str, model: str, kind: str, include_us
     events: asyncio.Queue = asyncio.Queue()
     rows: dict = {}  # the decoding rows, so a client that leaves stops them
 
+    with_logprobs = kind == "chat" and reqs[0].logprobs is not None
+
     def on_token(i: int):
-        sent = [""]
+        sent, tokens = [""], [0]
 
         def cb(row) -> None:
             rows[i] = row
             now = row.visible(tok)
             if len(now) > len(sent[0]) and now.startswith(sent[0]):
                 delta, sent[0] = now[len(sent[0]):], now
-                loop.call_soon_threadsafe(events.put_nowait, ("delta", i, delta))
+                lps = None
+                if with_logprobs and row.finish is None:  # a finished row's last tokens go with its final chunk
+                    new = list(zip(row.new, row.logps, row.tops or [[]] * len(row.new), strict=True))[tokens[0]:]
+                    lps, tokens[0] = {"content": io.logprob_entries(new, tok), "refusal": None}, len(row.new)
+                loop.call_soon_threadsafe(events.put_nowait, ("delta", i, (delta, lps)))
 
         return cb
 
@@ -47,10 +53,10 @@ async def stream(batcher, reqs, tok, cid: str, model: str, kind: str, include_us
                              media_type="text/event-stream")
 
 
-def _choice(kind: str, i: int, text: str | None, finish=None, role: bool = False) -> dict:
+def _choice(kind: str, i: int, text: str | None, finish=None, role: bool = False, logprobs=None) -> dict:
     if kind == "chat":
         delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
-        return {"index": i, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return {"index": i, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
     return {"index": i, "text": text or "", "finish_reason": finish, "logprobs": None}
 
 
@@ -64,6 +70,7 @@ def _sse(kind: str, cid: str, model: str, choices: list[dict], **more) -> str:
 
 async def _events(first, events, n: int, rows: dict, tok, cid, model, kind, include_usage):
     sent = [""] * n
+    tokens = [0] * n  # logprob entries sent per choice
     results: list[dict | None] = [None] * n
     try:
         if kind == "chat":
@@ -73,8 +80,10 @@ async def _events(first, events, n: int, rows: dict, tok, cid, model, kind, incl
         while True:
             what, i, value = event
             if what == "delta":
-                sent[i] += value
-                yield _sse(kind, cid, model, [_choice(kind, i, value)])
+                text, lps = value
+                sent[i] += text
+                tokens[i] += len(lps["content"]) if lps else 0
+                yield _sse(kind, cid, model, [_choice(kind, i, text, logprobs=lps)])
             else:
                 exc = value.exception()
                 if exc is not None:
@@ -82,9 +91,12 @@ async def _events(first, events, n: int, rows: dict, tok, cid, model, kind, incl
                     return
                 row = results[i] = value.result()
                 rest = row["answer"][len(sent[i]):] if row["answer"].startswith(sent[i]) else ""
+                lps = io.chat_logprobs(row, tok, tokens[i]) if "token_ids" in row and kind == "chat" else None
                 if rest:
-                    yield _sse(kind, cid, model, [_choice(kind, i, rest)])
-                yield _sse(kind, cid, model, [_choice(kind, i, None, row["finish"])], loramem=io.extra([row]))
+                    yield _sse(kind, cid, model, [_choice(kind, i, rest, logprobs=lps)])
+                    lps = None
+                yield _sse(kind, cid, model, [_choice(kind, i, None, row["finish"], logprobs=lps)],
+                           loramem=io.extra([row]))
                 if all(r is not None for r in results):
                     break
             event = await events.get()
