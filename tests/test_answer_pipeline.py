@@ -157,3 +157,35 @@ def test_the_one_decoding_loop_gives_the_tokens_of_transformers_generate(setup, 
                                 do_sample=False, eos_token_id=sorted(p.stop_ids), pad_token_id=tok.pad_token_id)
             assert r.ids == ref[0, len(p.ids):].tolist()[: len(r.ids)]
             assert len(r.ids) == 12 if r.finish == "length" else r.ids[-1] in p.stop_ids or r.ids[-1] in newline_ids(tok)
+
+
+def test_rows_that_join_a_running_batch_or_prefill_in_chunks_get_their_solo_tokens(setup):
+    """Continuous batching: a row joining between steps, and a long prompt prefilled a chunk per step while the
+    others decode, pick the tokens each prompt gets alone; a row past its deadline ends with finish "length"."""
+    import time
+
+    from loramem.answer.decode import Batch, Row, decode
+    from loramem.answer.prompt import build_prompt
+
+    base, host, _ = setup
+    tok = base.tokenizer
+    prompts = [build_prompt(QUESTION, tok, "chat"), build_prompt("Who sat on the mat", tok, "plain"),
+               build_prompt(QUESTION, tok, "chat-user", [" ".join(DOCS.values()) * 2])]
+    chunk = max(len(p.ids) for p in prompts[:2])
+    assert len(prompts[2].ids) > 3 * chunk
+    with host.disable_adapter():
+        solo = [decode(host, tok, [p], 10)[0].ids for p in prompts]
+        batch = Batch(host, tok, prefill_chunk=chunk)
+        rows = [Row(p, 10) for p in prompts]
+        batch.join(rows[:1])
+        batch.step()
+        batch.join(rows[1:])  # the short one decodes at once, the long one a chunk a step
+        assert len(batch.pending) == 1 and len(batch.rows) == 2
+        while batch.busy:
+            batch.step()
+        assert [r.new for r in rows] == solo
+        late = Row(prompts[0], 100_000, deadline=time.monotonic() + 0.05)
+        batch.join([late])
+        while batch.busy:
+            batch.step()
+    assert late.timed_out and late.finish == "length" and 0 < len(late.new) < 100_000

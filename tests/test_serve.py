@@ -112,7 +112,13 @@ def test_401_without_the_key(server):
     with pytest.raises(openai.AuthenticationError):
         _client(server, key="wrong").models.list()
     assert httpx.get(server["url"] + "/v1/models").status_code == 401
-    assert httpx.get(server["url"] + "/health").status_code == 200
+    assert httpx.get(server["url"] + "/health").json() == {"status": "ok"}  # nothing about the bank without the key
+    full = httpx.get(server["url"] + "/health", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert full["modules"] >= 2 and full["base"] == "tiny-random"
+    # a browser sends no key: the docs and the schema they read are open, with the openai package's types in it
+    assert httpx.get(server["url"] + "/docs").status_code == 200
+    schemas = httpx.get(server["url"] + "/openapi.json").json()["components"]["schemas"]
+    assert {"ChatCompletion", "ChatCompletionChunk", "Completion", "CreateEmbeddingResponse"} <= set(schemas)
 
 
 @pytest.mark.parametrize("body,status", [
@@ -120,20 +126,35 @@ def test_401_without_the_key(server):
     (b'{"model": "loramem", "messages": []}', 422),
     (b'{"model": "loramem", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', 422),
     (b'{"model": "loramem", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000}', 400),
-    (b'{"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}', 400),
-    (b'{"model": "loramem:nobody", "messages": [{"role": "user", "content": "hi"}]}', 400),
+    (b'{"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}', 404),
+    (b'{"model": "loramem:nobody", "messages": [{"role": "user", "content": "hi"}]}', 404),
+    (b'{"model": "loramem", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}', 400),
     (b'{"model": "loramem", "messages": [{"role": "user", "content": "' + b"x" * 8000 + b'"}]}', 413),
 ])
 def test_bad_bodies_get_json_errors(server, body, status):
     r = httpx.post(server["url"] + "/v1/chat/completions", content=body,
                    headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     assert r.status_code == status, r.text
-    assert r.json()["error"]["message"]
+    err = r.json()["error"]
+    assert err["message"] and isinstance(err["code"], str)
 
 
-def test_openai_client_sees_bad_request_errors(server):
-    with pytest.raises(openai.BadRequestError, match="unknown model"):
-        _client(server).chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+def test_wrong_paths_and_methods_get_json_errors(server):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    for r, status in ((httpx.get(server["url"] + "/v1/nothing", headers=auth), 404),
+                      (httpx.get(server["url"] + "/v1/chat/completions", headers=auth), 405)):
+        assert r.status_code == status and r.headers["content-type"] == "application/json"
+        assert isinstance(r.json()["error"]["code"], str)
+
+
+def test_openai_client_sees_model_not_found(server):
+    c = _client(server)
+    with pytest.raises(openai.NotFoundError) as err:
+        c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+    assert err.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("loramem:nobody")
+    assert c.models.retrieve("loramem:ann").id == "loramem:ann" and c.models.retrieve("ann").id == "loramem:ann"
 
 
 def test_a_damaged_module_gets_its_request_an_error_and_the_others_answers(server, tiny_base):
@@ -155,3 +176,22 @@ def test_a_damaged_module_gets_its_request_an_error_and_the_others_answers(serve
         assert ok.choices[0].message.content is not None
     finally:
         bank.remove("cat")
+
+
+def test_an_unexpected_exception_is_a_json_500():
+    """The server's error handlers on a route that fails as a bug would: 500 in OpenAI's shape, never text/plain."""
+    from fastapi import FastAPI
+
+    from loramem.serve.app import _handlers
+
+    app = FastAPI()
+    _handlers(app)
+
+    @app.get("/boom")
+    async def boom():
+        raise RuntimeError("kaput")
+
+    with RunningServer(app, free_port()) as srv:
+        r = httpx.get(srv.url + "/boom")
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert r.json()["error"]["code"] == "internal_error" and "kaput" in r.json()["error"]["message"]

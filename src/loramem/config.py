@@ -302,7 +302,14 @@ class ServeConfig(BaseModel):
     max_tokens: int = Field(256, ge=1, description="largest max_tokens a request may ask for")
     max_concurrent: int = Field(64, ge=1, description="requests in flight before 429")
     max_batch: int = Field(16, ge=1, description="requests decoded together in one mixed-adapter batch")
-    batch_window_ms: float = Field(5.0, ge=0, description="how long the batcher waits for more requests")
+    batch_window_ms: float = Field(5.0, ge=0, description="how long an idle batcher waits for more requests")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="prompt tokens a request may send (400 over it); "
+                                          "default the model's context minus the request's max_tokens")
+    request_timeout_s: float | None = Field(300.0, gt=0, description="per-request deadline: past it a queued "
+                                            "request gets 429, a decoding one ends with finish_reason length")
+    prefill_chunk: int = Field(128, ge=0, description="longer prompts are prefilled this many tokens per decode "
+                               "step so short requests keep moving (0: whole prompts)")
+    max_n: int = Field(8, ge=1, description="largest n (choices per request)")
     ask: AskConfig = Field(default_factory=AskConfig)
 
 

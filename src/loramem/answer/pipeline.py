@@ -9,20 +9,22 @@ With a model a caller prepared (recipes, notebooks: `host` is the PEFT model wit
 
     answer_many(questions, base, mode="lora+rag", host=host, index=index, cfg=AnswerConfig(), fmt="chat-user")
 
-Both build each prompt with `prompt.build_prompt` in the format of the module that answers and decode with
-`decode.decode`. `ask_many` returns one row per request, or the exception that request raised: one request's
-bad input never fails the others in its batch.
+Both build each prompt with `prompt.build_prompt` in the format of the module that answers and decode with the
+one loop of `decode.py`. `ask_many` returns one row per request, or the exception that request raised: one
+request's bad input never fails the others in its batch. The server's scheduler uses the same parts one request
+at a time (`plan_many` -> `Plan.decode_row` -> its running `decode.Batch` -> `result`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from loramem.answer.decode import BASE, decode
+from loramem.answer.decode import BASE, Row, Sampling, decode, decode_rows
 from loramem.answer.modes import Mode
 from loramem.answer.modes import mode as get_mode
 from loramem.answer.prompt import build_prompt, prompt_hash
@@ -76,10 +78,11 @@ def _memory(m: Mode, base: Base, host):
     return memory_off(base, host)
 
 
-def _prompt(question: str, m: Mode, base: Base, cfg: AnswerConfig, fmt: str, index, documents, k, method):
+def _prompt(question: str, m: Mode, base: Base, cfg: AnswerConfig, fmt: str, index, documents, k, method,
+            history: Sequence[tuple[str, str]] = ()):
     context, retrieved = gather_context(question, m, index, documents, k, method)
     p = build_prompt(question, base.tokenizer, fmt, context, cfg.template, context_budget(base, cfg),
-                     cfg.overflow, m.name)
+                     cfg.overflow, m.name, history)
     return p, retrieved
 
 
@@ -150,15 +153,25 @@ def answer_choice(question: str, options: Sequence[str], base: Base, mode: str =
 
 @dataclass
 class Request:
-    """One question over a bank: its options, and a module the caller forces (the server's `loramem:NAME`)."""
+    """One question over a bank: its options, and a module the caller forces (the server's `loramem:NAME`).
+    The server adds the turns before the question (`history`, read through the chat template; routing reads the
+    question alone), sampling, stop texts, logprobs, a deadline (time.monotonic()) and a per-token callback."""
 
     question: str
     cfg: AskConfig
     module: str | None = None
+    history: tuple[tuple[str, str], ...] = ()
+    sampling: Sampling | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: not asked; k: each token's log-probability and its k best alternatives
+    deadline: float | None = None
+    on_token: Callable[[Row], None] | None = None
 
 
 @dataclass
-class _Plan:
+class Plan:
+    """A request resolved for decoding: its mode, modules, adapter and prompt (or the error it raised)."""
+
     req: Request
     mode: Mode
     chosen: list | None = None  # [Scored] (memory modes)
@@ -172,40 +185,53 @@ class _Plan:
     error: Exception | None = None
     row: dict | None = None
 
+    def decode_row(self) -> Row:
+        """The row the decoding loop runs for this request."""
+        r = self.req
+        return Row(self.prompt, r.cfg.max_new_tokens, self.adapter, r.sampling, 0, r.logprobs or 0, r.deadline,
+                   r.on_token)
+
 
 def ask_many(session: Session, requests: Sequence[Request]) -> list[dict | Exception]:
     """Answer requests over one bank in one mixed-adapter batch: each row through its routed (or merged, or
     forced) module, or none; one row per request, or the exception that request raised."""
-    plans = [_plan(r) for r in requests]
-    _route(session, [p for p in plans if p.error is None and p.mode.memory])
-    pinned: set[str] = set()
-    for p in plans:
-        if p.error is None:
-            _guard(p, lambda p=p: _prepare(session, p, pinned))
+    plans = plan_many(session, requests)
     live = [p for p in plans if p.error is None]
     if live:
         _guard_all(live, lambda: _decode(session, live))
     return [p.error if p.error is not None else p.row for p in plans]
 
 
-def _plan(r: Request) -> _Plan:
+def plan_many(session: Session, requests: Sequence[Request], pinned: frozenset[str] = frozenset()) -> list[Plan]:
+    """Route, load or merge, and build the prompt of each request; a request that fails carries its own error.
+    `pinned`: adapters that must stay loaded (rows already decoding)."""
+    plans = [_plan(r) for r in requests]
+    _route(session, [p for p in plans if p.error is None and p.mode.memory])
+    keep: set[str] = set(pinned)
+    for p in plans:
+        if p.error is None:
+            _guard(p, lambda p=p: _prepare(session, p, keep))
+    return plans
+
+
+def _plan(r: Request) -> Plan:
     if not r.question or not r.question.strip():
-        return _Plan(r, None, error=UserError("empty question; pass the question as the first argument, e.g. "
+        return Plan(r, None, error=UserError("empty question; pass the question as the first argument, e.g. "
                                               "loramem ask \"Who ...?\""))
     try:
-        return _Plan(r, get_mode(r.cfg.mode))
+        return Plan(r, get_mode(r.cfg.mode))
     except UserError as exc:
-        return _Plan(r, None, error=exc)
+        return Plan(r, None, error=exc)
 
 
-def _guard(p: _Plan, fn) -> None:
+def _guard(p: Plan, fn) -> None:
     try:
         fn()
     except Exception as exc:  # this request fails alone
         p.error = exc
 
 
-def _guard_all(plans: list[_Plan], fn) -> None:
+def _guard_all(plans: list[Plan], fn) -> None:
     try:
         fn()
     except Exception as exc:
@@ -213,9 +239,9 @@ def _guard_all(plans: list[_Plan], fn) -> None:
             p.error = exc
 
 
-def _route(session: Session, plans: list[_Plan]) -> None:
+def _route(session: Session, plans: list[Plan]) -> None:
     """Route the memory requests, one call per (router, k): one encoder pass for `embed`."""
-    groups: dict[tuple[str, int], list[_Plan]] = {}
+    groups: dict[tuple[str, int], list[Plan]] = {}
     for p in plans:
         if p.req.module is not None:
             _guard(p, lambda p=p: _force(session, p))
@@ -240,7 +266,7 @@ def _route(session: Session, plans: list[_Plan]) -> None:
                 p.route_ms = ms
 
 
-def _force(session: Session, p: _Plan) -> None:
+def _force(session: Session, p: Plan) -> None:
     from loramem.bank.routing import Scored
 
     match = [m for m in session.modules() if m.name == p.req.module]
@@ -249,7 +275,7 @@ def _force(session: Session, p: _Plan) -> None:
     p.chosen = [Scored(match[0], 1.0)]
 
 
-def _prepare(session: Session, p: _Plan, pinned: set[str]) -> None:
+def _prepare(session: Session, p: Plan, pinned: set[str]) -> None:
     cfg = p.req.cfg
     if p.mode.memory:
         t0 = time.perf_counter()
@@ -260,10 +286,12 @@ def _prepare(session: Session, p: _Plan, pinned: set[str]) -> None:
     index = session.index(required=True) if p.mode.context is not None else None
     p.prompt, p.retrieved = _prompt(p.req.question, p.mode, session.base, cfg, p.fmt, index,
                                     index.documents if (index is not None and p.mode.context == "icl") else None,
-                                    cfg.chunks, None)
+                                    cfg.chunks, None, p.req.history)
+    if p.req.stop:
+        p.prompt = dataclasses.replace(p.prompt, stop_texts=tuple(p.req.stop))
 
 
-def _decode(session: Session, plans: list[_Plan]) -> None:
+def _decode(session: Session, plans: list[Plan]) -> None:
     base, resident = session.base, session.resident
     names = [p.adapter for p in plans]
     host = resident.host
@@ -278,18 +306,28 @@ def _decode(session: Session, plans: list[_Plan]) -> None:
     else:
         model, adapters, memory = host, names, contextlib.nullcontext()
     with memory:
-        decoded = decode(model, base.tokenizer, [p.prompt for p in plans], [p.req.cfg.max_new_tokens for p in plans],
-                         adapters=adapters, batch_size=max(1, len(plans)))
+        decoded = decode_rows(model, base.tokenizer, [p.decode_row() for p in plans], mixed=adapters is not None,
+                              batch_size=max(1, len(plans)))
     for p, d in zip(plans, decoded, strict=True):
-        row = _row(p.req.question, p.mode, p.prompt, d, p.retrieved or [], p.fmt)
-        total = p.route_ms + p.merge_ms + d.ms
-        cfg = p.req.cfg
-        row.update({"modules": [c.to_json() for c in p.chosen or []], "route": cfg.route, "top_k": cfg.top_k,
-                    "merge": cfg.merge.method, "adapter": None if p.adapter == BASE else p.adapter,
-                    "merge_cached": p.cached, "base": base.name, "completion_tokens": d.new_tokens,
-                    "route_ms": round(p.route_ms, 3), "merge_ms": round(p.merge_ms, 3),
-                    "total_ms": round(total, 3), "latency_ms": round(total, 2)})
-        p.row = row
+        p.row = result(session, p, d)
+
+
+def result(session: Session, p: Plan, d) -> dict:
+    """The answer row of a decoded plan: the answer, modules with scores, token counts, timings in ms."""
+    row = _row(p.req.question, p.mode, p.prompt, d, p.retrieved or [], p.fmt)
+    total = p.route_ms + p.merge_ms + d.ms
+    cfg = p.req.cfg
+    row.update({"modules": [c.to_json() for c in p.chosen or []], "route": cfg.route, "top_k": cfg.top_k,
+                "merge": cfg.merge.method, "adapter": None if p.adapter == BASE else p.adapter,
+                "merge_cached": p.cached, "base": session.base.name, "completion_tokens": d.new_tokens,
+                "route_ms": round(p.route_ms, 3), "merge_ms": round(p.merge_ms, 3),
+                "total_ms": round(total, 3), "latency_ms": round(total, 2)})
+    if p.req.logprobs is not None:
+        n = len(d.ids) - (1 if d.finish == "stop" and d.ids and d.ids[-1] in p.prompt.stop_ids else 0)
+        row["token_ids"], row["logprobs"], row["top_logprobs"] = d.ids[:n], d.logprobs[:n], d.top_logprobs[:n]
+    if d.timed_out:
+        row["deadline_exceeded"] = True
+    return row
 
 
 def ask(question: str, bank: str | Path | Session, cfg: AskConfig | None = None, model: str | None = None,

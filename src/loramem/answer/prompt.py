@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from loramem.errors import UserError
+from loramem.errors import ContextTooLong, UserError
 from loramem.formats import Example, question_prompt, render
 
 CONTEXT_SEPARATOR = "\n\n"
@@ -30,6 +30,7 @@ class Prompt:
     one_line: bool = False  # plain format: a newline after some answer text ends it too (answers are one line)
     context_tokens: int = 0
     truncated_tokens: int = 0
+    stop_texts: tuple[str, ...] = ()  # texts that end the answer (the server's `stop`), left out of it
 
 
 def prompt_hash(ids) -> str:
@@ -48,15 +49,33 @@ def question_text(question: str, template: str = "qa") -> str:
 
 
 @lru_cache(maxsize=4096)
-def _frame(tok, text: str, fmt: str) -> tuple[tuple[int, ...], int, int, int]:
+def _frame(tok, text: str, fmt: str, history: tuple = ()) -> tuple[tuple[int, ...], int, int, int]:
     """(prompt ids as trained, where the content starts, the terminator token, content length) for one row."""
     r = render(Example(prompt=text, answer="0"), tok, fmt)  # type: ignore[arg-type]
-    ids = r.prompt_ids
+    ids = _with_history(tok, text, fmt, history) if history else r.prompt_ids
     content = tuple(tok(text, add_special_tokens=False).input_ids)
     start = _find(ids, content)
     if start < 0:  # the template's tokenization merged into the content: put context before the whole prompt
         start = 0
     return ids, start, r.ids[r.answer_end - 1], len(content)
+
+
+def _with_history(tok, text: str, fmt: str, history: tuple) -> tuple[int, ...]:
+    """The row's prompt after earlier turns: the whole conversation through the base model's chat template, the
+    last user turn in the module's format (chat: the template's user turn; chat-user: cut after the question, where
+    the trained answer starts; plain: the question after the templated earlier turns)."""
+    if getattr(tok, "chat_template", None) is None:
+        raise UserError("this model has no chat template, so it cannot read system or earlier turns; send one "
+                        "user message")
+    msgs = [{"role": role, "content": content} for role, content in history]
+    if fmt == "plain":
+        head = tok.apply_chat_template(msgs, tokenize=False)
+        return tuple(tok(head + text, add_special_tokens=False).input_ids)
+    sentinel = "\u2063LORAMEM\u2063"
+    full = tok.apply_chat_template(msgs + [{"role": "user", "content": sentinel}], tokenize=False,
+                                   add_generation_prompt=fmt == "chat")
+    before, after = full.split(sentinel)
+    return tuple(tok(before + text + (after if fmt == "chat" else ""), add_special_tokens=False).input_ids)
 
 
 def _find(ids: tuple[int, ...], part: tuple[int, ...]) -> int:
@@ -75,12 +94,17 @@ def stop_ids(tok, terminator: int | None = None) -> frozenset[int]:
 
 
 def build_prompt(question: str, tok, fmt: str = "plain", context: Sequence[str] = (), template: str = "qa",
-                 budget: int | None = None, overflow: str = "error", mode: str = "icl") -> Prompt:
-    """The prompt of one question in the format of its module, with context passages before the question."""
+                 budget: int | None = None, overflow: str = "error", mode: str = "icl",
+                 history: Sequence[tuple[str, str]] = ()) -> Prompt:
+    """The prompt of one question in the format of its module, with context passages before the question.
+    `history`: (role, text) turns before the question (system, earlier user and assistant turns)."""
     text = question_text(question, template)
-    ids, start, term, _ = _frame(tok, text, fmt)
+    ids, start, term, _ = _frame(tok, text, fmt, tuple(history))
     stops = stop_ids(tok, term)
     one_line = fmt == "plain"
+    if budget is not None and len(ids) > budget:
+        raise ContextTooLong(f"the prompt is {len(ids)} tokens, over the limit of {budget} (the model's context "
+                             f"minus the answer's max_tokens); send a shorter prompt or ask for fewer tokens")
     if not context:
         return Prompt(ids, stops, one_line)
     ctx = tuple(tok(CONTEXT_SEPARATOR.join(context) + CONTEXT_SEPARATOR, add_special_tokens=False).input_ids)

@@ -23,7 +23,8 @@ def serve_cmd(
     max_tokens: int = typer.Option(256, help="largest max_tokens a request may ask for"),
     max_concurrent: int = typer.Option(64, help="requests in flight before 429"),
 ) -> None:
-    """Serve a bank until stopped: /v1/models, /v1/chat/completions (streaming too), /health."""
+    """Serve a bank until stopped: /v1/chat/completions and /v1/completions (streaming too), /v1/embeddings,
+    /v1/models, /health, /docs."""
     import uvicorn
 
     from loramem.bank.store import MANIFEST
