@@ -267,7 +267,7 @@ def predictions_note(rows: list[dict]) -> str:
                if len(kept) < len(rows) else "") + ")")
 
 
-HYPERPARAMETERS = ("rank", "alpha", "lr", "schedule", "steps", "epochs", "batch_size", "layers", "targets", "loss",
+HYPERPARAMETERS = ("rank", "alpha", "lr", "schedule", "steps", "epochs", "batch_size", "layers", "layers_resolved", "targets", "loss",
                    "format", "dropout", "target_em", "answer_tokens", "top_k", "method", "train_seed")
 
 

@@ -107,7 +107,7 @@ def run_cells(cells: list[dict], opts: RecipeOptions) -> list[dict]:
         out.append({
             "size_tokens": rec["knowledge_tokens"], "entries": n, "accuracy": rec["exact_match"],
             "correct": correct, "n_params": rec["n_params"], "bits": round(bits, 1),
-            "bits_per_param": bits / rec["n_params"], "steps": rec["steps"], "epochs": rec["epochs"],
+            "bits_per_param": bits / rec["n_params"], "steps": rec["steps"], "epochs": rec["epochs"], "layers_resolved": rec.get("layers_resolved"),
             "tokens_seen": rec["tokens_seen"], "stopped": rec["stopped"], "train_s": rec["train_s"],
             "tokens_per_s": rec["tokens_per_s"], "modules_together": rec["modules_together"],
             **fact_predictions(entries, reads, base.tokenizer),

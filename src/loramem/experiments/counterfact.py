@@ -140,7 +140,7 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     storage = sum(f.stat().st_size for f in folder.iterdir() if f.name.startswith("adapter_"))
     return {**measure(before, after, probes, olds), "n_edits": len(es.edits), "size_tokens": rec["knowledge_tokens"],
             "n_params": rec["n_params"], "storage_bytes": storage, "train_s": rec["train_s"],
-            "steps": rec["steps"], "final_loss": rec["final_loss"], "source": es.source,
+            "steps": rec["steps"], "final_loss": rec["final_loss"], "layers_resolved": rec.get("layers_resolved"), "source": es.source,
             **kept_predictions(probe_predictions(after, probes, olds)),
             "known_facts": known_predictions(before, after)}
 

@@ -123,7 +123,7 @@ def write_and_score(base, doc: Document, rows: list[dict], cfg: WriterConfig, ju
         res.model.delete_adapter(adapter)
     rec = res.record
     return {**scores(ev), "train_tokens": rec["knowledge_tokens"], "tokens_seen": rec["tokens_seen"],
-            "steps": rec["steps"], "n_params": rec["n_params"], "train_s": rec["train_s"],
+            "steps": rec["steps"], "n_params": rec["n_params"], "layers_resolved": rec.get("layers_resolved"), "train_s": rec["train_s"],
             "rows": len(rows), "layers": cfg.layers, "rank": cfg.rank, "lr": cfg.lr, "answer_tokens": new_tokens,
             **kept_predictions(predictions(ev))}
 
