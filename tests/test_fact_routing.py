@@ -174,14 +174,21 @@ def test_a_write_past_exact_search_writes_a_small_delta_not_the_index(bank, tiny
     assert vindex.drift(b, keys) is None and set(vindex.load(b).labels.tolist()) == set(keys.labels.tolist())
 
 
-def test_ask_cli_routes_by_fact_and_refuses_an_unknown_router(bank):
+def test_ask_cli_routes_with_every_router_and_refuses_bad_input(bank):
+    import json
+
     q, gold = gold_pairs()[6]
-    for route in ("hybrid", "embed", "bm25"):
-        out = run_cli("ask", q, "--bank", str(bank.root), "--route", route, "--max-new-tokens", "2", "--json")
+    for route, k in (("hybrid", 1), ("embed", 1), ("bm25", 1), ("oracle", 2), ("lora", 2)):
+        out = run_cli("ask", q, "--bank", str(bank.root), "--route", route, "--top-k", str(k), "--max-new-tokens",
+                      "2", "--json", *(["--merge", "ties"] if k > 1 else []))
         assert out.returncode == 0, out.stderr
-        assert f'"name": "{gold}"' in out.stdout
+        picked = [m["name"] for m in json.loads(out.stdout)["modules"]]
+        assert len(picked) == k and (route == "lora" or picked[0] == gold)  # tiny-random's confidence is noise
     bad = run_cli("ask", q, "--bank", str(bank.root), "--route", "nearest")
     assert bad.returncode == 2 and "--route embed" in (bad.stdout + bad.stderr)
+    unknown = run_cli("ask", "Who wrote Hamlet?", "--bank", str(bank.root), "--route", "oracle")
+    said = (unknown.stdout + unknown.stderr).strip()
+    assert unknown.returncode == 2 and "oracle" in said and len(said.splitlines()) == 1 and "Traceback" not in said
     with pytest.raises(UserError, match="unknown router"):
         build_router("nearest", bank.list())
 
