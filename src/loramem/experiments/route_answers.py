@@ -62,8 +62,9 @@ def gold_answers(case: Case) -> list[str]:
 
 
 def ask_all(bank, case: Case, names: list[str], routers: list[str], limit: int | None = None,
-            batch: int = 32, max_new_tokens: int = 12) -> list[dict]:
-    """Per (question kind, router): answer exact match, routing accuracy (the gold module answered), n."""
+            batch: int = 32, max_new_tokens: int = 8) -> list[dict]:
+    """Per (question kind, router): answer exact match, routing accuracy (the gold module answered), n; `limit`
+    questions per kind, evenly spaced over the case (answers are a word or a year: 8 new tokens hold them)."""
     from loramem.answer.pipeline import Request, ask_many
     from loramem.answer.session import open_session
     from loramem.metrics import exact_match
@@ -72,7 +73,8 @@ def ask_all(bank, case: Case, names: list[str], routers: list[str], limit: int |
     golds = gold_answers(case)
     out = []
     for kind, questions in case.questions.items():
-        idx = list(range(len(questions)))[:limit]
+        n = len(questions) if limit is None else min(limit, len(questions))
+        idx = [i * len(questions) // n for i in range(n)]  # evenly spaced: every module's facts are asked
         for route in routers:
             cfg = AskConfig(route=route, top_k=1, max_new_tokens=max_new_tokens)
             forced = route == "oracle" and kind != "trained"
