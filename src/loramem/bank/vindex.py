@@ -118,8 +118,9 @@ class Saved:
     nlist: int | None = None
 
     def serving(self) -> np.ndarray:
-        """Labels the index serves: the snapshot's, less the removed, plus the added (sorted)."""
-        return np.union1d(np.setdiff1d(self.labels, self.removed), self.added)
+        """Labels the index serves: the snapshot's, less the removed, plus the added (sorted). Labels are unique
+        (rowids), so no np.unique: its hash pass costs ~150 ms per 100,000 labels here."""
+        return np.sort(np.concatenate([np.setdiff1d(self.labels, self.removed, assume_unique=True), self.added]))
 
 
 def folder(bank) -> Path:
@@ -230,7 +231,7 @@ def for_keys(bank, keys) -> VectorIndex:
         return VectorIndex(keys.matrix, keys.labels, exact=True)
     saved = load(bank)
     if saved is not None:
-        if saved.index.ntotal == len(saved.labels) and np.array_equal(saved.serving(), np.unique(keys.labels)):
+        if saved.index.ntotal == len(saved.labels) and np.array_equal(saved.serving(), np.sort(keys.labels)):
             return VectorIndex(keys.matrix, keys.labels, ivf=_applied(saved, keys))
         log.warning("row index of %s out of step with the manifest; rebuilding it", bank.root)
     vi = VectorIndex(keys.matrix, keys.labels, exact=False)
@@ -251,8 +252,9 @@ def update(bank, keys) -> str:
             for_keys(bank, keys)
             return "snapshot"
         return ""
-    want = np.unique(keys.labels)
-    added, removed = np.setdiff1d(want, saved.labels), np.setdiff1d(saved.labels, want)
+    want = np.sort(keys.labels)
+    added = np.setdiff1d(want, saved.labels, assume_unique=True)
+    removed = np.setdiff1d(saved.labels, want, assume_unique=True)
     if np.array_equal(added, saved.added) and np.array_equal(removed, saved.removed):
         return ""
     if saved.nlist is not None and n_lists(len(want)) >= 2 * saved.nlist:  # lists too long: train anew
