@@ -155,3 +155,39 @@ def test_a_new_router_is_one_registered_function(bank):
         ROUTERS._entries.pop("last")
     with pytest.raises(UserError, match="unknown router 'last'"):
         ask(gold_pairs()[0][0], bank, route="last", max_tokens=2)
+
+
+def test_oracle_finds_a_fact_keyed_apart_from_its_question_by_its_training_question():
+    import numpy as np
+
+    from loramem.bank.rowkeys import RowKeys
+    from loramem.experiments.route_cases import stub
+
+    mods = [stub("a", "", ["Ann Lee / city"]), stub("b", "", ["Ann Lee / year"])]
+    texts = ["In which city was Ann Lee born?", "In what year was Ann Lee born?"]
+    keys = RowKeys.build(mods, texts, np.zeros((2, 384), np.float32), np.array([0, 1], np.int32))
+    oracle = build_router("oracle", mods, keys=keys)
+    assert oracle.route("in what year was  Ann Lee born?", 1)[0].module.name == "b"
+    assert [s.module.name for s in oracle.route(texts[0], 2)] == ["a", "b"]
+    with pytest.raises(UserError, match="oracle"):
+        oracle.route("When was Ann Lee born?", 1)  # a paraphrase: no gold module the oracle can know
+    with pytest.raises(UserError, match="oracle"):
+        build_router("oracle", mods).route(texts[0], 1)  # without row keys only fact keys place a question
+
+
+def test_answer_table_trains_once_and_asks_every_router_through_the_pipeline(tiny_base, tmp_path):
+    from loramem.experiments import route_answers, route_cases
+
+    case = route_cases.qa(8, 2, tmp_path)
+    writer = {"layers": None, "steps": 2, "target_em": None}  # tiny-random has no layers 24-29
+    bank, names, trained_s = route_answers.trained_bank(case, tmp_path / "cache", "tiny-random", writer)
+    assert trained_s > 0 and names == ["qa-00", "qa-01"] and len(bank.list()) == 2
+    assert route_answers.trained_bank(case, tmp_path / "cache", "tiny-random", writer)[2] == 0.0  # cached
+    rows = route_answers.ask_all(bank, case, names, ["oracle", "bm25"], limit=4, max_new_tokens=2)
+    assert [(r["questions"], r["router"], r["n"]) for r in rows] == [
+        (k, name, 4) for k in ("trained", "paraphrase") for name in ("oracle", "bm25")]
+    oracle = [r for r in rows if r["router"] == "oracle"]
+    assert all(r["routed"] == 1.0 for r in oracle) and [r["oracle_forced"] for r in oracle] == [False, True]
+    frac = route_answers.ratios([{"router": "oracle", "em": 0.8, "n": 10}, {"router": "embed", "em": 0.4, "n": 10},
+                                 {"router": "oracle", "em": 1.0, "n": 30}, {"router": "embed", "em": 1.0, "n": 30}])
+    assert frac == {"oracle": 1.0, "embed": pytest.approx(34 / 38)}

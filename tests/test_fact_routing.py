@@ -138,7 +138,7 @@ def test_saved_index_follows_writes_and_verify_repairs_drift(bank, tiny_base, tm
     b.remove("people-02")  # incremental: the store updates the saved index
     keys = b.row_keys(b.list())
     assert len(keys) == 8 and vindex.drift(b, keys) is None
-    assert set(vindex.load(b)[1].tolist()) == set(keys.labels.tolist())
+    assert set(vindex.load(b).labels.tolist()) == set(keys.labels.tolist())
     np.save(vindex.folder(b) / vindex.LABELS_FILE, keys.labels[:3])  # drift: the index lost rows
     rep = b.verify()
     assert not rep.ok and any("row index" in p for p in rep.problems)
@@ -146,14 +146,49 @@ def test_saved_index_follows_writes_and_verify_repairs_drift(bank, tiny_base, tm
     assert b.verify().ok
 
 
-def test_ask_cli_routes_by_fact_and_refuses_an_unknown_router(bank):
+def test_a_write_past_exact_search_writes_a_small_delta_not_the_index(bank, tiny_base, tmp_path, monkeypatch):
+    from bank_helpers import QUICK
+
+    from loramem.bank.write import write_to_bank
+    from loramem.config import WriterConfig
+
+    monkeypatch.setattr(vindex, "EXACT_MAX", 4)  # force the saved IVF index on a tiny bank
+    monkeypatch.setattr(vindex, "COMPACT", 0.9)  # 8 changed rows of 12 stay a delta
+    b = copy_bank(bank, tmp_path / "b")
+    vindex.for_keys(b, b.row_keys(b.list()))
+    snap = vindex.folder(b) / vindex.INDEX_FILE
+    before = snap.read_bytes()
+    write_to_bank(phonebook_file(tmp_path, 4, seed=9), b, "people-00", tiny_base, WriterConfig(**QUICK))
+    assert snap.read_bytes() == before and (vindex.folder(b) / vindex.DELTA_FILE).is_file()
+    keys = b.row_keys(b.list())
+    assert vindex.drift(b, keys) is None
+    vi = vindex.for_keys(b, keys)  # the snapshot plus the delta: every serving row, each finds itself
+    assert vi.ivf.ntotal == len(keys) == 12
+    assert [int(r[0][0]) for r in vi.search(keys.matrix, 1)] == list(range(len(keys)))
+    b.rollback("people-00")
+    assert snap.read_bytes() == before and vindex.drift(b, b.row_keys(b.list())) is None
+    monkeypatch.setattr(vindex, "COMPACT", 0.0)  # any change folds the delta into a new snapshot
+    b.remove("people-01")
+    keys = b.row_keys(b.list())
+    assert not (vindex.folder(b) / vindex.DELTA_FILE).exists() and snap.read_bytes() != before
+    assert vindex.drift(b, keys) is None and set(vindex.load(b).labels.tolist()) == set(keys.labels.tolist())
+
+
+def test_ask_cli_routes_with_every_router_and_refuses_bad_input(bank):
+    import json
+
     q, gold = gold_pairs()[6]
-    for route in ("hybrid", "embed", "bm25"):
-        out = run_cli("ask", q, "--bank", str(bank.root), "--route", route, "--max-new-tokens", "2", "--json")
+    for route, k in (("hybrid", 1), ("embed", 1), ("bm25", 1), ("oracle", 2), ("lora", 2)):
+        out = run_cli("ask", q, "--bank", str(bank.root), "--route", route, "--top-k", str(k), "--max-new-tokens",
+                      "2", "--json", *(["--merge", "ties"] if k > 1 else []))
         assert out.returncode == 0, out.stderr
-        assert f'"name": "{gold}"' in out.stdout
+        picked = [m["name"] for m in json.loads(out.stdout)["modules"]]
+        assert len(picked) == k and (route == "lora" or picked[0] == gold)  # tiny-random's confidence is noise
     bad = run_cli("ask", q, "--bank", str(bank.root), "--route", "nearest")
     assert bad.returncode == 2 and "--route embed" in (bad.stdout + bad.stderr)
+    unknown = run_cli("ask", "Who wrote Hamlet?", "--bank", str(bank.root), "--route", "oracle")
+    said = (unknown.stdout + unknown.stderr).strip()
+    assert unknown.returncode == 2 and "oracle" in said and len(said.splitlines()) == 1 and "Traceback" not in said
     with pytest.raises(UserError, match="unknown router"):
         build_router("nearest", bank.list())
 

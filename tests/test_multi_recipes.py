@@ -68,7 +68,7 @@ def test_recipe_runs_end_to_end_on_a_tiny_bank(name, table, tmp_path_factory, mo
 
     monkeypatch.setenv("LORAMEM_HOME", str(tmp_path_factory.getbasetemp() / "home"))  # one bank for all four
     out = tmp_path_factory.mktemp(name)
-    params = {"facts": 6, "modules": 3, "top_k": 2, "methods": ["ties", "cat"], "routers": ["oracle", "bm25"],
+    params = {"facts": 6, "modules": 3, "top_k": 2, "methods": ["ties", "cat"], "routers": ["oracle", "bm25", "embed"],
               "writer": {"layers": None, "targets": "q_proj,v_proj", "steps": 2, "epochs": None}}
     opts = RecipeOptions(model="tiny-random", scale="smoke", out=out, params=params, progress=False)
     summary = run_recipe(experiments.get(name), opts)
@@ -87,5 +87,6 @@ def test_recipe_runs_end_to_end_on_a_tiny_bank(name, table, tmp_path_factory, mo
     assert all(len(p["modules"]) == r.get("top_k", r.get("n")) for r in merged for p in r["predictions"])
     if name == "routing":
         assert summary["routing_accuracy"]["oracle"] == 1.0 and summary["routing_accuracy"]["bm25"] == 1.0
+        assert "embed" in summary["routing_accuracy"]  # the default router's cell runs (it once failed on options)
         oracle = next(r for r in rows if r["router"] == "oracle")
         assert all(p["modules"] == [p["gold_module"]] for p in oracle["predictions"])

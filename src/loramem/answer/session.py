@@ -19,7 +19,8 @@ from loramem.config import AskConfig, MergeConfig
 from loramem.errors import UserError
 from loramem.models import Base, load_base
 
-FACT_LEVEL = ("embed", "bm25", "hybrid", "lora")  # routers that read the row keys (oracle stays cheap)
+# routers that read the row keys (the oracle too: a training question finds its module by them)
+FACT_LEVEL = ("embed", "bm25", "hybrid", "lora", "oracle")
 
 
 @dataclass

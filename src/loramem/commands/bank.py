@@ -230,8 +230,12 @@ def bench_multi_lora(out: Path = _OUT, model: str = _MODEL, scale: str = _SCALE,
 def bench_routing(out: Path = _OUT, model: str = _MODEL, scale: str = _SCALE, seed: int = typer.Option(0),
                   paper_data: Path | None = typer.Option(None), modules: int | None = typer.Option(None),
                   facts: int | None = typer.Option(None),
-                  routers: str | None = typer.Option(None, help="comma list of oracle,embed,bm25,lora"), as_json: bool = _JSON) -> None:
-    """Q9: routers (oracle, embed, bm25, lora-aware) vs the single LoRA: routing and answer accuracy."""
+                  routers: str | None = typer.Option(None, help="comma list of routers (default: every registered "
+                                                                  "one: oracle, embed, bm25, hybrid, lora, "
+                                                                  "embed-module, bm25-module)"),
+                  as_json: bool = _JSON) -> None:
+    """Q9: routers (oracle, fact-level embed / bm25 / hybrid, LoRA-aware, the module-level baselines) vs the
+    single LoRA: routing and answer accuracy."""
     s = run_bench("routing", out, model, scale, seed, paper_data,
                   _bench_params(modules=modules, facts=facts, routers=csv_list(routers)))
     if as_json:

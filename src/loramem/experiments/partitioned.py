@@ -101,7 +101,7 @@ def setup(opts: RecipeOptions) -> Setup:
     base = load_base(opts.model)
     entries, gold = _facts(g, opts)
     recipe = {"model": base.fingerprint, "facts": [e.row() for e in entries[:3]], "n": len(entries), "grid": g,
-              "seed": opts.seed, "v": 1}
+              "seed": opts.seed, "v": 2}  # v2: banks with row keys (a v1 bank's routers fell back to key texts)
     tag = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     bank = MemoryBank(loramem_home() / "experiments" / f"multi-{tag}")
     have = {m.name for m in bank.list()}
