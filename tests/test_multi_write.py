@@ -114,3 +114,45 @@ def test_partitioned_write_trains_in_one_pass(tmp_path):
     recs = [json.loads(p.read_text()) for p in sorted((tmp_path / "B").rglob("loramem.json"))]
     assert len(recs) == 3 and {x["modules_together"] for x in recs} == {3}
     assert sorted(x["n_examples"] for x in recs) == [4, 4, 4]
+
+
+def test_the_writer_steps_as_a_plain_peft_loop_does(f64_base):
+    """Same init, same batches: the writer (lanes, shared prefix, logits at supervised positions) and a plain
+    PyTorch + PEFT loop (full forward, AdamW) end with the same weights, step for step."""
+    import random
+
+    from peft import get_peft_model
+
+    from loramem.forward import length_batches
+    from loramem.writer import attach, lora_config
+
+    examples = [e.example() for e in phonebook.generate(20, 3)]
+    cfg = WriterConfig(rank=4, seed=5, steps=7, target_em=None, progress=False, lr=1e-2, batch_size=4)
+    torch.manual_seed(cfg.seed)  # the writer's own init, drawn the way it draws it
+    init = _lora(attach(f64_base, lora_config(cfg, f64_base), "probe"), "probe")
+    f64_base.extra["peft"].delete_adapter("probe")
+    res = write_module(examples, f64_base, cfg, adapter="steps")
+    got = _lora(res.model, "steps")
+    res.model.delete_adapter("steps")
+
+    fresh = load_base("tiny-random", cache=False)
+    plain = get_peft_model(fresh.model.double(), lora_config(cfg, fresh))
+    params = dict(plain.named_parameters())
+    with torch.no_grad():
+        for k, v in init.items():
+            params[k.replace(".X.", ".default.")].copy_(v)
+    opt = torch.optim.AdamW([p for n, p in params.items() if "lora_" in n], lr=cfg.lr, weight_decay=0.0)
+    rng, queue, items = random.Random(cfg.seed), [], res.rendered
+    plain.train()
+    for _ in range(cfg.steps):
+        queue = queue or length_batches(items, cfg.batch_size, rng)
+        b = collate(items, queue.pop(), fresh.tokenizer.pad_token_id)
+        m = b.labels != IGNORE
+        loss = torch.nn.functional.cross_entropy(plain(input_ids=b.input_ids, attention_mask=b.attention_mask)
+                                                 .logits[m].float(), b.labels[m])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    want = {k.replace(".default.", ".X."): p.detach() for k, p in params.items() if "lora_" in k}
+    assert got.keys() == want.keys() and got
+    assert max((got[k] - want[k]).abs().max().item() for k in want) < 1e-9
