@@ -46,6 +46,22 @@ def routers(case):
             yield name, build_router(name, case.modules, keys=case.keys)
 
 
+def with_llm_paraphrases(cases: list, mode: str) -> list:
+    """Cases (a) and (b) with a third question kind rewritten by the configured endpoint (PaperQA keeps its own)."""
+    from loramem.chat import OpenAIChat
+    from loramem.config import EndpointConfig
+    from loramem.experiments.route_cases import llm_paraphrases
+
+    cfg = EndpointConfig.from_env()
+    if mode == "off" or (mode == "auto" and not (cfg.base_url and cfg.model)):
+        print("llm paraphrases: off (no OpenAI-compatible endpoint configured: LORAMEM_OPENAI_BASE_URL, "
+              "LORAMEM_OPENAI_MODEL)" if mode == "auto" else "llm paraphrases: off")
+        return cases
+    llm = OpenAIChat(cfg)
+    print(f"llm paraphrases: {llm.name} at {cfg.base_url}")
+    return [llm_paraphrases(c, llm) if not c.name.startswith("paperqa") else c for c in cases]
+
+
 def route_table(cases) -> list[dict]:
     from loramem.experiments.route_cases import accuracy
 
@@ -99,6 +115,9 @@ def main() -> None:
                     help="questions asked per kind, evenly spaced (default 80, quick 24)")
     ap.add_argument("--cache", type=Path, default=None, help="trained banks (default $LORAMEM_HOME/routing-quality)")
     ap.add_argument("--out", type=Path, default=None, help="write the tables (routing_quality.md) here")
+    ap.add_argument("--llm-paraphrases", choices=("auto", "on", "off"), default="auto",
+                    help="ask cases (a) and (b) with questions rewritten by the OpenAI-compatible endpoint too "
+                         "(LORAMEM_OPENAI_BASE_URL / _MODEL): auto uses it when one is configured")
     args = ap.parse_args()
 
     import torch
@@ -117,6 +136,7 @@ def main() -> None:
         cases += [route_cases.qa(qa_n, 8, Path(tmp)), route_cases.qa(qa_n, 32, Path(tmp))]
         if args.paper_data.is_dir():
             cases.append(route_cases.paperqa(args.paper_data))
+        cases = with_llm_paraphrases(cases, args.llm_paraphrases)
         rows = route_table(cases)
         table = markdown(rows)
         print("\n" + table + "\n")

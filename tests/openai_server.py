@@ -93,6 +93,9 @@ def reply(prompt: str) -> str:
         return json.dumps({"pairs": pairs})
     if "Write a summary" in prompt:
         return "Summary: " + prompt.split("Document:\n", 1)[1].split(".")[0] + "."
+    if prompt.startswith("Rewrite this question"):  # a paraphrase: the same name, other words
+        q = prompt.split("Question: ", 1)[1].strip()
+        return "Could you tell me: " + q[0].lower() + q[1:]
     if prompt.startswith("Rewrite"):
         return "Rewritten: " + prompt.split('":\n', 1)[1].split("\n\nReply with")[0]
     return "ok"

@@ -210,3 +210,23 @@ def test_verify_repair_cli_rebuilds_the_row_index(bank, tmp_path):
     fixed = run_cli("bank", "verify", "--bank", str(b.root), "--repair")
     assert fixed.returncode == 0 and "exact search" in fixed.stderr + fixed.stdout
     assert not vindex.folder(b).exists()
+
+
+def test_llm_paraphrases_come_from_the_endpoint_and_keep_the_gold_module(tmp_path):
+    """routing_quality's third question kind: each trained question rewritten by an OpenAI-compatible endpoint
+    (a real HTTP server on 127.0.0.1, the real openai client)."""
+    from openai_server import ChatServer
+
+    from loramem.chat import OpenAIChat
+    from loramem.config import EndpointConfig
+    from loramem.experiments.route_cases import llm_paraphrases, qa
+
+    case = qa(24, 4, tmp_path)
+    with ChatServer() as server:
+        out = llm_paraphrases(case, OpenAIChat(EndpointConfig(base_url=server.url, model="test", max_retries=0)))
+        asked = [r["messages"][-1]["content"] for r in server.requests]
+    got = out.questions["llm-paraphrase"]
+    assert len(got) == len(case.questions["trained"]) == len(asked) == 24
+    assert all(g.startswith("Could you tell me") and g != t for g, t in zip(got, case.questions["trained"], strict=True))
+    assert sorted(a.split("Question: ", 1)[1] for a in asked) == sorted(case.questions["trained"])  # in any order
+    assert out.gold == case.gold and out.questions["trained"] == case.questions["trained"]

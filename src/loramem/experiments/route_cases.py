@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +141,20 @@ def accuracy(router, case: Case, kind: str, k: int = 3) -> dict:
     top1 = float(np.mean([p[0] == g for p, g in zip(picks, case.gold, strict=True)]))
     topk = float(np.mean([g in p for p, g in zip(picks, case.gold, strict=True)]))
     return {"top1": top1, f"top{k}": topk, "n": len(picks), "picked": [p[0] for p in picks]}
+
+
+PARAPHRASE_PROMPT = ("Rewrite this question in other words. Keep every name and the meaning; do not answer it.\n"
+                     "Reply with the rewritten question only.\n\nQuestion: {q}")
+
+
+def llm_paraphrases(case: Case, llm, kind: str = "trained") -> Case:
+    """The case with one more question kind, "llm-paraphrase": each `kind` question rewritten by a chat model (an
+    OpenAI-compatible endpoint: `loramem.chat.OpenAIChat`), same gold module. A reply that is empty or repeats
+    the question word for word leaves the question as asked."""
+    asked = case.questions[kind]
+    replies = llm.chat([[{"role": "user", "content": PARAPHRASE_PROMPT.format(q=q)}] for q in asked], max_tokens=64)
+    out = []
+    for q, r in zip(asked, replies, strict=True):
+        line = next((x.strip().strip('"') for x in (r or "").splitlines() if x.strip()), "")
+        out.append(line if line and line.lower() != q.lower() else q)
+    return replace(case, questions={**case.questions, "llm-paraphrase": out})
