@@ -41,23 +41,28 @@ def _row(strategy, k, retention, routed="1111", base_probe=1.0, rank=4, rounds=3
 
 
 def test_findings_decide_from_their_intervals():
+    from loramem.findings import verdict_of
+
+    def v(fid: str, rows: list[dict]) -> str:
+        return verdict_of(fid, rows)["verdict"]
+
     keeps = [_row("append-replay", k, 1.0, "1" * 60) for k in (1, 2, 3)]
     drops = [_row("append-replay", k, 0.5, "1" * 60) for k in (1, 2, 3)]
-    assert report.finding_replay_keeps(keeps)[0] is True and report.finding_replay_keeps(drops)[0] is False
+    assert v("continual-replay-keeps", keeps) == "agrees" and v("continual-replay-keeps", drops) == "disagrees"
     near = [_row("append-replay", k, 0.9, "1" * 10) for k in (1, 2, 3)]
-    assert report.finding_replay_keeps(near)[0] is None  # 9 of 10: the interval holds tau
+    assert v("continual-replay-keeps", near) == "undecided"  # 9 of 10: the interval holds tau
     plain = [_row("append-no-replay", 3, 0.5, "1" * 60)]
     gain = report.finding_replay_keeps(keeps + plain)[1]["replay_minus_no_replay_last_round"]
     assert gain["mean"] == 0.5 and gain["ci95"][0] > 0
     grows = [_row("new-module", 1, 1.0, "1" * 40), _row("new-module", 2, 1.0, "1" * 40),
              _row("new-module", 3, 1.0, "0" * 20 + "1" * 20)]
     flat = [_row("new-module", k, 1.0, "1" * 40) for k in (1, 2, 3)]
-    assert report.finding_new_module_routing(grows)[0] is True
-    assert report.finding_new_module_routing(flat)[0] is False  # not one fact routed worse
+    assert v("continual-new-module-routing", grows) == "agrees"
+    assert v("continual-new-module-routing", flat) == "disagrees"  # not one fact routed worse: no effect
     intact = [_row("append-replay", 3, 1.0, base_probe=1.0, rank=1), _row("append-replay", 3, 1.0, base_probe=0.2)]
-    assert report.finding_base_intact(intact)[0] is True  # decided at the lowest rank
-    assert report.finding_base_intact([_row("append-replay", 3, 1.0, base_probe=0.5, rank=1)])[0] is False
-    assert report.finding_base_intact([_row("append-replay", 3, 1.0, base_probe=0.9, rank=1)])[0] is None
+    assert v("continual-base-intact", intact) == "agrees"  # decided at the lowest rank
+    assert v("continual-base-intact", [_row("append-replay", 3, 1.0, base_probe=0.5, rank=1)]) == "disagrees"
+    assert v("continual-base-intact", [_row("append-replay", 3, 1.0, base_probe=0.9, rank=1)]) == "undecided"
 
 
 def test_bench_continual_writes_rounds_plots_findings_and_resumes(tmp_path, capsys, monkeypatch):

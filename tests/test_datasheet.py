@@ -54,9 +54,11 @@ def test_report_renders_every_section_for_a_tiny_grid(tmp_path, squares_register
     verdicts = json.loads((tmp_path / "findings.json").read_text())
     assert {"finding", "agrees", "evidence"} <= set(verdicts[0])
     cap = {v["id"]: v for v in verdicts}["capacity-saturates"]
-    assert cap["agrees"] in (True, False)  # measured: two ranks, two sizes
-    assert "mean_accuracy_by_rank" in cap["evidence"]
-    assert {v["id"]: v for v in verdicts}["qa-beats-raw"]["agrees"] is None  # not run here
+    # measured (two ranks, two sizes): decided, or undecided with the reason (tiny-random may store nothing)
+    assert cap["verdict"] in ("agrees", "disagrees", "undecided") and cap["measured"]
+    assert "mean_accuracy_by_rank" in cap["evidence"] and {"effect", "ci_low", "ci_high", "margin", "n"} <= set(cap)
+    assert "| finding | verdict | effect (A minus B) | 95% interval | margin | n | evidence |" in md
+    assert {v["id"]: v for v in verdicts}["qa-beats-raw"]["verdict"] == "not measured"  # not run here
     assert res["recipes"]["squares"]["failed"] == ["x=3"]
 
 
@@ -125,7 +127,9 @@ def test_demo_reads_the_paper_release_from_paper_data(tmp_path):
     missing = tmp_path / "no-release-here"
     proc = run_cli("demo", "--model", "tiny-random", "--only", "counterfact", "--workers", "1", "--paper-data",
                    str(missing), "--out", str(tmp_path / "demo"))
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    # the report is written, then the exit says a recipe measured nothing, naming it and its first error
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "measured nothing (counterfact)" in proc.stderr and (tmp_path / "demo" / "report.md").is_file()
     (row,) = read_rows(tmp_path / "demo" / "counterfact" / "results.jsonl")
     assert row["status"] == "error" and str(missing) in row["error"]  # the folder given, not the default one
 

@@ -93,4 +93,4 @@ def test_bench_formats_writes_results_table_and_plot(tmp_path, paper_dir):
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert {r["format"] for r in rows} == {"raw", "qa"} and all(r["judge_name"] for r in rows)
     assert (out / "formats.md").is_file() and list(out.glob("*.png"))
-    assert "qa_best" in json.loads((out / "summary.json").read_text())
+    assert json.loads((out / "summary.json").read_text())["qa_beats_raw"]["verdict"] in ("agrees", "disagrees", "undecided")

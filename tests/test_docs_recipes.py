@@ -6,43 +6,52 @@ import pytest
 
 from loramem.data.documents import Question
 from loramem.experiments import docqa
-from loramem.experiments.mixes import BASE, finding_mixes_beat_single, spearman
-from loramem.experiments.view_formats import finding_qa_best
+from loramem import findings
+from loramem.experiments.mixes import BASE, spearman
 
 
-def rows(key: str, values: dict, metric: str = "judge") -> list[dict]:
-    # two papers per condition, scores v - 0.1 and v + 0.1 (mean v)
-    return [{key: k, metric: v + d, "paper": str(i)} for k, v in values.items() for i, d in enumerate((-0.1, 0.1))]
+def rows(key: str, values: dict, metric: str = "judge", n: int = 12) -> list[dict]:
+    """Two papers per condition, n questions each; question i of a paper scores value + (i % 3 - 1) / 10 under
+    every condition (a question's own difficulty), so conditions differ question by question by their gap."""
+    out = []
+    for k, v in values.items():
+        for paper in ("0", "1"):
+            preds = [{"i": i, "question": f"p{paper} q{i}", metric: v + (i % 3 - 1) / 10} for i in range(n)]
+            out.append({key: k, metric: v, "paper": paper, "budget": 250, "predictions": preds})
+    return out
 
 
-def test_formats_finding_agrees_when_qa_best_and_synthetic_above_raw():
-    ok, ev = finding_qa_best(rows("format", {"raw": 1.0, "qa": 4.0, "summary": 3.0, "rewrite": 2.0}))
-    assert ok is True and ev["by_format"]["qa"] == pytest.approx(4.0) and ev["metric"] == "judge"
+def test_formats_finding_agrees_when_qa_beats_raw_and_keeps_the_synthetic_gaps_as_evidence():
+    v = findings.verdict_of("qa-beats-raw", rows("format", {"raw": 1.0, "qa": 4.0, "summary": 3.0, "rewrite": 2.0}))
+    assert v["verdict"] == "agrees" and v["effect"] == pytest.approx(0.3)  # judge / 10
+    assert v["evidence"]["metric"] == "judge" and v["evidence"]["by_format"]["qa"] == pytest.approx(0.4)
+    assert v["evidence"]["qa_minus_summary"]["effect"] == pytest.approx(0.1)
+    assert v["evidence"]["rewrite_minus_raw"]["effect"] == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("values", [
-    {"raw": 1.0, "qa": 2.0, "summary": 3.0},   # summary beats qa
-    {"raw": 2.5, "qa": 4.0, "rewrite": 2.0},   # rewrite below raw
+@pytest.mark.parametrize("values,why", [
+    ({"raw": 3.0, "qa": 2.0, "summary": 3.0}, "raw beats qa"),
+    ({"raw": 2.5, "qa": 2.6}, "a gap of 0.01 on the 0-1 scale: inside the margin"),
 ])
-def test_formats_finding_disagrees(values):
-    assert finding_qa_best(rows("format", values))[0] is False
+def test_formats_finding_disagrees(values, why):
+    assert findings.verdict_of("qa-beats-raw", rows("format", values))["verdict"] == "disagrees", why
 
 
 def test_formats_finding_undecided_without_raw_or_qa_and_falls_back_to_f1():
-    assert finding_qa_best(rows("format", {"qa": 4.0, "summary": 3.0}))[0] is None
-    ok, ev = finding_qa_best(rows("format", {"raw": 0.1, "qa": 0.3}, metric="f1"))
-    assert ok is True and ev["metric"] == "f1"
+    assert findings.verdict_of("qa-beats-raw", rows("format", {"qa": 4.0, "summary": 3.0}))["verdict"] == "undecided"
+    v = findings.verdict_of("qa-beats-raw", rows("format", {"raw": 0.1, "qa": 0.3}, metric="f1"))
+    assert v["verdict"] == "agrees" and v["evidence"]["metric"] == "f1" and v["effect"] == pytest.approx(0.2)
 
 
 def test_mixes_finding_agrees_and_disagrees():
     paper_like = {"Original": 3.187, "QA40": 5.893, "Original+QA40": 6.3, "Summary8+QA40": 6.38,
                   "Rewrite4+QA40": 6.65, "All mixed": 6.822}
-    ok, ev = finding_mixes_beat_single(rows("mix", paper_like) + rows("mix", {BASE: 9.0}))
-    assert ok is True and ev["best_single"] == pytest.approx(5.893)  # the base row is not a view
-    worse = dict(paper_like, **{"Summary8+QA40": 5.0})
-    ok, ev = finding_mixes_beat_single(rows("mix", worse))
-    assert ok is False and ev["mix_beats_best_single"]["Summary8+QA40"] is False
-    assert finding_mixes_beat_single(rows("mix", {"QA40": 1.0}))[0] is None
+    v = findings.verdict_of("mixes-beat-single", rows("mix", paper_like) + rows("mix", {BASE: 9.0}))
+    assert v["verdict"] == "agrees" and v["evidence"]["best_single"] == "QA40"  # the base row is not a view
+    worse = dict(paper_like, **{"Original+QA40": 4.0, "Summary8+QA40": 4.5})
+    v = findings.verdict_of("mixes-beat-single", rows("mix", worse))
+    assert v["verdict"] == "disagrees" and v["evidence"]["each_mix_minus_best_single"]["All mixed"]["effect"] > 0
+    assert findings.verdict_of("mixes-beat-single", rows("mix", {"QA40": 1.0}))["verdict"] == "undecided"
 
 
 def test_spearman_rank_agreement():

@@ -6,58 +6,65 @@ import json
 
 import pytest
 
-from loramem.experiments.merging import finding_ties_most_robust
-from loramem.experiments.multi_lora import finding_oracle_beats_single
-from loramem.experiments.n_modules import finding_accuracy_falls_with_n
-from loramem.experiments.routing import finding_embed_can_fall_below
+from finding_rows import kept
+
+from loramem import findings
+
+
+def _verdict(fid: str, rows: list[dict]) -> dict:
+    return findings.verdict_of(fid, rows)
 
 
 def test_finding_oracle_beats_single():
-    rows = [{"system": "single", "accuracy": 0.4}, {"system": "multi-oracle", "accuracy": 0.9},
-            {"system": "icl", "accuracy": 0.2}]
-    assert finding_oracle_beats_single(rows)[0] is True
-    rows[1]["accuracy"] = 0.3
-    assert finding_oracle_beats_single(rows)[0] is False
-    assert finding_oracle_beats_single(rows[2:])[0] is None
-    unsaturated = [{"system": "single", "accuracy": 1.0}, {"system": "multi-oracle", "accuracy": 1.0}]
-    agrees, ev = finding_oracle_beats_single(unsaturated)
-    assert agrees is None and "saturate" in ev["why"]
+    rows = [{"system": "single", **kept(0.4)}, {"system": "multi-oracle", **kept(0.9)}, {"system": "icl", **kept(0.2)}]
+    v = _verdict("oracle-multi-beats-single", rows)
+    assert v["verdict"] == "agrees" and v["effect"] == 0.5 and v["n"] == 60
+    rows[1].update(kept(0.3))
+    assert _verdict("oracle-multi-beats-single", rows)["verdict"] == "disagrees"
+    assert _verdict("oracle-multi-beats-single", rows[2:])["verdict"] == "undecided"
+    unsaturated = [{"system": "single", **kept(1.0)}, {"system": "multi-oracle", **kept(1.0)}]
+    v = _verdict("oracle-multi-beats-single", unsaturated)
+    assert v["agrees"] is None and "saturate" in v["evidence"]["why"]
 
 
 def test_finding_embed_can_fall_below():
-    rows = [{"router": "single", "answer_accuracy": 0.5}, {"router": "embed", "answer_accuracy": 0.3,
-                                                             "routing_accuracy": 0.4},
-            {"router": "oracle", "answer_accuracy": 0.9, "routing_accuracy": 1.0}]
-    agrees, ev = finding_embed_can_fall_below(rows)
-    assert agrees is True and ev["embed_routing_accuracy"] == 0.4
-    rows[1]["answer_accuracy"] = 0.8
-    assert finding_embed_can_fall_below(rows)[0] is False
-    assert finding_embed_can_fall_below(rows[2:])[0] is None
+    rows = [{"router": "single", "answer_accuracy": 0.5, **kept(0.5)},
+            {"router": "embed-module", "answer_accuracy": 0.3, "routing_accuracy": 0.4, **kept(0.3)},
+            {"router": "oracle", "answer_accuracy": 0.9, "routing_accuracy": 1.0, **kept(0.9)}]
+    v = _verdict("embed-routing-can-fall-below", rows)
+    assert v["verdict"] == "agrees" and v["evidence"]["embed_routing_accuracy"] == 0.4 and v["effect"] == 0.2
+    rows[1].update(answer_accuracy=0.8, **kept(0.8))
+    assert _verdict("embed-routing-can-fall-below", rows)["verdict"] == "disagrees"
+    assert _verdict("embed-routing-can-fall-below", rows[2:])["verdict"] == "undecided"
 
 
 def test_finding_ties_most_robust():
-    rows = [{"method": "single", "accuracy": 1.0}, {"method": "ties", "accuracy": 0.7},
-            {"method": "linear", "accuracy": 0.6}, {"method": "cat", "accuracy": 0.1}]
-    agrees, ev = finding_ties_most_robust(rows)
-    assert agrees is True and ev["best"] == "ties"  # the single LoRA is a reference, not a merge
-    rows[2]["accuracy"] = 0.8
-    assert finding_ties_most_robust(rows)[0] is False
-    assert finding_ties_most_robust(rows[:2])[0] is None
-    flat = [{"method": m, "accuracy": 0.0, "token_accuracy": t} for m, t in [("ties", 0.6), ("cat", 0.5)]]
-    agrees, ev = finding_ties_most_robust(flat)
-    assert agrees is True and ev["metric"] == "token_accuracy"
-    flat[1]["token_accuracy"] = 0.7
-    assert finding_ties_most_robust(flat)[0] is False
+    rows = [{"method": "single", **kept(1.0)}, {"method": "ties", **kept(0.7)},
+            {"method": "linear", **kept(0.4)}, {"method": "cat", **kept(0.1)}]
+    v = _verdict("ties-most-robust", rows)
+    assert v["verdict"] == "agrees" and v["evidence"]["best_other"] == "linear"  # the single LoRA is a reference
+    rows[2].update(kept(0.9))
+    assert _verdict("ties-most-robust", rows)["verdict"] == "disagrees"
+    assert _verdict("ties-most-robust", rows[:2])["verdict"] == "undecided"
+    flat = [{"method": m, **kept(0.0), **kept(t, key="token_accuracy"), "token_accuracy": t}
+            for m, t in [("ties", 0.6), ("cat", 0.2)]]
+    for r in flat:
+        r["accuracy"] = 0.0
+    v = _verdict("ties-most-robust", flat)
+    assert v["verdict"] == "agrees" and v["evidence"]["metric"] == "token_accuracy"
+    flat[1].update(kept(0.9, key="token_accuracy"), token_accuracy=0.9, accuracy=0.0)
+    assert _verdict("ties-most-robust", flat)["verdict"] == "disagrees"
 
 
 def test_finding_accuracy_falls_with_n():
-    rows = [{"method": "ties", "n": n, "accuracy": a} for n, a in [(1, 0.9), (2, 0.6), (3, 0.5)]]
-    assert finding_accuracy_falls_with_n(rows)[0] is True
-    rows.append({"method": "linear", "n": 1, "accuracy": 0.5})
-    rows.append({"method": "linear", "n": 2, "accuracy": 0.7})
-    agrees, ev = finding_accuracy_falls_with_n(rows)
-    assert agrees is False and ev["accuracy_by_n"]["linear"] == {"1": 0.5, "2": 0.7}
-    assert finding_accuracy_falls_with_n([{"method": "ties", "n": 2, "accuracy": 0.1}])[0] is None
+    rows = [{"method": "ties", "n": n, **kept(a)} for n, a in [(1, 0.9), (2, 0.6), (3, 0.5)]]
+    v = _verdict("merge-n-degrades", rows)
+    assert v["verdict"] == "agrees" and v["effect"] == 0.4
+    rows += [{"method": "linear", "n": 1, **kept(0.5)}, {"method": "linear", "n": 3, **kept(0.95)}]
+    v = _verdict("merge-n-degrades", rows)
+    assert v["evidence"]["accuracy_by_n"]["linear"] == {"1": 0.5, "3": 0.95}
+    assert v["evidence"]["by_method"]["linear"]["effect"] < 0 and v["verdict"] != "agrees"  # methods disagree
+    assert _verdict("merge-n-degrades", [{"method": "ties", "n": 2, **kept(0.1)}])["verdict"] == "undecided"
 
 
 @pytest.mark.parametrize("name,table", [("multi-lora", "multi_lora"), ("routing", "routing"),

@@ -12,32 +12,45 @@ from loramem import findings
 from loramem.data.longdocs import read_narrativeqa, read_quality
 from loramem.errors import UserError
 from loramem.experiments.context_tasks import Question, Task, token_f1
-from loramem.experiments.rag_icl import finding_lora_plus_context_best
 
 
-def _row(bench, **scores):
+def _row(bench, n=40, **scores):
+    """A benchmark's row with n questions per method, the first round(score x n) right."""
     base = dict.fromkeys(("base", "lora", "rag", "icl", "lora+rag", "lora+icl"), 0.0)
-    return {"benchmark": bench, "methods": {m: {"score": v} for m, v in {**base, **scores}.items()}}
+    got = {**base, **scores}
+    preds = [{"method": m, "i": i, "question": f"{bench} q{i}", "score": float(i < round(v * n))}
+             for m, v in got.items() for i in range(n)]
+    return {"benchmark": bench, "methods": {m: {"score": v} for m, v in got.items()}, "predictions": preds}
+
+
+def _verdict(rows):
+    return findings.verdict_of("lora-plus-rag-icl", rows)
 
 
 def test_finding_agrees_when_hybrids_beat_every_single_method():
     rows = [_row("phonebook", lora=0.6, rag=0.5, icl=0.4, **{"lora+rag": 0.9, "lora+icl": 0.7}),
             _row("paperqa", lora=0.2, rag=0.3, icl=0.35, **{"lora+rag": 0.3, "lora+icl": 0.5})]
-    agrees, ev = finding_lora_plus_context_best(rows)
-    assert agrees is True and ev["beats"] == 2 and ev["closed_book_lora_strong"] == 2
-    assert ev["benchmarks"]["paperqa"]["hybrid_best"] == 0.5 and ev["benchmarks"]["paperqa"]["single_best"] == 0.35
+    v = _verdict(rows)
+    assert v["verdict"] == "agrees" and v["agrees"] is True and v["n"] == 80
+    assert v["effect"] == pytest.approx(((0.9 - 0.6) + (0.5 - 0.35)) / 2, abs=0.02)
+    pq = v["evidence"]["benchmarks"]["paperqa"]
+    assert (pq["best_hybrid"], pq["best_single"]) == ("lora+icl", "icl")
     via_registry = {f["id"]: f for f in findings.evaluate({"rag-icl": rows})}["lora-plus-rag-icl"]
-    assert via_registry["agrees"] is True
+    assert via_registry["verdict"] == "agrees"
 
 
-def test_finding_disagrees_when_a_single_method_wins_and_cannot_tell_on_ties():
+def test_finding_disagrees_when_a_single_method_wins_and_a_tie_is_no_effect():
     rows = [_row("phonebook", lora=1.0, rag=0.4, icl=0.5, **{"lora+rag": 0.7, "lora+icl": 0.6}),
-            _row("counterfact", lora=0.5, rag=0.9, icl=0.9, **{"lora+rag": 0.91, "lora+icl": 0.9})]
-    agrees, ev = finding_lora_plus_context_best(rows)
-    assert agrees is False and ev["loses"] == 1 and ev["ties"] == 1
-    tied = [_row("phonebook", lora=1.0, rag=1.0, icl=1.0, **{"lora+rag": 1.0, "lora+icl": 1.0})]
-    assert finding_lora_plus_context_best(tied)[0] is None
-    assert finding_lora_plus_context_best([])[0] is None
+            _row("counterfact", lora=0.5, rag=0.9, icl=0.9, **{"lora+rag": 0.7, "lora+icl": 0.75})]
+    v = _verdict(rows)
+    assert v["verdict"] == "disagrees" and v["ci_high"] < 0
+    # one benchmark loses, one ties: the benchmarks are drawn first, so two of them cannot decide it
+    rows[1] = _row("counterfact", lora=0.5, rag=0.9, icl=0.9, **{"lora+rag": 0.9, "lora+icl": 0.9})
+    assert _verdict(rows)["verdict"] == "undecided"
+    tied = [_row("phonebook", n=200, lora=1.0, rag=1.0, icl=1.0, **{"lora+rag": 1.0, "lora+icl": 1.0})]
+    v = _verdict(tied)
+    assert v["verdict"] == "disagrees" and v["effect"] == v["ci_low"] == v["ci_high"] == 0.0  # inside the margin
+    assert _verdict([])["verdict"] == "not measured"
 
 
 def test_token_f1():

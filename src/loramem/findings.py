@@ -189,7 +189,7 @@ FINDINGS: list[Finding] = [
             "per seed, (best interior rank's efficiency - better end rank's) / largest efficiency", margin=0.05,
             min_n=2),
     Finding("qa-beats-raw", "QA supervision beats raw text at equal tokens (summary/rewrite in between)",
-            "formats", delegated("view_formats", "finding_qa_best"),
+            "formats", delegated("view_formats", "finding_qa_beats_raw"),
             "judge score / 10 (else token F1), QA-trained minus raw-trained, same paper, budget and question",
             margin=0.03),
     Finding("mixes-beat-single", "Multi-view mixes beat single views", "mixes",

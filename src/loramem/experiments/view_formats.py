@@ -46,7 +46,7 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     return {**out, "views": vs.parts}
 
 
-def finding_qa_best(rows: list[dict]) -> tuple[dict | None, dict]:
+def finding_qa_beats_raw(rows: list[dict]) -> tuple[dict | None, dict]:
     """QA minus raw on the same paper, budget and question (judge / 10, else token F1); the synthetic formats'
     own gaps (qa minus summary/rewrite, summary/rewrite minus raw) are evidence beside it."""
     from loramem.findings import item_scores, paired_effect
