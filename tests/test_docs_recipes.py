@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from loramem import findings
 from loramem.data.documents import Question
 from loramem.experiments import docqa
-from loramem import findings
 from loramem.experiments.mixes import BASE, spearman
 
 

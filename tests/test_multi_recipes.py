@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from finding_rows import kept
 
 from loramem import findings
