@@ -94,5 +94,6 @@ def test_recipe_runs_end_to_end_on_a_tiny_bank(name, table, tmp_path_factory, mo
     if name == "routing":
         assert summary["routing_accuracy"]["oracle"] == 1.0 and summary["routing_accuracy"]["bm25"] == 1.0
         assert "embed" in summary["routing_accuracy"]  # the default router's cell runs (it once failed on options)
+        assert summary["answer_of_oracle"]["oracle"] in (1.0, None) and "answer / oracle's" in (out / "routing.md").read_text()
         oracle = next(r for r in rows if r["router"] == "oracle")
         assert all(p["modules"] == [p["gold_module"]] for p in oracle["predictions"])

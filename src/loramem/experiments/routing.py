@@ -69,11 +69,17 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     cis = [r.get("answer_accuracy_ci") or share_interval(r["answer_accuracy"], r.get("n_eval")) for r in rows]
     bar_plot(out / "routing.png", list(ans), list(ans.values()), "Q9: answer accuracy by router (top-1)",
              "exact match", n=f"n = {'/'.join(map(str, n_eval)) or '?'} facts per router", intervals=cis)
+    # as a fraction of the oracle: what a router keeps of the answers its modules could give
+    oracle = ans.get("oracle")
+    of_oracle = {k: round(v / oracle, 4) if oracle else None for k, v in ans.items()}  # None: the oracle scored 0
+    table = [{**r, "answer_of_oracle": of_oracle.get(r["router"])} for r in rows]
     (out / "routing.md").write_text("### Q9: routing (top-1) vs the single LoRA\n\n" + markdown_table(
-        rows, ["router", "routing_accuracy", "answer_accuracy", "answer_accuracy_ci", "route_ms", "n_eval", "modules"],
-        headers=["router", "routing_accuracy", "answer_accuracy", "95% CI", "route_ms", "n_eval", "modules"],
-        fmt={"routing_accuracy": ".3f", "answer_accuracy": ".3f", "route_ms": ".2f"}))
-    return {"answer_accuracy": ans, "routing_accuracy": rte,
+        table, ["router", "routing_accuracy", "answer_accuracy", "answer_accuracy_ci", "answer_of_oracle", "route_ms",
+                "n_eval", "modules"],
+        headers=["router", "routing_accuracy", "answer_accuracy", "95% CI", "answer / oracle's", "route_ms", "n_eval",
+                 "modules"],
+        fmt={"routing_accuracy": ".3f", "answer_accuracy": ".3f", "answer_of_oracle": ".3f", "route_ms": ".2f"}))
+    return {"answer_accuracy": ans, "routing_accuracy": rte, "answer_of_oracle": of_oracle,
             "route_ms": {r["router"]: r["route_ms"] for r in rows if r["router"] != "single"},
             "best_practical_router": max((k for k in rte if k != "oracle"), key=lambda k: ans[k], default=None)}
 
