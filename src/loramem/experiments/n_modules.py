@@ -16,8 +16,10 @@ DEFAULT_METHODS = ("linear", "ties", "exact-linear", "exact-ties")
 
 def cells(opts: RecipeOptions) -> list[dict]:
     g = grid(opts)
-    max_n = min(opts.params.get("max_n") or 5, g["modules"])
-    methods = [opts.params["method"]] if opts.params.get("method") else list(DEFAULT_METHODS)
+    # smoke keeps the demo short: N up to 3 (the drop is at N = 2) and one weight-space merge beside PEFT's two
+    max_n = min(opts.params.get("max_n") or (3 if opts.scale == "smoke" else 5), g["modules"])
+    defaults = DEFAULT_METHODS[:3] if opts.scale == "smoke" else DEFAULT_METHODS
+    methods = [opts.params["method"]] if opts.params.get("method") else list(defaults)
     return [{"cell": f"{m}-n{n}", "method": m, "n": n, "modules": g["modules"]}
             for m in methods for n in range(1, max_n + 1)]
 
