@@ -194,12 +194,14 @@ def test_ask_cli_routes_with_every_router_and_refuses_bad_input(bank):
 
 
 def test_q9_finding_judges_the_papers_module_level_embedding_router():
-    from loramem.experiments.routing import finding_embed_can_fall_below
+    from finding_rows import kept
 
-    rows = [{"router": "single", "answer_accuracy": 0.7}, {"router": "embed", "answer_accuracy": 1.0},
-            {"router": "embed-module", "answer_accuracy": 0.4}]
-    verdict, ev = finding_embed_can_fall_below(rows)
-    assert verdict is True and ev["router"] == "embed-module"
+    from loramem.findings import verdict_of
+
+    rows = [{"router": r, "answer_accuracy": a, **kept(a)} for r, a in
+            (("single", 0.7), ("embed", 1.0), ("embed-module", 0.4))]
+    v = verdict_of("embed-routing-can-fall-below", rows)
+    assert v["verdict"] == "agrees" and v["evidence"]["router"] == "embed-module" and v["effect"] == 0.3
 
 
 def test_verify_repair_cli_rebuilds_the_row_index(bank, tmp_path):
