@@ -195,3 +195,38 @@ def test_an_unexpected_exception_is_a_json_500():
         r = httpx.get(srv.url + "/boom")
     assert r.status_code == 500 and r.headers["content-type"] == "application/json"
     assert r.json()["error"]["code"] == "internal_error" and "kaput" in r.json()["error"]["message"]
+
+
+def test_the_serve_command_serves_a_bank_with_its_limits(server):
+    """`loramem serve` as a user starts it (a real process): the key, and --max-prompt-tokens as a 400."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "loramem.cli", "serve", "--bank", str(server["bank"].root),
+                             "--model", "tiny-random", "--port", str(port), "--api-key", KEY,
+                             "--max-prompt-tokens", "24", "--request-timeout", "60"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+        for _ in range(120):
+            try:
+                ids = [m.id for m in c.models.list().data]
+                break
+            except openai.APIConnectionError:
+                time.sleep(0.5)
+        assert "loramem:ann" in ids
+        r = c.chat.completions.create(model="ann", messages=[{"role": "user", "content": "Ann Lee?"}], max_tokens=4)
+        assert r.choices[0].finish_reason in ("stop", "length")
+        with pytest.raises(openai.BadRequestError) as err:
+            c.chat.completions.create(model="ann", max_tokens=4,
+                                      messages=[{"role": "user", "content": "What is the number of Ann Lee? " * 8}])
+        assert err.value.code == "context_length_exceeded"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", max_retries=0).models.list()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

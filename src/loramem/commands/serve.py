@@ -22,6 +22,10 @@ def serve_cmd(
     max_batch: int = typer.Option(16, help="requests decoded together in one mixed-adapter batch"),
     max_tokens: int = typer.Option(256, help="largest max_tokens a request may ask for"),
     max_concurrent: int = typer.Option(64, help="requests in flight before 429"),
+    max_prompt_tokens: int | None = typer.Option(None, help="prompt tokens a request may send (400 over it); "
+                                                 "default: the model's context minus its max_tokens"),
+    request_timeout: float = typer.Option(300.0, help="per-request deadline in seconds (429 while queued past "
+                                                      "it; finish_reason length while decoding)"),
 ) -> None:
     """Serve a bank until stopped: /v1/chat/completions and /v1/completions (streaming too), /v1/embeddings,
     /v1/models, /health, /docs."""
@@ -35,7 +39,8 @@ def serve_cmd(
         raise UserError(f"{bank} is not a bank (no {MANIFEST}); create one with `loramem write FILE --bank {bank} "
                         "--name NAME`")
     cfg = build(ServeConfig, host=host, port=port, api_key=api_key, max_batch=max_batch, max_tokens=max_tokens,
-                max_concurrent=max_concurrent, ask=ask_config(route=route))
+                max_concurrent=max_concurrent, max_prompt_tokens=max_prompt_tokens,
+                request_timeout_s=request_timeout, ask=ask_config(route=route))
     application = create_app(bank, model, cfg)
     console.print(f"serving {bank} on http://{host}:{port}/v1 (base {application.state.session.base.name}"
                   f"{', API key required' if cfg.api_key else ''}); Ctrl-C stops")
