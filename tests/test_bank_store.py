@@ -187,13 +187,15 @@ def test_writer_killed_while_training_leaves_the_bank_as_it_was(bank, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen([sys.executable, "-m", "loramem.cli", "write", str(train), "--bank", str(b.root),
                           "--name", "people-00", "--model", "tiny-random", "--steps", "100000",
-                          "--target-em", "2"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+                          "--target-em", "1"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)  # tiny-random never recalls all: it trains on
     staging = b.root / ".staging"
     deadline = time.time() + 120
-    while time.time() < deadline and not (staging.is_dir() and any(staging.iterdir())):
+    while time.time() < deadline and p.poll() is None and not (staging.is_dir() and any(staging.iterdir())):
         time.sleep(0.2)
     time.sleep(1.0)
+    # killed while training (it once exited at once on a bad option, and this test passed without a kill)
+    assert p.poll() is None, p.stderr.read()
     p.kill()
     p.wait(timeout=30)
     assert [(m.name, m.version) for m in b.list()] == before

@@ -174,17 +174,20 @@ def test_a_write_past_exact_search_writes_a_small_delta_not_the_index(bank, tiny
     assert vindex.drift(b, keys) is None and set(vindex.load(b).labels.tolist()) == set(keys.labels.tolist())
 
 
-def test_ask_cli_routes_with_every_router_and_refuses_bad_input(bank):
+def test_ask_cli_routes_with_every_router_and_refuses_bad_input(bank, capsys, monkeypatch):
     import json
+
+    from test_bank_cli import run_main  # the real entry point in this process: a Python start saved per call
 
     q, gold = gold_pairs()[6]
     for route, k in (("hybrid", 1), ("embed", 1), ("bm25", 1), ("oracle", 2), ("lora", 2)):
-        out = run_cli("ask", q, "--bank", str(bank.root), "--route", route, "--top-k", str(k), "--max-new-tokens",
-                      "2", "--json", *(["--merge", "ties"] if k > 1 else []))
+        args = ["ask", q, "--bank", str(bank.root), "--route", route, "--top-k", str(k), "--max-new-tokens", "2",
+                "--json", *(["--merge", "ties"] if k > 1 else [])]
+        out = run_cli(*args) if route == "hybrid" else run_main(capsys, monkeypatch, *args)  # one real process
         assert out.returncode == 0, out.stderr
         picked = [m["name"] for m in json.loads(out.stdout)["modules"]]
         assert len(picked) == k and (route == "lora" or picked[0] == gold)  # tiny-random's confidence is noise
-    bad = run_cli("ask", q, "--bank", str(bank.root), "--route", "nearest")
+    bad = run_main(capsys, monkeypatch, "ask", q, "--bank", str(bank.root), "--route", "nearest")
     assert bad.returncode == 2 and "--route embed" in (bad.stdout + bad.stderr)
     unknown = run_cli("ask", "Who wrote Hamlet?", "--bank", str(bank.root), "--route", "oracle")
     said = (unknown.stdout + unknown.stderr).strip()
