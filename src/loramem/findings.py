@@ -69,25 +69,22 @@ def item_scores(rows: list[dict], unit: Callable[[dict], Hashable], score: str =
     return out
 
 
-def paired_effect(a: dict[tuple, float], b: dict[tuple, float], cluster: int | None = 0,
+def paired_effect(a: dict[tuple, float], b: dict[tuple, float],
                   arms: tuple[str, str] = ("A", "B")) -> Effect | None:
-    """Arm a minus arm b over the items both scored, with its paired bootstrap interval; `cluster`: which part of
-    the item key the two-level bootstrap draws first (the unit: a seed, paper or benchmark), None for items only."""
+    """Arm a minus arm b over the items both scored, with its paired bootstrap interval: two-level when the items
+    come from several units (the first part of a tuple unit: a seed, paper, benchmark or method), else over items."""
     from loramem.intervals import paired_bootstrap
 
     keys = [k for k in a if k in b]
     if not keys:
         return None
     diffs = [a[k] - b[k] for k in keys]
-    groups = None if cluster is None else [_part(k[0], cluster) for k in keys]
-    m, lo, hi = paired_bootstrap(diffs, groups if groups and len(set(groups)) > 1 else None)
+    groups = [k[0][0] if isinstance(k[0], tuple) else k[0] for k in keys]
+    several = len(set(groups)) > 1
+    m, lo, hi = paired_bootstrap(diffs, groups if several else None)
     return {"effect": _r(m), "ci_low": _r(lo), "ci_high": _r(hi), "n": len(keys),
-            "clusters": len(set(groups)) if groups else 1, "arms": list(arms),
+            "clusters": len(set(groups)), "arms": list(arms),
             "arm_means": [_r(mean(a[k] for k in keys)), _r(mean(b[k] for k in keys))]}
-
-
-def _part(unit, i: int):
-    return unit[i] if isinstance(unit, tuple) else unit
 
 
 def seed_effect(values: dict, arms: tuple[str, str]) -> Effect | None:

@@ -127,9 +127,9 @@ def finding_ties_most_robust(rows: list[dict]) -> tuple[dict | None, dict]:
     best = max((m for m in acc if m != "ties"), key=acc.get)
     item = "exact" if metric == "accuracy" else "token_accuracy"
     one = lambda r: 0  # noqa: E731 - the same facts in every cell
-    return paired_effect(item_scores([merged["ties"]], one, item), item_scores([merged[best]], one, item),
-                         cluster=None, arms=("ties", best)), {metric: {k: round(v, 4) for k, v in acc.items()},
-                                                              "metric": metric, "best_other": best}
+    effect = paired_effect(item_scores([merged["ties"]], one, item), item_scores([merged[best]], one, item),
+                           arms=("ties", best))
+    return effect, {metric: {k: round(v, 4) for k, v in acc.items()}, "metric": metric, "best_other": best}
 
 
 RECIPE = Recipe("merging", "Q10: merge methods over top-k routed modules (gold among them)", cells, run_cell,

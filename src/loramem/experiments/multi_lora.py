@@ -105,7 +105,7 @@ def finding_oracle_beats_single(rows: list[dict]) -> tuple[dict | None, dict]:
     if by["single"]["accuracy"] >= 0.99:  # the finding is about a single LoRA past its capacity
         return None, {**ev, "why": "the single LoRA did not saturate (accuracy >= 0.99); run with more --facts"}
     one = lambda r: 0  # noqa: E731 - the same book of facts in every cell
-    return paired_effect(item_scores([by["multi-oracle"]], one), item_scores([by["single"]], one), cluster=None,
+    return paired_effect(item_scores([by["multi-oracle"]], one), item_scores([by["single"]], one),
                          arms=("multi-oracle", "single")), ev
 
 

@@ -84,7 +84,7 @@ def finding_accuracy_falls_with_n(rows: list[dict]) -> tuple[dict | None, dict]:
             continue
         ev["accuracy_by_n"][m] = {str(n): round(float(rs[n]["accuracy"]), 4) for n in ns}
         a, b = item_scores([rs[1]], lambda r: r["method"]), item_scores([rs[ns[-1]]], lambda r: r["method"])
-        ev["by_method"][m] = paired_effect(a, b, cluster=None, arms=("N=1", f"N={ns[-1]}"))
+        ev["by_method"][m] = paired_effect(a, b, arms=("N=1", f"N={ns[-1]}"))
         one.update(a)
         most.update(b)
     if not one:

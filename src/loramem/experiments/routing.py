@@ -96,7 +96,7 @@ def finding_embed_can_fall_below(rows: list[dict]) -> tuple[dict | None, dict]:
     ev = {"answer_accuracy": {k: round(float(r["answer_accuracy"]), 4) for k, r in by.items()}, "router": emb,
           "embed_routing_accuracy": by[emb].get("routing_accuracy")}
     one = lambda r: 0  # noqa: E731 - the same facts in every cell
-    return paired_effect(item_scores([by["single"]], one), item_scores([by[emb]], one), cluster=None,
+    return paired_effect(item_scores([by["single"]], one), item_scores([by[emb]], one),
                          arms=("single", emb)), ev
 
 
