@@ -35,16 +35,16 @@ def paper_params(name: str) -> dict:
     return {"writer": {"steps": 2}, **({"modules": 2} if name in BANKED else {})}
 
 
-@pytest.mark.parametrize("scale", ["smoke", "paper"])
+@pytest.mark.parametrize("scale", ["smoke", "cpu", "paper"])
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_runs_a_cell_on_a_two_layer_model(name, scale, tmp_path, paper_dir, monkeypatch):
     """The first cell of each recipe, with the grid's own settings at that scale, on tiny-random (depth 2). At
     paper scale the writer trains 2 steps (the paper's 1,500-step recipe is a GPU's work): what is under test is
-    that the paper branch's grid, layers and settings run on a model of any depth."""
+    that the paper branch's grid, layers and settings run on a model of any depth. cpu likewise (2 steps)."""
     monkeypatch.setenv("LORAMEM_CACHE", str(tmp_path / "cache"))
     recipe = experiments.get(name)
     opts = RecipeOptions(model="tiny-random", scale=scale, out=tmp_path / name, paper_data=paper_dir,
-                         progress=False, params=paper_params(name) if scale == "paper" else smoke_params(name))
+                         progress=False, params=smoke_params(name) if scale == "smoke" else paper_params(name))
     cells = recipe.cells(opts)
     row = run_one(recipe, cells[0], opts)
     assert row["status"] == "ok", row.get("error")

@@ -4,6 +4,7 @@ a failing cell is reported while the rest finish, and a rerun resumes."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -72,6 +73,27 @@ def test_rerun_resumes_without_redoing_cells(tmp_path, squares_registered):
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["workers"] == 1 and run["threads_per_worker"] == torch.get_num_threads()
     assert f"| recipes at once | 1 ({torch.get_num_threads()} threads) |" in (tmp_path / "report.md").read_text()
+    # the wall time of a datasheet that resumed is every sitting's, not the last one's
+    assert [x["finished"] for x in run["sittings"]] == [True, True]
+    assert run["wall_s"] == round(sum(x["wall_s"] for x in run["sittings"]), 1) >= run["sitting_wall_s"]
+    assert "over 2 sittings" in (tmp_path / "report.md").read_text()
+
+
+def test_a_killed_sitting_still_counts_its_wall_time(tmp_path):
+    """A sitting that dies mid-run (no run.json written) was still on the clock: sittings.json is rewritten as the
+    run goes, so the next sitting adds it."""
+    from loramem.datasheet import Sittings
+
+    killed = Sittings(tmp_path / "sittings.json", scale="cpu", model="m", every=0.05)
+    time.sleep(0.3)
+    killed._done.set()  # the process dies: stop() is never called
+    killed._thread.join()
+    other = json.loads((tmp_path / "sittings.json").read_text())
+    assert other[0]["wall_s"] >= 0.2 and not other[0]["finished"]
+    later = Sittings(tmp_path / "sittings.json", scale="cpu", model="m").stop()
+    assert len(later) == 2 and later[0]["wall_s"] >= 0.2 and later[1]["finished"]
+    elsewhere = Sittings(tmp_path / "sittings.json", scale="smoke", model="m").stop()
+    assert len(elsewhere) == 1  # another scale's sittings are not this datasheet's
 
 
 def test_recipes_that_share_a_bank_run_in_one_worker_in_order():

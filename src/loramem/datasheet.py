@@ -57,6 +57,7 @@ def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, ex
     n_workers = 1 if executor != "local" else (pool.auto_workers() if workers is None else max(1, int(workers)))
     n_workers = min(n_workers, len(pool.plan(names)))
     t0 = time.time()
+    clock = Sittings(out / "sittings.json", scale=scale, model=model)
     info = {**environment(model), "command": command or "loramem.datasheet(...) from Python",
             "git_commit": git_commit()}  # environment() loads the base model (converting it once if needed) before any worker starts
     jobs = [(experiments.get(name), RecipeOptions(model=model, scale=scale, out=out / name, seed=seed,
@@ -78,11 +79,13 @@ def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, ex
                 console.print(f"[red]{recipe.name} failed:[/red] {status[recipe.name]['error']}")
             gather_rows(out, names)
     status = {name: status[name] for name in names if name in status}
+    sittings = clock.stop()
     rows = gather_rows(out, names)
     verdicts = findings.evaluate({n: [r for r in rows if r.get("recipe") == n and r.get("status") == "ok"]
                                   for n in names})
     (out / "findings.json").write_text(json.dumps(verdicts, indent=2, default=str))
-    info.update(scale=scale, recipes=status, wall_s=round(time.time() - t0, 1), workers=n_workers,
+    info.update(scale=scale, recipes=status, wall_s=round(sum(x["wall_s"] for x in sittings), 1),
+                sitting_wall_s=round(time.time() - t0, 1), sittings=sittings, workers=n_workers,
                 threads_per_worker=pool.threads_per_worker(n_workers) if n_workers > 1 else _torch_threads(),
                 executor=executor)
     (out / "run.json").write_text(json.dumps(info, indent=2, default=str))
@@ -90,6 +93,53 @@ def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, ex
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(render_html(md, out))
     return {"findings": verdicts, "out": str(out), "recipes": status}
+
+
+class Sittings:
+    """The wall time of a datasheet that resumes across sittings. Each run into DIR is one sitting, appended to
+    DIR/sittings.json and rewritten every `every` seconds from a background thread, so a sitting that is killed
+    still counts (to within `every` seconds). Sittings of another scale or model in the same folder are dropped:
+    their cells are not this datasheet's."""
+
+    def __init__(self, path: Path, scale: str, model: str, every: float = 15.0):
+        import threading
+
+        self.path, self.t0, self.every = Path(path), time.time(), every
+        try:
+            old = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            old = []
+        self.past = [x for x in old if isinstance(x, dict) and x.get("scale") == scale and x.get("model") == model]
+        self.now = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.t0)), "scale": scale,
+                    "model": model, "git_commit": git_commit(), "wall_s": 0.0, "finished": False}
+        self._done = threading.Event()
+        self._write()
+        self._thread = threading.Thread(target=self._tick, daemon=True)
+        self._thread.start()
+
+    def _write(self) -> list[dict]:
+        self.now["wall_s"] = round(time.time() - self.t0, 1)
+        every = [*self.past, self.now]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(every, indent=2))
+        os.replace(tmp, self.path)
+        return every
+
+    def _tick(self) -> None:
+        while not self._done.wait(self.every):
+            self._write()
+
+    def stop(self) -> list[dict]:
+        """End this sitting; every sitting so far, this one last."""
+        self._done.set()
+        self._thread.join()
+        self.now["finished"] = True
+        return self._write()
+
+
+def _sittings(info: dict) -> str:
+    n = len(info.get("sittings") or [])
+    return f" of wall time over {n} sittings (it resumed)" if n > 1 else ""
 
 
 def _concurrency(info: dict) -> str:
@@ -197,7 +247,7 @@ def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dic
                                                                               else []), *names]
     toc = [f"- [{s}](#{_anchor(s if s not in names else f'{s}: {experiments.get(s).question}')})" for s in sections]
     lines = [f"# loramem datasheet: {info['model']}", "",
-             f"Scale `{info['scale']}`, {info['date']}, {info['wall_s'] / 60:.1f} min.", "", "## Contents", "",
+             f"Scale `{info['scale']}`, {info['date']}, {info['wall_s'] / 60:.1f} min{_sittings(info)}.", "", "## Contents", "",
              *toc, "", "## Environment", "", "| item | value |", "|---|---|"]
     env_items = {"command": f"`{info.get('command', 'not recorded')}`",
                  "loramem git commit": info.get("git_commit", "not recorded"), "model source": info["model_source"], "model fingerprint": info["model_fingerprint"],

@@ -39,11 +39,13 @@ NAME = "mem"
 # smoke fits 2 minutes on tiny-random (which learns no PhoneBook fact: it checks the mechanics and the base probe);
 # cpu is a real run on smollm2-135m (hours). "top 6": LoRA on the top 6 layers, whatever the depth.
 SCALES: dict[str, dict] = {
-    "smoke": {"rounds": 4, "facts": 16, "rank": 4, "probe_ranks": [1], "replay": 16, "every": 2, "probes": 16,
+    "smoke": {"rounds": 3, "facts": 12, "rank": 4, "probe_ranks": [1], "replay": 12, "every": 2, "probes": 16,
               "writer": {"layers": "top 6", "lr": 1e-2, "steps": 8, "batch_size": 16, "target_em": 1.0,
                          "precision": "fp32"}},
-    "cpu": {"rounds": 10, "facts": 50, "rank": 8, "probe_ranks": [2, 32], "replay": 50, "every": 3, "probes": 40,
-            "writer": {"layers": "top 6", "lr": 5e-3, "epochs": 60, "batch_size": 16, "target_em": 1.0}},
+    # cpu: 5 rounds of 20 facts (100 by the last round: the replay finding's n), 9 banks x 5 rounds = 45 cells of
+    # at most 40 facts each, early stop once all are recalled; fits ~40 min of one core (docs/datasheets/cpu-design.md)
+    "cpu": {"rounds": 5, "facts": 20, "rank": 4, "probe_ranks": [1, 16], "replay": 20, "every": 2, "probes": 40,
+            "writer": {"layers": "top 6", "lr": 1e-2, "epochs": 30, "batch_size": 8, "target_em": 1.0}},
     "paper": {"rounds": 20, "facts": 200, "rank": 16, "probe_ranks": [4, 64, 256], "replay": 200, "every": 5,
               "probes": 40, "writer": {"lr": 1e-3, "epochs": 100, "batch_size": 8, "target_em": 1.0}},
 }

@@ -21,10 +21,10 @@ SCORE_KEYS = ("judge", "f1", "rougeL", "bleu", "em")
 # Writer settings per scale: small LoRAs on the top layers (prefix cache) on CPU; all layers at paper scale.
 WRITERS: dict[str, dict] = {
     "smoke": {"rank": 8, "targets": "all-linear", "layers": "top 3", "lr": 5e-3, "epochs": 6, "batch_size": 4},
-    "cpu": {"rank": 16, "targets": "all-linear", "layers": "top 8", "lr": 2e-3, "epochs": 12, "batch_size": 8},
+    "cpu": {"rank": 8, "targets": "all-linear", "layers": "top 4", "lr": 5e-3, "epochs": 8, "batch_size": 8},
     "paper": {"rank": 32, "targets": "all-linear", "layers": None, "lr": 1e-4, "epochs": 20, "batch_size": 8},
 }
-PAPERS = {"smoke": 1, "cpu": 4, "paper": 10}  # smoke: 1 paper keeps each bench near 15 min on 2 busy cores
+PAPERS = {"smoke": 1, "cpu": 3, "paper": 10}  # smoke: 1 paper keeps each bench near 15 min on 2 busy cores
 QUESTIONS = {"smoke": 6, "cpu": 30, "paper": 30}
 # longest generated answer: PaperQA's gold answers are a phrase or a sentence; smoke cuts decoding a third shorter
 ANSWER_TOKENS = {"smoke": 32, "cpu": 48, "paper": 48}
@@ -41,11 +41,12 @@ def paperqa_file(opts: RecipeOptions) -> Path:
     return f
 
 
-def papers(opts: RecipeOptions) -> list[Document]:
-    """The first N papers of the PaperQA file, each with a level-balanced subset of its questions."""
+def papers(opts: RecipeOptions, scale_papers: dict[str, int] | None = None) -> list[Document]:
+    """The first N papers of the PaperQA file, each with a level-balanced subset of its questions. N: --papers, else
+    `scale_papers` (a side-result recipe's own counts), else PAPERS."""
     from loramem.data.paperqa import read_paperqa
 
-    n = opts.params.get("papers") or PAPERS[opts.scale]
+    n = opts.params.get("papers") or (scale_papers or PAPERS)[opts.scale]
     k = opts.params.get("questions") or QUESTIONS[opts.scale]
     docs = read_paperqa(paperqa_file(opts))[:n]
     for d in docs:

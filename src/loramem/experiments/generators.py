@@ -9,7 +9,10 @@ from loramem.experiments import docqa
 from loramem.report import bar_plot, markdown_table
 from loramem.runs.runner import Recipe, RecipeOptions
 
-VIEWS = {"smoke": "qa8", "cpu": "summary8+qa40", "paper": "summary8+rewrite4+qa40"}
+VIEWS = {"smoke": "qa8", "cpu": "qa20", "paper": "summary8+rewrite4+qa40"}
+
+# a side result (no finding reads it): one paper at cpu scale
+PAPERS = {"smoke": 1, "cpu": 1, "paper": 10}
 
 
 def _generators(opts: RecipeOptions) -> list[str]:
@@ -34,7 +37,7 @@ def cells(opts: RecipeOptions) -> list[dict]:
     views = opts.params.get("views") or VIEWS[opts.scale]
     gen_model = opts.params.get("gen_model") or opts.model
     return [{"cell": f"{g}-p{d.id}", "generator": g, "gen_model": gen_model if g == "local" else None,
-             "views": views, "paper": d.id} for g in _generators(opts) for d in docqa.papers(opts)]
+             "views": views, "paper": d.id} for g in _generators(opts) for d in docqa.papers(opts, PAPERS)]
 
 
 def run_cell(cell: dict, opts: RecipeOptions) -> dict:
@@ -44,7 +47,7 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     from loramem.views import make_views
 
     base = load_base(opts.model)
-    doc = next(d for d in docqa.papers(opts) if d.id == cell["paper"])
+    doc = next(d for d in docqa.papers(opts, PAPERS) if d.id == cell["paper"])
     gen_cfg = GeneratorConfig(kind=cell["generator"], model=cell["gen_model"] or opts.model,
                               endpoint=EndpointConfig.from_env())
     gen = make_generator(gen_cfg)

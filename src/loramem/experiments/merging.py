@@ -29,7 +29,10 @@ def merges() -> list[str]:
 
 def cells(opts: RecipeOptions) -> list[dict]:
     g = grid(opts)
-    methods = [check_method(m) for m in opts.params.get("methods") or merges()]
+    # smoke (the demo) leaves out loramem's exact merges (an SVD per layer each: ~10 s a merge, a third of the demo's
+    # merging time); n-modules still runs exact-linear at smoke, and cpu and paper run them all
+    default = [m for m in merges() if not m.startswith("exact-")] if opts.scale == "smoke" else merges()
+    methods = [check_method(m) for m in opts.params.get("methods") or default]
     refs = [{"cell": "single", "method": "single"}, {"cell": "gold-only", "method": "none"}]
     # each method with its default weights, and the additive ones also unscaled (weights 1: no dilution)
     merged = [{"cell": f"merge-{m}", "method": m, "weights": "auto"} for m in methods] + [

@@ -32,7 +32,7 @@ def _mixes(opts: RecipeOptions) -> dict[str, str]:
 
 # Smoke scale keeps the paper's conditions but divides every view count by 4 (QA40 -> qa10, Summary8 -> summary2,
 # Rewrite4 -> rewrite1) so the grid fits a CPU in minutes; each row records the spec it really used.
-COUNT_SCALE = {"smoke": 0.25, "cpu": 1.0, "paper": 1.0}
+COUNT_SCALE = {"smoke": 0.25, "cpu": 0.5, "paper": 1.0}
 
 
 def scaled(spec: str, factor: float) -> str:

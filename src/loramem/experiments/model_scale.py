@@ -10,7 +10,10 @@ from loramem.experiments import docqa
 from loramem.report import bar_plot, markdown_table
 from loramem.runs.runner import Recipe, RecipeOptions
 
-VIEWS = {"smoke": "summary1+qa10", "cpu": "summary8+qa40", "paper": "raw+summary8+rewrite4+qa40"}
+VIEWS = {"smoke": "summary1+qa10", "cpu": "summary2+qa20", "paper": "raw+summary8+rewrite4+qa40"}
+
+# a side result (no finding reads it): one paper at cpu scale
+PAPERS = {"smoke": 1, "cpu": 1, "paper": 10}
 
 
 def _models(opts: RecipeOptions) -> list[str]:
@@ -22,7 +25,7 @@ def cells(opts: RecipeOptions) -> list[dict]:
     views = opts.params.get("views") or VIEWS[opts.scale]
     gen = opts.params.get("generator") or "template"
     return [{"cell": f"{m}-p{d.id}", "base_model": m, "views": views, "paper": d.id, "generator": gen}
-            for m in _models(opts) for d in docqa.papers(opts)]
+            for m in _models(opts) for d in docqa.papers(opts, PAPERS)]
 
 
 def run_cell(cell: dict, opts: RecipeOptions) -> dict:
@@ -32,7 +35,7 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     from loramem.views import make_views
 
     base = load_base(cell["base_model"])
-    doc = next(d for d in docqa.papers(opts) if d.id == cell["paper"])
+    doc = next(d for d in docqa.papers(opts, PAPERS) if d.id == cell["paper"])
     judge = docqa.judge_for(opts)
     before = docqa.score_base(base, doc, judge, docqa.answer_tokens(opts))
     gen = make_generator(GeneratorConfig(kind=cell["generator"], model=opts.model))

@@ -13,7 +13,7 @@ from loramem.report import line_plot, markdown_table
 from loramem.runs.runner import Recipe, RecipeOptions
 
 FORMATS = {"raw": "raw", "qa": "qa80", "summary": "summary8", "rewrite": "rewrite4"}
-BUDGETS = {"smoke": [250, 750], "cpu": [250, 500, 1000, 2000], "paper": [500, 1000, 2000, 4000, 8000]}
+BUDGETS = {"smoke": [250, 750], "cpu": [500, 1000], "paper": [500, 1000, 2000, 4000, 8000]}
 
 
 def cells(opts: RecipeOptions) -> list[dict]:
