@@ -24,10 +24,17 @@ def squares_registered(monkeypatch):
     monkeypatch.setitem(experiments.CUSTOM, "squares", SQUARES)
 
 
-def test_report_renders_every_section_for_a_tiny_grid(tmp_path, squares_registered):
-    """Two recipes at once in two worker processes (the default on a 2-core CPU): same rows, same report."""
-    res = run_datasheet("tiny-random", "smoke", tmp_path, only="capacity,squares", progress=False, workers=2,
+def test_report_renders_every_section_for_a_tiny_grid(tmp_path, squares_registered, monkeypatch, capfd):
+    """Two recipes at once in two worker processes (the default on a 2-core CPU): same rows, same report. Without a
+    terminal the parent says how far each recipe is in plain lines (here every loop, not every 30 s)."""
+    from loramem.runs import workers
+
+    monkeypatch.setattr(workers, "PLAIN_EVERY_S", 0.0)
+    res = run_datasheet("tiny-random", "smoke", tmp_path, only="capacity,squares", progress=True, workers=2,
                         params={"capacity": TINY_CAPACITY, "squares": {"n": 4, "fail": [3]}})
+    said = capfd.readouterr().err
+    assert "datasheet: 0/2 recipes done, " in said and "capacity 0/4 cells (now r1-" in said, said[-2000:]
+    assert "datasheet: squares done in " in said and "(2/2 recipes, " in said
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["workers"] == 2 and set(run["recipes"]) == {"capacity", "squares"}
     logs = list((tmp_path / "logs").glob("worker-*.log"))

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from loramem.errors import UserError
-from loramem.progress import OptionalBar
+from loramem.progress import PLAIN_EVERY_S, OptionalBar, _clock
 
 # Recipes that must run in one process, in this order: multi-lora trains the bank the other three reuse.
 CHAINS: list[tuple[str, ...]] = [("multi-lora", "routing", "merging", "n-modules")]
@@ -159,6 +160,7 @@ def run_parallel(jobs: list, workers: int, log_dir: Path, progress: bool = True)
                     slot = by_object[obj]
                     if not drain(slot):
                         live[slot][0].join(timeout=5)  # its pipe closed: it is exiting
+                view.tick()
                 for slot, (proc, conn) in list(live.items()):
                     if proc.is_alive():
                         continue
@@ -238,9 +240,15 @@ class _View(OptionalBar):
     """One rich view for all workers: a bar per running recipe (cells, current cell, ETA) and an overall bar."""
 
     def __init__(self, enabled: bool, jobs: list, workers: int) -> None:
-        self.enabled = enabled
+        from rich.console import Console
+
+        # without a terminal rich draws nothing: a plain line every PLAIN_EVERY_S seconds, and one per finished recipe
+        self.plain = enabled and not (sys.stderr.isatty() and Console(stderr=True).is_terminal)
+        self.enabled = enabled and not self.plain
         self.tasks: dict[str, int] = {}
-        if enabled:
+        self.state: dict[str, dict] = {}
+        self.n_jobs, self.ended, self.t0, self.last, self.every = len(jobs), 0, time.time(), time.time(), PLAIN_EVERY_S
+        if self.enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
@@ -250,6 +258,8 @@ class _View(OptionalBar):
                                              cell="recipes")
 
     def show(self, event: str, recipe: str, fields: dict) -> None:
+        if self.plain:
+            self._note(event, recipe, fields)
         if self.enabled:
             if event == "grid":
                 self.tasks[recipe] = self.bar.add_task(f"  {recipe}", total=fields["total"],
@@ -263,3 +273,37 @@ class _View(OptionalBar):
                 if recipe in self.tasks:
                     note = fields.get("error") or f"done in {fields.get('seconds', 0):.0f} s"
                     self.bar.update(self.tasks[recipe], cell=note[:60])
+
+    def _note(self, event: str, recipe: str, fields: dict) -> None:
+        st = self.state.setdefault(recipe, {"done": 0, "total": None, "cell": "", "t0": time.time(), "new": 0})
+        if event == "grid":
+            st.update(total=fields["total"], done=fields["done"], t0=time.time(), new=0)
+        elif event == "cell":
+            st["cell"] = fields["cell"]
+        elif event == "row":
+            st["done"] += 1
+            st["new"] += 1
+        elif event == "end":
+            self.ended += 1
+            st["ended"] = True
+            note = fields.get("error") or f"done in {fields.get('seconds', 0):.0f} s"
+            print(f"datasheet: {recipe} {note} ({self.ended}/{self.n_jobs} recipes, "
+                  f"{_clock(time.time() - self.t0)} elapsed)", file=sys.stderr, flush=True)
+
+    def tick(self) -> None:
+        """The plain line, at most every `every` seconds: each running recipe's cells done, current cell and ETA."""
+        now = time.time()
+        if not self.plain or now - self.last < self.every:
+            return
+        self.last = now
+        parts = []
+        for name, st in self.state.items():
+            if st.get("ended"):
+                continue
+            total = st["total"] if st["total"] is not None else "?"
+            eta = ""
+            if st["new"] and st["total"] is not None:
+                eta = f", ETA {_clock((now - st['t0']) / st['new'] * (st['total'] - st['done']))}"
+            parts.append(f"{name} {st['done']}/{total} cells (now {st['cell'] or '-'}{eta})")
+        print(f"datasheet: {self.ended}/{self.n_jobs} recipes done, {_clock(now - self.t0)} elapsed; "
+              + ("; ".join(parts) or "starting"), file=sys.stderr, flush=True)
