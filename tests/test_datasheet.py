@@ -4,6 +4,7 @@ a failing cell is reported while the rest finish, and a rerun resumes."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -33,7 +34,7 @@ def test_report_renders_every_section_for_a_tiny_grid(tmp_path, squares_register
     res = run_datasheet("tiny-random", "smoke", tmp_path, only="capacity,squares", progress=True, workers=2,
                         params={"capacity": TINY_CAPACITY, "squares": {"n": 4, "fail": [3]}})
     said = capfd.readouterr().err
-    assert "datasheet: 0/2 recipes done, " in said and "capacity 0/4 cells (now r1-" in said, said[-2000:]
+    assert "datasheet: 0/2 recipes done, " in said and re.search(r"capacity [0-4]/4 cells \(now ", said), said[-2000:]
     assert "datasheet: squares done in " in said and "(2/2 recipes, " in said
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["workers"] == 2 and set(run["recipes"]) == {"capacity", "squares"}
@@ -251,3 +252,61 @@ def test_a_recipe_with_one_x_draws_a_point_with_its_interval_and_its_value(tmp_p
     assert f"0.65  [{lo:.3g}, {hi:.3g}]" in words and any(w.startswith("0.8  [") for w in words)
     assert "edit tokens = 1234" in words and {"rank 4", "rank 16"} <= set(words)  # ranks side by side, x named
     assert error_bars(tmp_path / "efficacy_vs_size.svg") == 2
+
+
+def test_a_disagreement_gets_its_ablation_rerun_and_rescored(tmp_path, squares_registered, monkeypatch):
+    """A finding that disagrees runs the ablation declared for it: here a rerun of its recipe with one setting
+    changed, which flips the verdict; findings.json, ablations.json and the report carry it beside the verdict.
+    A finding that agrees runs none."""
+    from loramem import findings
+
+    def check(rows):  # the paper's side is "y grows past 5": the largest y minus 5, on a 0-1 scale
+        ys = [r["y"] for r in rows]
+        return {"effect": (max(ys) - 5) / 10, "ci_low": (max(ys) - 6) / 10, "ci_high": (max(ys) - 4) / 10, "n": 20,
+                "arms": ["largest y", "5"]}, {"ys": ys}
+
+    grows = findings.Finding("y-grows", "y grows past 5", "squares", check, "largest y minus 5", margin=0.0)
+    always = findings.Finding("y-positive", "y is positive", "squares", lambda rows: ({
+        "effect": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 20}, {}), "y", margin=0.0)
+    monkeypatch.setattr(findings, "FINDINGS", [grows, always])
+    monkeypatch.setattr(findings, "ABLATIONS", {
+        "y-grows": findings.Ablation("grid size", "five x values instead of two", params=lambda scale: {"n": 5}),
+        "y-positive": findings.Ablation("never", "never run", params=lambda scale: {"n": 9})})
+    res = run_datasheet("tiny-random", "smoke", tmp_path, only="squares", progress=False, ablations=True,
+                        params={"squares": {"n": 2}})
+    main, other = res["findings"]
+    assert main["verdict"] == "disagrees" and other["verdict"] == "agrees" and "ablation" not in other
+    a = main["ablation"]
+    assert a["cause"] == "grid size" and a["verdict"] == "agrees" and a["effect"] == 1.1 and a["n"] == 20
+    assert a["folder"] == "ablations/y-grows/squares" and a["params"] == {"n": 5}
+    assert len(read_rows(tmp_path / "ablations" / "y-grows" / "squares" / "results.jsonl")) == 5
+    assert json.loads((tmp_path / "findings.json").read_text())[0]["ablation"]["verdict"] == "agrees"
+    assert [x["name"] for x in json.loads((tmp_path / "ablations.json").read_text())] == ["y-grows"]
+    md = (tmp_path / "report.md").read_text()
+    assert "## Ablations of the disagreements" in md
+    assert "| y-grows | disagrees -0.400 | grid size | five x values instead of two ([rows](ablations/y-grows/" \
+           "squares/results.jsonl)) | **agrees** | +1.100 | +1.000 to +1.200 | 20 |" in md
+    # the demo (smoke, no flag) runs none
+    res = run_datasheet("tiny-random", "smoke", tmp_path / "demo", only="squares", progress=False,
+                        params={"squares": {"n": 2}})
+    assert "ablation" not in res["findings"][0] and not (tmp_path / "demo" / "ablations").exists()
+
+
+def test_declared_ablations_rescore_the_main_rows_or_name_a_rerun_at_each_scale():
+    """Every finding has its ablation declared before any run; a rows-only one recomputes the finding from the
+    same rows with another check (here: exact TIES as the TIES arm)."""
+    from finding_rows import kept
+
+    from loramem import findings
+
+    assert {f.id for f in findings.FINDINGS} == set(findings.ABLATIONS)
+    for a in findings.ABLATIONS.values():
+        assert a.params is not None or a.check is not None
+        for scale in ("smoke", "cpu"):
+            assert a.params is None or isinstance(a.params(scale), dict)
+    rows = [{"method": "ties", **kept(0.2)}, {"method": "exact-ties", **kept(0.9)}, {"method": "linear", **kept(0.6)}]
+    main = findings.judge(findings.by_id("ties-most-robust"), *findings.by_id("ties-most-robust").check(rows), True)
+    assert main["verdict"] == "disagrees" and main["arms"] == ["ties", "linear"]  # the other TIES is not "other"
+    abl = findings.ABLATIONS["ties-most-robust"]
+    effect, ev = abl.check(rows)
+    assert effect["arms"] == ["exact-ties", "linear"] and effect["ci_low"] > 0  # exact TIES does lead

@@ -44,7 +44,7 @@ def recipe_names(only: str | None = None) -> list[str]:
 def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, executor: str = "local",
                   address: str | None = None, seed: int = 0, paper_data: Path | None = None,
                   progress: bool = True, params: dict[str, dict] | None = None, workers: int | None = None,
-                  command: str | None = None) -> dict:
+                  command: str | None = None, ablations: bool | None = None) -> dict:
     """Run the recipes, gather rows, compute findings, write the report. Returns the findings and paths.
 
     `workers`: recipes run at once, each in its own process with its share of the cores (local executor only);
@@ -79,10 +79,13 @@ def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, ex
                 console.print(f"[red]{recipe.name} failed:[/red] {status[recipe.name]['error']}")
             gather_rows(out, names)
     status = {name: status[name] for name in names if name in status}
-    sittings = clock.stop()
     rows = gather_rows(out, names)
-    verdicts = findings.evaluate({n: [r for r in rows if r.get("recipe") == n and r.get("status") == "ok"]
-                                  for n in names})
+    by_recipe = {n: [r for r in rows if r.get("recipe") == n and r.get("status") == "ok"] for n in names}
+    verdicts = findings.evaluate(by_recipe)
+    if scale != "smoke" if ablations is None else ablations:  # default: at cpu and paper scale, not in the demo
+        run_ablations(verdicts, by_recipe, model, scale, out, seed=seed, paper_data=paper_data, progress=progress,
+                      executor=executor, address=address)
+    sittings = clock.stop()
     (out / "findings.json").write_text(json.dumps(verdicts, indent=2, default=str))
     info.update(scale=scale, recipes=status, wall_s=round(sum(x["wall_s"] for x in sittings), 1),
                 sitting_wall_s=round(time.time() - t0, 1), sittings=sittings, workers=n_workers,
@@ -93,6 +96,57 @@ def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, ex
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(render_html(md, out))
     return {"findings": verdicts, "out": str(out), "recipes": status}
+
+
+def run_ablations(verdicts: list[dict], rows: dict[str, list[dict]], model: str, scale: str, out: Path,
+                  seed: int = 0, paper_data: Path | None = None, progress: bool = True, executor: str = "local",
+                  address: str | None = None) -> list[dict]:
+    """For every finding that disagrees, its declared ablation (findings.ABLATIONS): a rerun of its recipe with one
+    setting changed, into DIR/ablations/KEY/RECIPE/ (it resumes), or the finding recomputed on the main rows by
+    another check. Each verdict gains an `ablation` entry (cause, change, verdict, effect, interval, n); the same
+    list goes to DIR/ablations.json."""
+    from loramem.runs.runner import RecipeOptions
+
+    done: dict[str, list[dict]] = {}
+    entries = []
+    for v in verdicts:
+        if v["verdict"] != "disagrees":
+            continue
+        f, a = findings.by_id(v["name"]), findings.ABLATIONS.get(v["name"])
+        if a is None:
+            v["ablation"] = {"why": "no ablation is declared for this finding"}
+            continue
+        entry = {"name": f.id, "cause": a.cause, "change": a.change}
+        got, folder = rows.get(f.recipe, []), None
+        params = a.params(scale) if a.params is not None else None
+        if a.params is not None and params is None:
+            v["ablation"] = {**entry, "why": f"no such rerun at scale {scale}"}
+            entries.append(v["ablation"])
+            continue
+        if params is not None:
+            key = a.key or f.id
+            folder = out / "ablations" / key / f.recipe
+            if key not in done:
+                console.rule(f"ablation of {f.id}: {a.cause} ({a.change})")
+                opts = RecipeOptions(model=model, scale=scale, out=folder, seed=seed, paper_data=paper_data,
+                                     progress=progress, params=params)
+                st = run_recipe_status(experiments.get(f.recipe), opts, executor=executor, address=address)
+                if "error" in st:
+                    console.print(f"[red]ablation of {f.id} failed:[/red] {st['error']}")
+                done[key] = [r for r in read_rows(folder / "results.jsonl") if r.get("status") == "ok"]
+            got = done[key]
+            entry.update(folder=str(folder.relative_to(out)), params=params)
+        try:
+            effect, evidence = (a.check or f.check)(got) if got else (None, {"why": "the rerun finished no cell"})
+        except (KeyError, ValueError, ZeroDivisionError, TypeError) as exc:
+            effect, evidence = None, {"why": f"rows lack what decides it ({type(exc).__name__}: {exc})"}
+        j = findings.judge(f, effect, evidence, bool(got))
+        entry.update({k: j.get(k) for k in ("verdict", "agrees", "effect", "ci_low", "ci_high", "n", "arms")},
+                     evidence=j["evidence"])
+        v["ablation"] = entry
+        entries.append(entry)
+    (out / "ablations.json").write_text(json.dumps(entries, indent=2, default=str))
+    return entries
 
 
 class Sittings:
@@ -276,6 +330,7 @@ def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dic
         what = v.get("effect_is", "").replace("|", "\\|")
         lines.append(f"| {v['finding']} ({v['recipe']}) | **{findings.label(v)}** | {eff} ({what}) | {ci} | "
                      f"{v.get('margin', '-')} | {v.get('n', '-')} | {ev} |")
+    lines += ablation_section(verdicts)
     if side:
         lines += ["", "## Notable side results", "", *[f"- {x}" for x in side]]
     for name in names:
@@ -301,6 +356,33 @@ def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dic
             svg = f" ([SVG]({name}/{png.stem}.svg))" if png.with_suffix(".svg").is_file() else ""
             lines += ["", f"![{png.stem}]({name}/{png.name}){svg}"]
     return "\n".join(lines) + "\n"
+
+
+def ablation_section(verdicts: list[dict]) -> list[str]:
+    """The ablation beside each disagreement: its likely cause, what changed, and the verdict that gave."""
+    have = [v for v in verdicts if v.get("ablation")]
+    if not have:
+        return []
+    out = ["", "## Ablations of the disagreements", "",
+           "Each finding that disagrees gets the one ablation declared for it before the run (`findings.ABLATIONS`): "
+           "a rerun of its recipe with one setting changed, or the same kept answers re-scored. The verdict is "
+           "decided the same way.", "",
+           "| finding | main run | likely cause | what changed | ablation verdict | effect | 95% interval | n |",
+           "|---|---|---|---|---|---|---|---|"]
+    for v in have:
+        a = v["ablation"]
+        main = f"{findings.label(v)} {v['effect']:+.3f}" if v.get("effect") is not None else findings.label(v)
+        if a.get("verdict") is None:
+            out.append(f"| {v['name']} | {main} | {a.get('cause', '-')} | {a.get('change', '-')} | "
+                       f"not run: {a.get('why', '')} | - | - | - |")
+            continue
+        eff = "-" if a.get("effect") is None else f"{a['effect']:+.3f}"
+        ci = "-" if a.get("ci_low") is None else f"{a['ci_low']:+.3f} to {a['ci_high']:+.3f}"
+        where = f" ([rows]({a['folder']}/results.jsonl))" if a.get("folder") else ""
+        why = a.get("evidence", {}).get("why")
+        out.append(f"| {v['name']} | {main} | {a['cause']} | {a['change']}{where} | **{a['verdict']}**"
+                   f"{' (' + why + ')' if why and a.get('effect') is None else ''} | {eff} | {ci} | {a.get('n', '-')} |")
+    return out
 
 
 def predictions_note(rows: list[dict]) -> str:

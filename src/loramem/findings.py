@@ -36,6 +36,22 @@ class Finding:
     min_n: int = 10  # fewer paired items than this decide nothing
 
 
+@dataclass(frozen=True)
+class Ablation:
+    """The one run that tests a disagreement's most likely cause, declared here before any run.
+
+    `params(scale)`: the recipe's parameters for a rerun at that scale (None from it: no such rerun at this scale);
+    `params` None: no rerun, the finding is recomputed on the main run's rows by `check` (e.g. another scorer of
+    the same kept answers). `check` None: the finding's own check. Ablations with one `key` share a rerun folder
+    (DIR/ablations/KEY/RECIPE/), which resumes like any recipe."""
+
+    cause: str  # training budget, judge, router, merge method, retriever, ...
+    change: str  # what differs from the main run, in words
+    params: Callable[[str], dict | None] | None = None
+    check: Check | None = None
+    key: str | None = None
+
+
 def _r(x: float) -> float:
     return round(float(x), 4)
 
@@ -154,8 +170,9 @@ def efficiency_peaks_low(rows: list[dict]) -> tuple[Effect | None, dict]:
     return seed_effect(lead, ("best interior rank", "better end rank")), ev
 
 
-def delegated(module: str, func: str) -> Check:
-    """A check that lives beside its recipe: loramem.experiments.<module>.<func>(rows) -> (effect, evidence)."""
+def delegated(module: str, func: str, **kwargs) -> Check:
+    """A check that lives beside its recipe: loramem.experiments.<module>.<func>(rows, **kwargs) -> (effect,
+    evidence)."""
 
     def check(rows: list[dict]) -> tuple[Effect | None, dict]:
         import importlib
@@ -164,7 +181,7 @@ def delegated(module: str, func: str) -> Check:
             fn = getattr(importlib.import_module(f"loramem.experiments.{module}"), func)
         except (ImportError, AttributeError):
             return None, {"why": f"check {module}.{func} is not available in this version"}
-        return fn(rows)
+        return fn(rows, **kwargs)
 
     return check
 
@@ -212,6 +229,55 @@ FINDINGS: list[Finding] = [
     *(Finding(fid, text, "continual", delegated("continual_report", fn.__name__), effect, margin, min_n)
       for fid, text, fn, effect, margin, min_n in _continual_findings()),
 ]
+
+
+def _params(module: str, func: str, *args) -> Callable[[str], dict | None]:
+    """A rerun's parameters from a function beside the recipe: <func>(scale, *args)."""
+
+    def params(scale: str) -> dict | None:
+        import importlib
+
+        return getattr(importlib.import_module(f"loramem.experiments.{module}"), func)(scale, *args)
+
+    return params
+
+
+_BUDGET = ("training budget", "the capacity grid's lowest three ranks and its highest, 2 seeds, trained for twice "
+           "the epochs (or steps): does a longer budget move the curves?")
+# Declared before the cpu run (docs/datasheets/cpu-design.md); run only for findings that disagree.
+ABLATIONS: dict[str, Ablation] = {
+    "capacity-saturates": Ablation(*_BUDGET, params=_params("capacity", "budget_ablation"), key="capacity-budget"),
+    "efficiency-low-rank": Ablation(*_BUDGET, params=_params("capacity", "budget_ablation"), key="capacity-budget"),
+    "qa-beats-raw": Ablation("judge", "the same kept answers scored by token F1 instead of the embedding judge",
+                             check=delegated("view_formats", "finding_qa_beats_raw", metric="f1")),
+    "mixes-beat-single": Ablation("judge", "the same kept answers scored by token F1 instead of the embedding judge",
+                                  check=delegated("mixes", "finding_mixes_beat_single", metric="f1")),
+    "oracle-multi-beats-single": Ablation("training budget", "the Q8-Q11 bank (parts and the single module) "
+                                          "trained for twice the epochs",
+                                          params=_params("partitioned", "budget_ablation")),
+    "embed-routing-can-fall-below": Ablation("router", "fact-level embedding routing (one key per fact) in place "
+                                             "of one embedding per module",
+                                             check=delegated("routing", "finding_embed_can_fall_below",
+                                                             router="embed")),
+    "ties-most-robust": Ablation("merge method", "loramem's exact TIES (trims the update BA) in place of PEFT's "
+                                 "(trims the factors A and B)",
+                                 check=delegated("merging", "finding_ties_most_robust", ties="exact-ties")),
+    "merge-n-degrades": Ablation("merge method", "only the exact merges (on the updates BA), not PEFT's",
+                                 check=delegated("n_modules", "finding_accuracy_falls_with_n",
+                                                 methods=("exact-linear", "exact-ties"))),
+    "lora-plus-rag-icl": Ablation("retriever", "the other retriever (BM25 where the scale uses hybrid, hybrid "
+                                  "where it uses BM25)", params=_params("rag_icl", "retriever_ablation")),
+    "continual-replay-keeps": Ablation("training budget", "append-replay on PhoneBook with twice the epochs a round",
+                                       params=_params("continual", "ablation", "replay-budget")),
+    "continual-new-module-routing": Ablation("rounds", "a new module per round over twice the rounds",
+                                             params=_params("continual", "ablation", "more-rounds")),
+    "continual-base-intact": Ablation("learning rate", "append-replay on PhoneBook at half the learning rate",
+                                      params=_params("continual", "ablation", "half-lr")),
+}
+
+
+def by_id(fid: str) -> Finding:
+    return next(f for f in FINDINGS if f.id == fid)
 
 
 def judge(f: Finding, effect: Effect | None, evidence: dict, measured: bool) -> dict:

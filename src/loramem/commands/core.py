@@ -273,6 +273,9 @@ def datasheet_cmd(
     paper_data: Path | None = typer.Option(None, help="the paper's release folder, where recipes can use it"),
     workers: int | None = typer.Option(None, help="recipes at once, each in its own process with its share of the "
                                                   "cores (local executor); default: one per core up to 4 as memory allows (~6 GiB each), 1 with a GPU"),
+    ablations: bool | None = typer.Option(None, "--ablations/--no-ablations",
+                                          help="after the recipes, run the declared ablation of every finding that "
+                                               "disagrees (default: at cpu and paper scale)"),
     as_json: bool = typer.Option(False, "--json", help="print the findings and report paths as one JSON object"),
 ) -> None:
     """Run the paper's audit on a base model and write report.html, report.md, results.jsonl, findings.json."""
@@ -283,7 +286,7 @@ def datasheet_cmd(
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be 1 or more (got {workers})")
     res = run_datasheet(model, scale, out, only=only, executor=executor, address=address, seed=seed,
-                        paper_data=paper_data, workers=workers, command=command_line())
+                        paper_data=paper_data, workers=workers, command=command_line(), ablations=ablations)
     if as_json:
         print_json(res)
     else:

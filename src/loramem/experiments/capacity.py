@@ -56,6 +56,19 @@ def _grid(opts: RecipeOptions) -> dict:
             "default_sizes": scale["sizes"], "seeds": p.get("seeds") or scale["seeds"]}
 
 
+def budget_ablation(scale: str) -> dict | None:
+    """findings.ABLATIONS: the rerun that tests the training budget. The scale's lowest three ranks and its highest
+    (what both capacity findings compare), 2 seeds, twice the epochs (or steps); None where the scale's writer
+    names neither (paper: the authors' recipe)."""
+    s = SCALES[scale]
+    writer = dict(s["writer"])
+    budget = [k for k in ("epochs", "steps") if k in writer]
+    if not budget:
+        return None
+    writer[budget[0]] *= 2
+    return {"ranks": sorted(set(s["ranks"][:3] + s["ranks"][-1:])), "seeds": min(2, s["seeds"]), "writer": writer}
+
+
 def cells(opts: RecipeOptions) -> list[dict]:
     g = _grid(opts)
     if g["paper_sizes"]:

@@ -71,6 +71,23 @@ def grid(opts: RecipeOptions) -> dict:
     return g
 
 
+def ablation(scale: str, which: str) -> dict:
+    """findings.ABLATIONS: one strategy on PhoneBook with one setting changed. `replay-budget`: append-replay with
+    twice the epochs; `more-rounds`: a new module per round over twice the rounds; `half-lr`: append-replay (and
+    its probe ranks) at half the learning rate."""
+    s = SCALES[scale]
+    w = s["writer"]
+    one = {"datasets": ["phonebook"], "probe_ranks": []}
+    if which == "replay-budget":
+        budget = "epochs" if "epochs" in w else "steps"
+        return {**one, "strategies": ["append-replay"], "writer": {budget: 2 * w[budget]}}
+    if which == "more-rounds":
+        return {**one, "strategies": ["new-module"], "rounds": 2 * s["rounds"]}
+    if which == "half-lr":
+        return {**one, "strategies": ["append-replay"], "probe_ranks": s["probe_ranks"], "writer": {"lr": w["lr"] / 2}}
+    raise ValueError(f"unknown continual ablation {which!r}")
+
+
 def cells(opts: RecipeOptions) -> list[dict]:
     g = grid(opts)
     # consolidating modules that hold two values for one key is refused by design (bank consolidate), so the

@@ -161,6 +161,8 @@ def mean_by(rows: list[dict], key: str, value: str) -> dict:
     return {k: sum(v) / len(v) for k, v in groups.items()}
 
 
-def score_key(rows: list[dict]) -> str:
-    """The judge score when the rows have it, else token F1."""
+def score_key(rows: list[dict], metric: str | None = None) -> str:
+    """The judge score when the rows have it, else token F1; `metric` names one (an ablation's other scorer)."""
+    if metric is not None:
+        return metric
     return "judge" if any(r.get("judge") is not None for r in rows) else "f1"

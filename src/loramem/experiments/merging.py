@@ -113,25 +113,28 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
             "merge_ms": {r["variant"]: r["merge_ms"] for r in rows if r["variant"] in merged}}
 
 
-def finding_ties_most_robust(rows: list[dict]) -> tuple[dict | None, dict]:
+def finding_ties_most_robust(rows: list[dict], ties: str = "ties") -> tuple[dict | None, dict]:
     """TIES minus the best other merge method (each with its default weights; best by mean), on the same facts:
-    exact match, or answer-token accuracy when exact match cannot tell the methods apart (e.g. all 0)."""
+    exact match, or answer-token accuracy when exact match cannot tell the methods apart (e.g. all 0). `ties`:
+    which TIES is the arm (PEFT's `ties` trims the factors A and B; loramem's `exact-ties` trims the update BA);
+    the other TIES is left out of the comparison."""
     from loramem.findings import item_scores, paired_effect
 
-    merged = {r["method"]: r for r in rows
-              if r.get("method") not in (None, "single", "none") and r.get("weights", "auto") == "auto"}
+    other_ties = {"ties": "exact-ties", "exact-ties": "ties"}.get(ties)
+    merged = {r["method"]: r for r in rows if r.get("method") not in (None, "single", "none", other_ties)
+              and r.get("weights", "auto") == "auto"}
     metric = "accuracy"
     if len({r["accuracy"] for r in merged.values()}) == 1 and all(r.get("token_accuracy") is not None
                                                                    for r in merged.values()):
         metric = "token_accuracy"
-    if "ties" not in merged or len(merged) < 2:
-        return None, {"why": "needs the ties cell and at least one other merge method"}
+    if ties not in merged or len(merged) < 2:
+        return None, {"why": f"needs the {ties} cell and at least one other merge method"}
     acc = {m: float(r[metric]) for m, r in sorted(merged.items())}
-    best = max((m for m in acc if m != "ties"), key=acc.get)
+    best = max((m for m in acc if m != ties), key=acc.get)
     item = "exact" if metric == "accuracy" else "token_accuracy"
     one = lambda r: 0  # noqa: E731 - the same facts in every cell
-    effect = paired_effect(item_scores([merged["ties"]], one, item), item_scores([merged[best]], one, item),
-                           arms=("ties", best))
+    effect = paired_effect(item_scores([merged[ties]], one, item), item_scores([merged[best]], one, item),
+                           arms=(ties, best))
     return effect, {metric: {k: round(v, 4) for k, v in acc.items()}, "metric": metric, "best_other": best}
 
 

@@ -72,12 +72,12 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     return {**out, "view_records": vs.parts}
 
 
-def finding_mixes_beat_single(rows: list[dict]) -> tuple[dict | None, dict]:
+def finding_mixes_beat_single(rows: list[dict], metric: str | None = None) -> tuple[dict | None, dict]:
     """The mixes' mean minus the best single view (Original, QA40; picked by its mean), per question of the same
-    paper (judge / 10, else token F1)."""
+    paper (judge / 10, else token F1, or `metric`)."""
     from loramem.findings import item_scores, paired_effect
 
-    key = docqa.score_key(rows)
+    key = docqa.score_key(rows, metric)
     per = {m: item_scores([r for r in rows if r["mix"] == m], lambda r: r["paper"], key,
                           10.0 if key == "judge" else 1.0)
            for m in dict.fromkeys(r["mix"] for r in rows if r.get("mix") != BASE)}

@@ -70,12 +70,13 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     return {"accuracy_by_method": by, "token_accuracy_by_method": by_tok, "accuracy_by_n": by.get("ties", by.get(first, {})) if first else {}}
 
 
-def finding_accuracy_falls_with_n(rows: list[dict]) -> tuple[dict | None, dict]:
-    """Exact match at N = 1 minus at the largest N, on the same facts, pooled over the merge methods (the
-    bootstrap draws methods first); each method's curve and own effect are evidence."""
+def finding_accuracy_falls_with_n(rows: list[dict], methods: tuple[str, ...] | None = None) -> tuple[dict | None, dict]:
+    """Exact match at N = 1 minus at the largest N, on the same facts, pooled over the merge methods (or those in
+    `methods`; the bootstrap draws methods first); each method's curve and own effect are evidence."""
     from loramem.findings import item_scores, paired_effect
 
-    methods = sorted({r["method"] for r in rows if "method" in r and "n" in r})
+    methods = sorted({r["method"] for r in rows if "method" in r and "n" in r
+                      and (methods is None or r["method"] in methods)})
     one, most, ev = {}, {}, {"accuracy_by_n": {}, "by_method": {}}
     for m in methods:
         rs = {int(r["n"]): r for r in rows if r.get("method") == m}

@@ -59,6 +59,12 @@ class Setup:
         return [self.entries[i].example() for i in idx]
 
 
+
+def budget_ablation(scale: str) -> dict | None:
+    """findings.ABLATIONS: the bank (its parts and the single module) trained for twice the epochs."""
+    epochs = SCALES[scale]["writer"].get("epochs")
+    return {"writer": {"epochs": 2 * epochs}} if epochs else None
+
 def grid(opts: RecipeOptions) -> dict:
     """The scale's settings with the recipe's --modules/--facts/--top-k overrides."""
     g = {**SCALES[opts.scale]}

@@ -40,6 +40,11 @@ SCALES: dict[str, dict] = {
 }
 
 
+
+def retriever_ablation(scale: str) -> dict:
+    """findings.ABLATIONS: the other retriever (BM25 where the scale uses hybrid, hybrid where it uses BM25)."""
+    return {"method": "hybrid" if SCALES[scale]["method"] == "bm25" else "bm25"}
+
 def _settings(opts: RecipeOptions) -> dict:
     p = opts.params
     s = {**SCALES[opts.scale], **{k: v for k, v in p.items() if k != "writer" and v is not None}}

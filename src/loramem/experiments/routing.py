@@ -84,13 +84,14 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
             "best_practical_router": max((k for k in rte if k != "oracle"), key=lambda k: ans[k], default=None)}
 
 
-def finding_embed_can_fall_below(rows: list[dict]) -> tuple[dict | None, dict]:
+def finding_embed_can_fall_below(rows: list[dict], router: str | None = None) -> tuple[dict | None, dict]:
     """The single LoRA minus module-level embedding routing (the paper's router: one embedding per module;
-    `embed` in results written before fact-level keys), answer exact match on the same facts."""
+    `embed` in results written before fact-level keys), answer exact match on the same facts; `router` names
+    another router as the arm (an ablation: fact-level `embed`)."""
     from loramem.findings import item_scores, paired_effect
 
     by = {r["router"]: r for r in rows if "router" in r}
-    emb = "embed-module" if "embed-module" in by else "embed"
+    emb = router or ("embed-module" if "embed-module" in by else "embed")
     if not {"single", emb} <= by.keys():
         return None, {"why": "needs the single and route-embed-module cells"}
     ev = {"answer_accuracy": {k: round(float(r["answer_accuracy"]), 4) for k, r in by.items()}, "router": emb,

@@ -46,12 +46,12 @@ def run_cell(cell: dict, opts: RecipeOptions) -> dict:
     return {**out, "views": vs.parts}
 
 
-def finding_qa_beats_raw(rows: list[dict]) -> tuple[dict | None, dict]:
-    """QA minus raw on the same paper, budget and question (judge / 10, else token F1); the synthetic formats'
-    own gaps (qa minus summary/rewrite, summary/rewrite minus raw) are evidence beside it."""
+def finding_qa_beats_raw(rows: list[dict], metric: str | None = None) -> tuple[dict | None, dict]:
+    """QA minus raw on the same paper, budget and question (judge / 10, else token F1, or `metric`); the synthetic
+    formats' own gaps (qa minus summary/rewrite, summary/rewrite minus raw) are evidence beside it."""
     from loramem.findings import item_scores, paired_effect
 
-    key = docqa.score_key(rows)
+    key = docqa.score_key(rows, metric)
     scores = {f: item_scores([r for r in rows if r["format"] == f], lambda r: (r["paper"], r["budget"]), key,
                              10.0 if key == "judge" else 1.0)
               for f in dict.fromkeys(r["format"] for r in rows)}
