@@ -235,3 +235,27 @@ def test_llm_paraphrases_come_from_the_endpoint_and_keep_the_gold_module(tmp_pat
     assert all(g.startswith("Could you tell me") and g != t for g, t in zip(got, case.questions["trained"], strict=True))
     assert sorted(a.split("Question: ", 1)[1] for a in asked) == sorted(case.questions["trained"])  # in any order
     assert out.gold == case.gold and out.questions["trained"] == case.questions["trained"]
+
+
+def test_a_reader_that_finds_the_index_out_of_step_saves_it_only_under_the_writer_lock(bank, tmp_path, monkeypatch):
+    """A router that finds the saved index missing rebuilds it in memory and routes; it writes the index folder only
+    when it can take the bank's writer lock, never beside a writer that is changing the bank (another process
+    holds the lock here)."""
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(vindex, "EXACT_MAX", 4)  # force the saved IVF index on a tiny bank
+    b = copy_bank(bank, tmp_path / "b")
+    keys = b.row_keys(b.list())
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
+        "print('held', flush=True); time.sleep(60)"), str(b._lock.lock_file)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        vi = vindex.for_keys(b, keys)
+        assert vi.ivf.ntotal == len(keys) and not vindex.folder(b).exists()  # routed, wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    vindex.for_keys(b, keys)  # the writer is gone: now it saves
+    assert vindex.drift(b, keys) is None

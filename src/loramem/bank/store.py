@@ -273,10 +273,10 @@ class MemoryBank:
             for item in items:
                 staged.append(self._stage(item, move))
             fault_point("bank-staged")
-            with self.lock:
+            with self.lock:  # the saved row index changes under the lock too: two writers never interleave it
                 self._clean_stale_staging()
                 infos = self._commit(staged, list(retire))
-            vindex.after_change(self)
+                vindex.after_change(self)
             return infos
         finally:
             for st in staged:
@@ -380,7 +380,7 @@ class MemoryBank:
                 con.execute("BEGIN IMMEDIATE")
                 con.execute("INSERT OR REPLACE INTO heads VALUES (?, ?)", (name, to))
                 con.execute("COMMIT")
-        vindex.after_change(self)
+            vindex.after_change(self)
         return self.get(name, to)
 
     def remove(self, name: str) -> list[int]:
@@ -398,7 +398,7 @@ class MemoryBank:
                 facts_table.delete(con, name)
                 con.execute("COMMIT")
             shutil.rmtree(self.root / MODULES / name, ignore_errors=True)
-        vindex.after_change(self)
+            vindex.after_change(self)
         return versions
 
     def facts(self, info: ModuleInfo) -> list:

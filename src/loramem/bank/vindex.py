@@ -235,8 +235,14 @@ def for_keys(bank, keys) -> VectorIndex:
             return VectorIndex(keys.matrix, keys.labels, ivf=_applied(saved, keys))
         log.warning("row index of %s out of step with the manifest; rebuilding it", bank.root)
     vi = VectorIndex(keys.matrix, keys.labels, exact=False)
-    try:
-        save(bank, vi.ivf, keys.labels)
+    from filelock import Timeout
+
+    try:  # saved only under the bank's writer lock, never beside a writer that is changing the bank and its index
+        with bank.lock.acquire(timeout=0):
+            save(bank, vi.ivf, keys.labels)
+    except Timeout:
+        log.info("bank %s is being written; routing from the rebuilt index in memory (the writer keeps the saved "
+                 "one in step)", bank.root)
     except OSError as exc:  # a read-only bank still routes, from the index in memory
         log.warning("could not save the row index in %s (%s)", folder(bank), exc)
     return vi
