@@ -93,3 +93,25 @@ def test_docqa_rows_keep_every_question_answer_gold_and_score(tiny_base):
                                                                        ("Is Beta slow", "yes", 2)]
     assert all(isinstance(p["prediction"], str) and 0 <= p["f1"] <= 1 and "judge" in p for p in preds)
     assert row["n_questions"] == 2
+
+
+def test_per_paper_modules_train_together_and_each_answers_as_it_would_alone(tiny_base):
+    """Two documents' modules in one pass over the base (write_modules) give each document the answers its own
+    module gives when trained alone; every adapter is gone after."""
+    from loramem.config import JudgeConfig, WriterConfig
+    from loramem.data.documents import Document, Question
+    from loramem.judges import make_judge
+
+    docs = [Document(id=f"d{i}", title="t", text=f"{name} is a planner.",
+                     questions=[Question(f"What is {name}", "a planner", 1, f"d{i}")]) for i, name in enumerate("AB")]
+    rows = [[{"prompt": f"What is {name}?", "answer": "a planner"}] * 4 for name in "AB"]
+    cfg = WriterConfig(rank=2, lr=1e-2, steps=3, batch_size=2, target_em=None, progress=False, loss="answer",
+                       format="plain", layers="top 1")
+    judge = make_judge(JudgeConfig(kind="embed"))
+    together = docqa.write_and_score_many(tiny_base, list(zip(docs, rows, strict=True)), cfg, judge, new_tokens=3)
+    alone = [docqa.write_and_score(tiny_base, d, r, cfg, judge, new_tokens=3) for d, r in zip(docs, rows, strict=True)]
+    assert [t["modules_together"] for t in together] == [2, 2] and [a["modules_together"] for a in alone] == [1, 1]
+    for t, a in zip(together, alone, strict=True):
+        assert [p["prediction"] for p in t["predictions"]] == [p["prediction"] for p in a["predictions"]]
+        assert t["steps"] == a["steps"] == 3
+    assert not any(n.startswith("docqa") for n in getattr(tiny_base.model, "peft_config", {}))

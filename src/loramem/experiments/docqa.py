@@ -113,20 +113,43 @@ def score_base(base, doc: Document, judge, new_tokens: int = 48) -> dict:
 def write_and_score(base, doc: Document, rows: list[dict], cfg: WriterConfig, judge, adapter: str = "docqa",
                     new_tokens: int = 48) -> dict:
     """Train a module on `rows`, answer the document's questions with it, score; the adapter is deleted after."""
+    return write_and_score_many(base, [(doc, rows)], cfg, judge, new_tokens, prefix=adapter)[0]
+
+
+def write_and_score_many(base, jobs: list[tuple[Document, list[dict]]], cfg: WriterConfig, judge,
+                         new_tokens: int = 48, prefix: str = "docqa") -> list[dict]:
+    """One module per (document, rows), trained together in one pass over the base (`write_modules`: each its own
+    init, data order, optimizer and record, as `write_module` alone would give), then each document's questions
+    answered with its own module and scored. Every adapter is deleted after, whatever happens."""
     from loramem.data.examples import row_to_example
     from loramem.evaluate import evaluate_questions
-    from loramem.writer import write_module
+    from loramem.writer import WriteJob, write_modules
 
-    res = write_module([row_to_example(r) for r in rows], base, cfg, adapter=adapter)
+    names = [prefix if len(jobs) == 1 else f"{prefix}{i}" for i in range(len(jobs))]
+    results = write_modules([WriteJob([row_to_example(r) for r in rows], cfg, adapter=name)
+                             for (_, rows), name in zip(jobs, names, strict=True)], base)
+    out = []
     try:
-        ev = evaluate_questions(res.model, base, doc.questions, "plain", METRICS, judge, max_new_tokens=new_tokens)
+        for (doc, rows), res in zip(jobs, results, strict=True):
+            res.model.set_adapter(res.adapter)
+            ev = evaluate_questions(res.model, base, doc.questions, "plain", METRICS, judge, max_new_tokens=new_tokens)
+            rec = res.record
+            out.append({**scores(ev), "train_tokens": rec["knowledge_tokens"], "tokens_seen": rec["tokens_seen"],
+                        "steps": rec["steps"], "n_params": rec["n_params"], "layers_resolved": rec.get("layers_resolved"),
+                        "train_s": rec["train_s"], "modules_together": rec.get("modules_together", 1),
+                        "rows": len(rows), "layers": cfg.layers, "rank": cfg.rank, "lr": cfg.lr,
+                        "answer_tokens": new_tokens, **kept_predictions(predictions(ev))})
     finally:
-        res.model.delete_adapter(adapter)
-    rec = res.record
-    return {**scores(ev), "train_tokens": rec["knowledge_tokens"], "tokens_seen": rec["tokens_seen"],
-            "steps": rec["steps"], "n_params": rec["n_params"], "layers_resolved": rec.get("layers_resolved"), "train_s": rec["train_s"],
-            "rows": len(rows), "layers": cfg.layers, "rank": cfg.rank, "lr": cfg.lr, "answer_tokens": new_tokens,
-            **kept_predictions(predictions(ev))}
+        for res in results:
+            if res.adapter in res.model.peft_config:
+                res.model.delete_adapter(res.adapter)
+    return out
+
+
+def together(cell: dict) -> str | None:
+    """Cells that write a module share a pass over the base (one writer setting per recipe run); a cell without
+    views (the base model alone) runs alone."""
+    return "docqa" if cell.get("views", cell.get("view")) else None
 
 
 def predictions(result: dict) -> list[dict]:

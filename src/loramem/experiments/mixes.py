@@ -55,21 +55,34 @@ def cells(opts: RecipeOptions) -> list[dict]:
 
 
 def run_cell(cell: dict, opts: RecipeOptions) -> dict:
+    return run_cells([cell], opts)[0]
+
+
+def run_cells(cells: list[dict], opts: RecipeOptions) -> list[dict]:
+    """Each cell's views, then one module per cell, all trained in one pass over the base; the base-only cell
+    (no views) scores the model alone."""
     from loramem.config import GeneratorConfig
     from loramem.generators import make_generator
     from loramem.models import load_base
     from loramem.views import make_views
 
     base = load_base(opts.model)
-    doc = next(d for d in docqa.papers(opts) if d.id == cell["paper"])
+    docs = {d.id: d for d in docqa.papers(opts)}
     judge = docqa.judge_for(opts)
-    if not cell["views"]:
-        return docqa.score_base(base, doc, judge, docqa.answer_tokens(opts))
-    gen = make_generator(GeneratorConfig(kind=cell["generator"], model=opts.model))
-    vs = make_views(doc, cell["views"], gen, base.tokenizer)
-    out = docqa.write_and_score(base, doc, vs.rows, docqa.writer_config(opts), judge,
-                                new_tokens=docqa.answer_tokens(opts))
-    return {**out, "view_records": vs.parts}
+    out: dict[int, dict] = {}
+    jobs, views = [], []
+    for i, cell in enumerate(cells):
+        if not cell["views"]:
+            out[i] = docqa.score_base(base, docs[cell["paper"]], judge, docqa.answer_tokens(opts))
+            continue
+        gen = make_generator(GeneratorConfig(kind=cell["generator"], model=opts.model))
+        views.append((i, make_views(docs[cell["paper"]], cell["views"], gen, base.tokenizer)))
+        jobs.append((docs[cell["paper"]], views[-1][1].rows))
+    if jobs:
+        for (i, vs), res in zip(views, docqa.write_and_score_many(base, jobs, docqa.writer_config(opts), judge,
+                                                                   docqa.answer_tokens(opts)), strict=True):
+            out[i] = {**res, "view_records": vs.parts}
+    return [out[i] for i in range(len(cells))]
 
 
 def finding_mixes_beat_single(rows: list[dict], metric: str | None = None) -> tuple[dict | None, dict]:
@@ -166,4 +179,4 @@ def _mean(vals: list) -> float | None:
 
 
 RECIPE = Recipe("mixes", "Q5: combinations of synthetic views (the paper's QA40 / Summary8 / Rewrite4 mixes)", cells,
-                run_cell, summarize)
+                run_cell, summarize, run_cells=run_cells, together=docqa.together)

@@ -31,19 +31,26 @@ def cells(opts: RecipeOptions) -> list[dict]:
 
 
 def run_cell(cell: dict, opts: RecipeOptions) -> dict:
+    return run_cells([cell], opts)[0]
+
+
+def run_cells(cells: list[dict], opts: RecipeOptions) -> list[dict]:
+    """Each cell's views, then one module per cell, all trained in one pass over the base."""
     from loramem.config import GeneratorConfig, ViewsConfig
     from loramem.generators import make_generator
     from loramem.models import load_base
     from loramem.views import make_views
 
     base = load_base(opts.model)
-    doc = next(d for d in docqa.papers(opts) if d.id == cell["paper"])
-    gen = make_generator(GeneratorConfig(kind=cell["generator"], model=opts.model))
-    vs = make_views(doc, cell["view"], gen, base.tokenizer, ViewsConfig(budget_tokens=cell["budget"]))
-    cfg = docqa.writer_config(opts)
-    out = docqa.write_and_score(base, doc, vs.rows, cfg, docqa.judge_for(opts),
-                                new_tokens=docqa.answer_tokens(opts))
-    return {**out, "views": vs.parts}
+    docs = {d.id: d for d in docqa.papers(opts)}
+    views = []
+    for cell in cells:
+        gen = make_generator(GeneratorConfig(kind=cell["generator"], model=opts.model))
+        views.append(make_views(docs[cell["paper"]], cell["view"], gen, base.tokenizer,
+                                ViewsConfig(budget_tokens=cell["budget"])))
+    outs = docqa.write_and_score_many(base, [(docs[c["paper"]], vs.rows) for c, vs in zip(cells, views, strict=True)],
+                                      docqa.writer_config(opts), docqa.judge_for(opts), docqa.answer_tokens(opts))
+    return [{**out, "views": vs.parts} for out, vs in zip(outs, views, strict=True)]
 
 
 def finding_qa_beats_raw(rows: list[dict], metric: str | None = None) -> tuple[dict | None, dict]:
@@ -101,4 +108,5 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     return {"metric": key, "by_format": by_format, "budgets": budgets, "qa_beats_raw": verdict}
 
 
-RECIPE = Recipe("formats", "Q4: raw vs QA vs summary vs rewrite at equal training tokens", cells, run_cell, summarize)
+RECIPE = Recipe("formats", "Q4: raw vs QA vs summary vs rewrite at equal training tokens", cells, run_cell, summarize,
+                run_cells=run_cells, together=docqa.together)
