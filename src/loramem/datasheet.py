@@ -107,7 +107,7 @@ def run_ablations(verdicts: list[dict], rows: dict[str, list[dict]], model: str,
     list goes to DIR/ablations.json."""
     from loramem.runs.runner import RecipeOptions
 
-    done: dict[str, list[dict]] = {}
+    done: dict[tuple[str, str], list[dict]] = {}
     entries = []
     for v in verdicts:
         if v["verdict"] != "disagrees":
@@ -126,15 +126,15 @@ def run_ablations(verdicts: list[dict], rows: dict[str, list[dict]], model: str,
         if params is not None:
             key = a.key or f.id
             folder = out / "ablations" / key / f.recipe
-            if key not in done:
+            if (key, f.recipe) not in done:
                 console.rule(f"ablation of {f.id}: {a.cause} ({a.change})")
                 opts = RecipeOptions(model=model, scale=scale, out=folder, seed=seed, paper_data=paper_data,
                                      progress=progress, params=params)
                 st = run_recipe_status(experiments.get(f.recipe), opts, executor=executor, address=address)
                 if "error" in st:
                     console.print(f"[red]ablation of {f.id} failed:[/red] {st['error']}")
-                done[key] = [r for r in read_rows(folder / "results.jsonl") if r.get("status") == "ok"]
-            got = done[key]
+                done[key, f.recipe] = [r for r in read_rows(folder / "results.jsonl") if r.get("status") == "ok"]
+            got = done[key, f.recipe]
             entry.update(folder=str(folder.relative_to(out)), params=params)
         try:
             effect, evidence = (a.check or f.check)(got) if got else (None, {"why": "the rerun finished no cell"})

@@ -244,6 +244,8 @@ def _params(module: str, func: str, *args) -> Callable[[str], dict | None]:
 
 _BUDGET = ("training budget", "the capacity grid's lowest three ranks and its highest, 2 seeds, trained for twice "
            "the epochs (or steps): does a longer budget move the curves?")
+_BANK_BUDGET = ("training budget", "the Q8-Q11 bank (its small modules and the single large one) trained for twice "
+                "the epochs")
 # Declared before the cpu run (docs/datasheets/cpu-design.md); run only for findings that disagree.
 ABLATIONS: dict[str, Ablation] = {
     "capacity-saturates": Ablation(*_BUDGET, params=_params("capacity", "budget_ablation"), key="capacity-budget"),
@@ -252,13 +254,13 @@ ABLATIONS: dict[str, Ablation] = {
                              check=delegated("view_formats", "finding_qa_beats_raw", metric="f1")),
     "mixes-beat-single": Ablation("judge", "the same kept answers scored by token F1 instead of the embedding judge",
                                   check=delegated("mixes", "finding_mixes_beat_single", metric="f1")),
-    "oracle-multi-beats-single": Ablation("training budget", "the Q8-Q11 bank (parts and the single module) "
-                                          "trained for twice the epochs",
-                                          params=_params("partitioned", "budget_ablation")),
-    "embed-routing-can-fall-below": Ablation("router", "fact-level embedding routing (one key per fact) in place "
-                                             "of one embedding per module",
-                                             check=delegated("routing", "finding_embed_can_fall_below",
-                                                             router="embed")),
+    "oracle-multi-beats-single": Ablation(*_BANK_BUDGET, params=_params("partitioned", "budget_ablation"),
+                                          key="bank-budget"),
+    # first declared as fact-level routing in place of module-level; the cpu run's single LoRA scored 0 exact
+    # match on the 160 facts (token accuracy 0.38) while each small module held its 20, so the likelier cause
+    # is the single's training budget (the arm routing is compared with), and that is what is tested
+    "embed-routing-can-fall-below": Ablation(*_BANK_BUDGET, params=_params("partitioned", "budget_ablation"),
+                                             key="bank-budget"),
     "ties-most-robust": Ablation("merge method", "loramem's exact TIES (trims the update BA) in place of PEFT's "
                                  "(trims the factors A and B)",
                                  check=delegated("merging", "finding_ties_most_robust", ties="exact-ties")),
