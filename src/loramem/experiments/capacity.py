@@ -27,7 +27,7 @@ BITS_PER_PARAM_LIMIT = 2.0  # published knowledge-capacity limit of language mod
 # rank-1 vs rank-4 accuracy on 50 entries swung from -0.14 to +0.14 between seeds, so a single run cannot tell
 # which rank stores more; the plots and findings use the mean over seeds and their spread.
 SCALES: dict[str, dict] = {
-    "smoke": {"ranks": [1, 4], "sizes": [500, 1500], "seeds": 3,
+    "smoke": {"ranks": [1, 4], "sizes": [500, 1500], "seeds": 2,
               "writer": {"targets": "all-linear", "layers": "top 3", "lr": 1e-2, "steps": 100, "batch_size": 8,
                          "eval_every": 25}},
     # cpu (see docs/datasheets/cpu-design.md): five ranks so an interior efficiency peak can show, five sizes up to

@@ -39,7 +39,9 @@ NAME = "mem"
 # smoke fits 2 minutes on tiny-random (which learns no PhoneBook fact: it checks the mechanics and the base probe);
 # cpu is a real run on smollm2-135m (hours). "top 6": LoRA on the top 6 layers, whatever the depth.
 SCALES: dict[str, dict] = {
+    # smoke: the corrections run keeps two strategies (replay and a module per round), which is what the demo shows
     "smoke": {"rounds": 3, "facts": 12, "rank": 4, "probe_ranks": [1], "replay": 12, "every": 2, "probes": 16,
+              "corrections": ["append-replay", "new-module"],
               "writer": {"layers": "top 6", "lr": 1e-2, "steps": 8, "batch_size": 16, "target_em": 1.0,
                          "precision": "fp32"}},
     # cpu: 5 rounds of 20 facts (100 by the last round: the replay finding's n), 9 banks x 5 rounds = 45 cells of
@@ -92,8 +94,9 @@ def cells(opts: RecipeOptions) -> list[dict]:
     g = grid(opts)
     # consolidating modules that hold two values for one key is refused by design (bank consolidate), so the
     # corrections run has no consolidate strategy: new-module already shows where such corrections end up
+    fixes = g.get("corrections") or [s for s in STRATEGIES if s != "consolidate"]
     runs = [(d, s, g["rank"]) for d in g["datasets"] for s in g["strategies"]
-            if not (d == "corrections" and s == "consolidate")]
+            if not (d == "corrections" and (s == "consolidate" or (s not in fixes and not opts.params.get("strategies"))))]
     if "phonebook" in g["datasets"]:
         runs += [("phonebook", "append-replay", r) for r in g["probe_ranks"] if r != g["rank"]]
     return [{"cell": f"{d}-{s}-r{r}-k{k}", "dataset": d, "strategy": s, "rank": r, "round": k, "rounds": g["rounds"],
