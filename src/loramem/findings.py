@@ -129,15 +129,15 @@ def capacity_saturates(rows: list[dict]) -> tuple[Effect | None, dict]:
     def unit(r):
         return (r.get("train_seed", 0), f"{r.get('size_kind', 'tokens')}:{r.get('size', r.get('size_tokens'))}")
 
+    if not any(d > 0.05 for d in falls.values()):
+        ev["why"] = "no rank's accuracy falls with size: the grid does not reach capacity; larger sizes decide it"
+        return None, ev
     hi_rows, lo_rows = ([r for r in rows if r["rank"] == k] for k in (hi_k, lo_k))
     a, b = item_scores(hi_rows, unit), item_scores(lo_rows, unit)
     if not a or not b:  # rows from before predictions were kept: one item per (seed, size) cell, its accuracy
         a, b = ({(unit(r), None, None): float(r["accuracy"]) for r in rs} for rs in (hi_rows, lo_rows))
         ev["items"] = "cells (no kept predictions)"
     eff = paired_effect(a, b, arms=(f"rank {hi_k}", f"rank {lo_k}"))
-    if not any(d > 0.05 for d in falls.values()):
-        ev["why"] = "no rank's accuracy falls with size: the grid does not reach capacity; larger sizes decide it"
-        return None, ev
     if eff is None:
         ev["why"] = f"ranks {lo_k} and {hi_k} share no finished (seed, size) cell with kept predictions"
     return eff, ev
