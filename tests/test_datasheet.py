@@ -268,23 +268,30 @@ def test_a_disagreement_gets_its_ablation_rerun_and_rescored(tmp_path, squares_r
     grows = findings.Finding("y-grows", "y grows past 5", "squares", check, "largest y minus 5", margin=0.0)
     always = findings.Finding("y-positive", "y is positive", "squares", lambda rows: ({
         "effect": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 20}, {}), "y", margin=0.0)
-    monkeypatch.setattr(findings, "FINDINGS", [grows, always])
+    also = findings.Finding("y-grows-too", "y grows past 5 (again)", "squares", check, "largest y minus 5",
+                            margin=0.0)
+    monkeypatch.setattr(findings, "FINDINGS", [grows, always, also])
     monkeypatch.setattr(findings, "ABLATIONS", {
         "y-grows": findings.Ablation("grid size", "five x values instead of two", params=lambda scale: {"n": 5}),
-        "y-positive": findings.Ablation("never", "never run", params=lambda scale: {"n": 9})})
+        "y-positive": findings.Ablation("never", "never run", params=lambda scale: {"n": 9}),
+        "y-grows-too": findings.Ablation("grid size", "two x values, again", params=lambda scale: {"n": 2},
+                                         key="again")})
+    # two reruns, each in its own worker process; the main run's params for the recipe stay under the change
     res = run_datasheet("tiny-random", "smoke", tmp_path, only="squares", progress=False, ablations=True,
-                        params={"squares": {"n": 2}})
-    main, other = res["findings"]
+                        params={"squares": {"n": 2, "fail": [1]}}, workers=2)
+    main, other, third = res["findings"]
     assert main["verdict"] == "disagrees" and other["verdict"] == "agrees" and "ablation" not in other
+    assert third["ablation"]["verdict"] == "disagrees" and third["ablation"]["effect"] == -0.5  # x=1 fails there too
+    assert third["ablation"]["rerun"]["failed"] == ["x=1"] and (tmp_path / "ablations" / "logs").is_dir()
     a = main["ablation"]
     assert a["cause"] == "grid size" and a["verdict"] == "agrees" and a["effect"] == 1.1 and a["n"] == 20
     assert a["folder"] == "ablations/y-grows/squares" and a["params"] == {"n": 5}
     assert len(read_rows(tmp_path / "ablations" / "y-grows" / "squares" / "results.jsonl")) == 5
     assert json.loads((tmp_path / "findings.json").read_text())[0]["ablation"]["verdict"] == "agrees"
-    assert [x["name"] for x in json.loads((tmp_path / "ablations.json").read_text())] == ["y-grows"]
+    assert [x["name"] for x in json.loads((tmp_path / "ablations.json").read_text())] == ["y-grows", "y-grows-too"]
     md = (tmp_path / "report.md").read_text()
     assert "## Ablations of the disagreements" in md
-    assert "| y-grows | disagrees -0.400 | grid size | five x values instead of two ([rows](ablations/y-grows/" \
+    assert "| y-grows | disagrees -0.500 | grid size | five x values instead of two ([rows](ablations/y-grows/" \
            "squares/results.jsonl)) | **agrees** | +1.100 | +1.000 to +1.200 | 20 |" in md
     # the demo (smoke, no flag) runs none
     res = run_datasheet("tiny-random", "smoke", tmp_path / "demo", only="squares", progress=False,

@@ -54,61 +54,72 @@ def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, ex
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = recipe_names(only)
-    n_workers = 1 if executor != "local" else (pool.auto_workers() if workers is None else max(1, int(workers)))
-    n_workers = min(n_workers, len(pool.plan(names)))
+    wanted = 1 if executor != "local" else (pool.auto_workers() if workers is None else max(1, int(workers)))
+    n_workers = min(wanted, len(pool.plan(names)))
     t0 = time.time()
     clock = Sittings(out / "sittings.json", scale=scale, model=model)
-    info = {**environment(model), "command": command or "loramem.datasheet(...) from Python",
-            "git_commit": git_commit()}  # environment() loads the base model (converting it once if needed) before any worker starts
-    jobs = [(experiments.get(name), RecipeOptions(model=model, scale=scale, out=out / name, seed=seed,
-                                                  paper_data=paper_data, progress=progress,
-                                                  params=(params or {}).get(name, {}))) for name in names]
-    if n_workers > 1:
-        from loramem import models
+    try:
+        info = {**environment(model), "command": command or "loramem.datasheet(...) from Python",
+                "git_commit": git_commit()}  # environment() loads the base model (converting it once if needed) before any worker starts
+        jobs = [(experiments.get(name), RecipeOptions(model=model, scale=scale, out=out / name, seed=seed,
+                                                      paper_data=paper_data, progress=progress,
+                                                      params=(params or {}).get(name, {}))) for name in names]
+        if n_workers > 1:
+            from loramem import models
 
-        models._LOADED.clear()  # the workers load their own copies; the parent only draws the progress view
-        status = pool.run_parallel(jobs, n_workers, out / "logs", progress=progress)
-    else:
-        status = {}
-        for i, (recipe, opts) in enumerate(jobs, start=1):
-            elapsed = time.time() - t0
-            eta = f", about {elapsed / (i - 1) * (len(names) - i + 1) / 60:.0f} min left" if i > 1 else ""
-            console.rule(f"[{i}/{len(names)}] {recipe.name}: {recipe.question}{eta}")
-            status[recipe.name] = run_recipe_status(recipe, opts, executor=executor, address=address)
-            if "error" in status[recipe.name]:
-                console.print(f"[red]{recipe.name} failed:[/red] {status[recipe.name]['error']}")
-            gather_rows(out, names)
-    status = {name: status[name] for name in names if name in status}
-    rows = gather_rows(out, names)
-    by_recipe = {n: [r for r in rows if r.get("recipe") == n and r.get("status") == "ok"] for n in names}
-    verdicts = findings.evaluate(by_recipe)
-    if scale != "smoke" if ablations is None else ablations:  # default: at cpu and paper scale, not in the demo
-        run_ablations(verdicts, by_recipe, model, scale, out, seed=seed, paper_data=paper_data, progress=progress,
-                      executor=executor, address=address)
-    sittings = clock.stop()
+            models._LOADED.clear()  # the workers load their own copies; the parent only draws the progress view
+            status = pool.run_parallel(jobs, n_workers, out / "logs", progress=progress)
+        else:
+            status = {}
+            for i, (recipe, opts) in enumerate(jobs, start=1):
+                elapsed = time.time() - t0
+                eta = f", about {elapsed / (i - 1) * (len(names) - i + 1) / 60:.0f} min left" if i > 1 else ""
+                console.rule(f"[{i}/{len(names)}] {recipe.name}: {recipe.question}{eta}")
+                status[recipe.name] = run_recipe_status(recipe, opts, executor=executor, address=address)
+                if "error" in status[recipe.name]:
+                    console.print(f"[red]{recipe.name} failed:[/red] {status[recipe.name]['error']}")
+                gather_rows(out, names)
+        status = {name: status[name] for name in names if name in status}
+        rows = gather_rows(out, names)
+        by_recipe = {n: [r for r in rows if r.get("recipe") == n and r.get("status") == "ok"] for n in names}
+        verdicts = findings.evaluate(by_recipe)
+        info.update(scale=scale, recipes=status, workers=n_workers, executor=executor,
+                    threads_per_worker=pool.threads_per_worker(n_workers) if n_workers > 1 else _torch_threads())
+        publish(out, names, verdicts, info, clock.snapshot(), t0)  # the report stands before any ablation runs
+        if scale != "smoke" if ablations is None else ablations:  # default: at cpu and paper scale, not in the demo
+            run_ablations(verdicts, by_recipe, model, scale, out, seed=seed, paper_data=paper_data,
+                          progress=progress, executor=executor, address=address, params=params, workers=wanted)
+    finally:
+        sittings = clock.stop()
+    publish(out, names, verdicts, info, sittings, t0)
+    return {"findings": verdicts, "out": str(out), "recipes": status}
+
+
+def publish(out: Path, names: list[str], verdicts: list[dict], info: dict, sittings: list[dict], t0: float) -> None:
+    """findings.json, run.json (wall time summed over every sitting) and the report, from what is known now."""
     (out / "findings.json").write_text(json.dumps(verdicts, indent=2, default=str))
-    info.update(scale=scale, recipes=status, wall_s=round(sum(x["wall_s"] for x in sittings), 1),
-                sitting_wall_s=round(time.time() - t0, 1), sittings=sittings, workers=n_workers,
-                threads_per_worker=pool.threads_per_worker(n_workers) if n_workers > 1 else _torch_threads(),
-                executor=executor)
+    info.update(wall_s=round(sum(x["wall_s"] for x in sittings), 1), sitting_wall_s=round(time.time() - t0, 1),
+                sittings=sittings)
     (out / "run.json").write_text(json.dumps(info, indent=2, default=str))
     md = render_markdown(out, names, verdicts, info)
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(render_html(md, out))
-    return {"findings": verdicts, "out": str(out), "recipes": status}
 
 
 def run_ablations(verdicts: list[dict], rows: dict[str, list[dict]], model: str, scale: str, out: Path,
                   seed: int = 0, paper_data: Path | None = None, progress: bool = True, executor: str = "local",
-                  address: str | None = None) -> list[dict]:
+                  address: str | None = None, params: dict[str, dict] | None = None, workers: int = 1) -> list[dict]:
     """For every finding that disagrees, its declared ablation (findings.ABLATIONS): a rerun of its recipe with one
-    setting changed, into DIR/ablations/KEY/RECIPE/ (it resumes), or the finding recomputed on the main rows by
-    another check. Each verdict gains an `ablation` entry (cause, change, verdict, effect, interval, n); the same
-    list goes to DIR/ablations.json."""
+    setting changed (on top of the main run's own `params` for that recipe), into DIR/ablations/KEY/RECIPE/ (it
+    resumes), or the finding recomputed on the main rows by another check. Reruns go to `workers` processes like
+    the main recipes (the Q8-Q11 recipes of one key in one worker: they share its bank). Each verdict gains an
+    `ablation` entry (cause, change, verdict, effect, interval, n; a rerun's status); the same list goes to
+    DIR/ablations.json. One ablation's failure is recorded in its entry and the others go on."""
+    import dataclasses
+
     from loramem.runs.runner import RecipeOptions
 
-    done: dict[tuple[str, str], list[dict]] = {}
-    entries = []
+    todo, reruns = [], {}
     for v in verdicts:
         if v["verdict"] != "disagrees":
             continue
@@ -117,29 +128,38 @@ def run_ablations(verdicts: list[dict], rows: dict[str, list[dict]], model: str,
             v["ablation"] = {"why": "no ablation is declared for this finding"}
             continue
         entry = {"name": f.id, "cause": a.cause, "change": a.change}
-        got, folder = rows.get(f.recipe, []), None
-        params = a.params(scale) if a.params is not None else None
-        if a.params is not None and params is None:
-            v["ablation"] = {**entry, "why": f"no such rerun at scale {scale}"}
-            entries.append(v["ablation"])
+        try:
+            changed = a.params(scale) if a.params is not None else None
+        except Exception as exc:  # noqa: BLE001 - recorded in the entry; the other ablations go on
+            changed, entry["error"] = None, f"{type(exc).__name__}: {exc}"
+        if a.params is not None and changed is None:
+            entry.setdefault("why", f"no such rerun at scale {scale}")
+            v["ablation"] = entry
             continue
-        if params is not None:
+        if changed is not None:
             key = a.key or f.id
             folder = out / "ablations" / key / f.recipe
-            if (key, f.recipe) not in done:
-                console.rule(f"ablation of {f.id}: {a.cause} ({a.change})")
-                opts = RecipeOptions(model=model, scale=scale, out=folder, seed=seed, paper_data=paper_data,
-                                     progress=progress, params=params)
-                st = run_recipe_status(experiments.get(f.recipe), opts, executor=executor, address=address)
-                if "error" in st:
-                    console.print(f"[red]ablation of {f.id} failed:[/red] {st['error']}")
-                done[key, f.recipe] = [r for r in read_rows(folder / "results.jsonl") if r.get("status") == "ok"]
-            got = done[key, f.recipe]
-            entry.update(folder=str(folder.relative_to(out)), params=params)
+            merged = _merge_params((params or {}).get(f.recipe) or {}, changed)
+            entry.update(folder=str(folder.relative_to(out)), params=changed)
+            name = f"{f.recipe}@{key}"
+            reruns.setdefault(name, (dataclasses.replace(experiments.get(f.recipe), name=name),
+                                     RecipeOptions(model=model, scale=scale, out=folder, seed=seed,
+                                                   paper_data=paper_data, progress=progress, params=merged)))
+            entry["_rerun"] = name
+        todo.append((v, f, a, entry))
+    status = _run_reruns(reruns, out, progress, executor, address, workers) if reruns else {}
+    entries = []
+    for v, f, a, entry in todo:
+        name = entry.pop("_rerun", None)
+        got = rows.get(f.recipe, [])
+        if name is not None:
+            st = status.get(name, {"error": "the rerun did not run"})
+            entry["rerun"] = {k: st.get(k) for k in ("ok", "cells", "failed", "seconds", "error") if k in st}
+            got = [r for r in read_rows(out / entry["folder"] / "results.jsonl") if r.get("status") == "ok"]
         try:
             effect, evidence = (a.check or f.check)(got) if got else (None, {"why": "the rerun finished no cell"})
-        except (KeyError, ValueError, ZeroDivisionError, TypeError) as exc:
-            effect, evidence = None, {"why": f"rows lack what decides it ({type(exc).__name__}: {exc})"}
+        except Exception as exc:  # noqa: BLE001 - a check that breaks on these rows says so in the entry
+            effect, evidence = None, {"why": f"the check failed on these rows ({type(exc).__name__}: {exc})"}
         j = findings.judge(f, effect, evidence, bool(got))
         entry.update({k: j.get(k) for k in ("verdict", "agrees", "effect", "ci_low", "ci_high", "n", "arms")},
                      evidence=j["evidence"])
@@ -147,6 +167,46 @@ def run_ablations(verdicts: list[dict], rows: dict[str, list[dict]], model: str,
         entries.append(entry)
     (out / "ablations.json").write_text(json.dumps(entries, indent=2, default=str))
     return entries
+
+
+def _merge_params(main: dict, changed: dict) -> dict:
+    """The main run's parameters of a recipe with an ablation's changes on top (`writer` merged one level down)."""
+    merged = {**main, **changed}
+    if isinstance(main.get("writer"), dict) and isinstance(changed.get("writer"), dict):
+        merged["writer"] = {**main["writer"], **changed["writer"]}
+    return merged
+
+
+def _run_reruns(reruns: dict, out: Path, progress: bool, executor: str, address: str | None,
+                workers: int) -> dict[str, dict]:
+    """The ablation reruns, in worker processes when there are several (longest first; the Q8-Q11 recipes of one
+    key, which share a bank, in one unit), else one after another."""
+    from loramem.runs import workers as pool
+
+    def recipe(name: str) -> str:
+        return name.split("@", 1)[0]
+
+    order = {n: i for i, n in enumerate(pool.LONGEST_FIRST)}
+    chain = list(pool.CHAINS[0])
+    units: dict[str, list[str]] = {}
+    for name in reruns:
+        units.setdefault(f"bank@{name.split('@', 1)[1]}" if recipe(name) in chain else name, []).append(name)
+    plan = sorted(units.values(), key=lambda u: min(order.get(recipe(n), len(order)) for n in u))
+    for unit in plan:
+        unit.sort(key=lambda n: chain.index(recipe(n)) if recipe(n) in chain else 0)
+    n = min(workers, len(plan)) if executor == "local" else 1
+    if n > 1:
+        from loramem import models
+
+        models._LOADED.clear()
+        return pool.run_parallel(list(reruns.values()), n, out / "ablations" / "logs", progress=progress, units=plan)
+    status = {}
+    for unit in plan:
+        for name in unit:
+            recipe, opts = reruns[name]
+            console.rule(f"ablation rerun {name}")
+            status[name] = run_recipe_status(recipe, opts, executor=executor, address=address)
+    return status
 
 
 class Sittings:
@@ -166,22 +226,27 @@ class Sittings:
         self.past = [x for x in old if isinstance(x, dict) and x.get("scale") == scale and x.get("model") == model]
         self.now = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.t0)), "scale": scale,
                     "model": model, "git_commit": git_commit(), "wall_s": 0.0, "finished": False}
-        self._done = threading.Event()
+        self._done, self._lock = threading.Event(), threading.Lock()
         self._write()
         self._thread = threading.Thread(target=self._tick, daemon=True)
         self._thread.start()
 
     def _write(self) -> list[dict]:
-        self.now["wall_s"] = round(time.time() - self.t0, 1)
-        every = [*self.past, self.now]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(every, indent=2))
-        os.replace(tmp, self.path)
-        return every
+        with self._lock:  # the ticking thread and the run itself both write
+            self.now["wall_s"] = round(time.time() - self.t0, 1)
+            every = [*self.past, dict(self.now)]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(every, indent=2))
+            os.replace(tmp, self.path)
+            return every
 
     def _tick(self) -> None:
         while not self._done.wait(self.every):
             self._write()
+
+    def snapshot(self) -> list[dict]:
+        """Every sitting so far, this one (still running) last."""
+        return self._write()
 
     def stop(self) -> list[dict]:
         """End this sitting; every sitting so far, this one last."""
@@ -297,8 +362,9 @@ def _cpu_name() -> str:
 def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dict) -> str:
     """The report as Markdown, built only from files in `out`."""
     side = side_results(out, names)
-    sections = ["Environment", "Findings of the paper, checked on this run", *(["Notable side results"] if side
-                                                                              else []), *names]
+    sections = ["Environment", "Findings of the paper, checked on this run",
+                *(["Ablations of the disagreements"] if any(v.get("ablation") for v in verdicts) else []),
+                *(["Notable side results"] if side else []), *names]
     toc = [f"- [{s}](#{_anchor(s if s not in names else f'{s}: {experiments.get(s).question}')})" for s in sections]
     lines = [f"# loramem datasheet: {info['model']}", "",
              f"Scale `{info['scale']}`, {info['date']}, {info['wall_s'] / 60:.1f} min{_sittings(info)}.", "", "## Contents", "",

@@ -242,8 +242,8 @@ def _params(module: str, func: str, *args) -> Callable[[str], dict | None]:
     return params
 
 
-_BUDGET = ("training budget", "the capacity grid's lowest three ranks and its highest, 2 seeds, trained for twice "
-           "the epochs (or steps): does a longer budget move the curves?")
+_BUDGET = ("training budget", "twice the epochs (or steps) on the two lowest ranks and the highest, the sizes "
+           "past the smallest, 2 seeds: does a longer budget move the curves?")
 _BANK_BUDGET = ("training budget", "the Q8-Q11 bank (its small modules and the single large one) trained for twice "
                 "the epochs")
 # Declared before the cpu run (docs/datasheets/cpu-design.md); run only for findings that disagree.

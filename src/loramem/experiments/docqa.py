@@ -126,10 +126,10 @@ def write_and_score_many(base, jobs: list[tuple[Document, list[dict]]], cfg: Wri
     from loramem.writer import WriteJob, write_modules
 
     names = [prefix if len(jobs) == 1 else f"{prefix}{i}" for i in range(len(jobs))]
-    results = write_modules([WriteJob([row_to_example(r) for r in rows], cfg, adapter=name)
-                             for (_, rows), name in zip(jobs, names, strict=True)], base)
     out = []
     try:
+        results = write_modules([WriteJob([row_to_example(r) for r in rows], cfg, adapter=name)
+                                 for (_, rows), name in zip(jobs, names, strict=True)], base)
         for (doc, rows), res in zip(jobs, results, strict=True):
             res.model.set_adapter(res.adapter)
             ev = evaluate_questions(res.model, base, doc.questions, "plain", METRICS, judge, max_new_tokens=new_tokens)
@@ -139,10 +139,11 @@ def write_and_score_many(base, jobs: list[tuple[Document, list[dict]]], cfg: Wri
                         "train_s": rec["train_s"], "modules_together": rec.get("modules_together", 1),
                         "rows": len(rows), "layers": cfg.layers, "rank": cfg.rank, "lr": cfg.lr,
                         "answer_tokens": new_tokens, **kept_predictions(predictions(ev))})
-    finally:
-        for res in results:
-            if res.adapter in res.model.peft_config:
-                res.model.delete_adapter(res.adapter)
+    finally:  # also when the shared pass itself failed: no adapter of this call stays on the shared host
+        host = base.extra.get("peft")
+        for name in names if host is not None else []:
+            if name in host.peft_config:
+                host.delete_adapter(name)
     return out
 
 

@@ -75,8 +75,10 @@ def plan(names: list[str]) -> list[list[str]]:
     return sorted(units, key=rank)
 
 
-def run_parallel(jobs: list, workers: int, log_dir: Path, progress: bool = True) -> dict[str, dict]:
-    """Run (recipe, options) jobs on `workers` processes; returns each recipe's run.json status. A worker that dies
+def run_parallel(jobs: list, workers: int, log_dir: Path, progress: bool = True,
+                 units: list[list[str]] | None = None) -> dict[str, dict]:
+    """Run (recipe, options) jobs on `workers` processes; returns each recipe's run.json status. `units`: recipe
+    names that must run in one worker in order (default `plan`: the chains, longest first). A worker that dies
     (killed, out of memory) costs only the recipes of the unit it was running: they are reported as failed, a new
     worker takes the remaining units, and a rerun resumes them. A worker that cannot even start (e.g. a recipe
     defined in __main__, which a fresh interpreter cannot import) is not restarted: its units are reported.
@@ -88,7 +90,7 @@ def run_parallel(jobs: list, workers: int, log_dir: Path, progress: bool = True)
     from multiprocessing.connection import wait
 
     by_name = {recipe.name: (recipe, opts.model_copy(update={"progress": False})) for recipe, opts in jobs}
-    units = [[by_name[n] for n in unit] for unit in plan(list(by_name))]
+    units = [[by_name[n] for n in unit] for unit in (units or plan(list(by_name)))]
     try:
         pickle.dumps(units)
     except Exception as exc:
