@@ -270,16 +270,21 @@ def test_a_disagreement_gets_its_ablation_rerun_and_rescored(tmp_path, squares_r
         "effect": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 20}, {}), "y", margin=0.0)
     also = findings.Finding("y-grows-too", "y grows past 5 (again)", "squares", check, "largest y minus 5",
                             margin=0.0)
-    monkeypatch.setattr(findings, "FINDINGS", [grows, always, also])
+    checked = findings.Finding("y-positive-checked", "y is positive (checked anyway)", "squares", always.check, "y",
+                               margin=0.0)
+    monkeypatch.setattr(findings, "FINDINGS", [grows, always, also, checked])
     monkeypatch.setattr(findings, "ABLATIONS", {
         "y-grows": findings.Ablation("grid size", "five x values instead of two", params=lambda scale: {"n": 5}),
         "y-positive": findings.Ablation("never", "never run", params=lambda scale: {"n": 9}),
         "y-grows-too": findings.Ablation("grid size", "two x values, again", params=lambda scale: {"n": 2},
-                                         key="again")})
+                                         key="again"),
+        "y-positive-checked": findings.Ablation("one arm", "one x value", params=lambda scale: {"n": 1}, key="one",
+                                                always=True)})
     # two reruns, each in its own worker process; the main run's params for the recipe stay under the change
     res = run_datasheet("tiny-random", "smoke", tmp_path, only="squares", progress=False, ablations=True,
                         params={"squares": {"n": 2, "fail": [1]}}, workers=2)
-    main, other, third = res["findings"]
+    main, other, third, fourth = res["findings"]
+    assert fourth["verdict"] == "agrees" and fourth["ablation"]["verdict"] == "agrees"  # `always`: run anyway
     assert main["verdict"] == "disagrees" and other["verdict"] == "agrees" and "ablation" not in other
     assert third["ablation"]["verdict"] == "disagrees" and third["ablation"]["effect"] == -0.5  # x=1 fails there too
     assert third["ablation"]["rerun"]["failed"] == ["x=1"] and (tmp_path / "ablations" / "logs").is_dir()
@@ -288,7 +293,8 @@ def test_a_disagreement_gets_its_ablation_rerun_and_rescored(tmp_path, squares_r
     assert a["folder"] == "ablations/y-grows/squares" and a["params"] == {"n": 5}
     assert len(read_rows(tmp_path / "ablations" / "y-grows" / "squares" / "results.jsonl")) == 5
     assert json.loads((tmp_path / "findings.json").read_text())[0]["ablation"]["verdict"] == "agrees"
-    assert [x["name"] for x in json.loads((tmp_path / "ablations.json").read_text())] == ["y-grows", "y-grows-too"]
+    assert [x["name"] for x in json.loads((tmp_path / "ablations.json").read_text())] == [
+        "y-grows", "y-grows-too", "y-positive-checked"]
     md = (tmp_path / "report.md").read_text()
     assert "## Ablations of the disagreements" in md
     assert "| y-grows | disagrees -0.500 | grid size | five x values instead of two ([rows](ablations/y-grows/" \

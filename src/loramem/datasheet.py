@@ -109,7 +109,8 @@ def publish(out: Path, names: list[str], verdicts: list[dict], info: dict, sitti
 def run_ablations(verdicts: list[dict], rows: dict[str, list[dict]], model: str, scale: str, out: Path,
                   seed: int = 0, paper_data: Path | None = None, progress: bool = True, executor: str = "local",
                   address: str | None = None, params: dict[str, dict] | None = None, workers: int = 1) -> list[dict]:
-    """For every finding that disagrees, its declared ablation (findings.ABLATIONS): a rerun of its recipe with one
+    """For every finding that disagrees (and those whose ablation says `always`), its declared ablation
+    (findings.ABLATIONS): a rerun of its recipe with one
     setting changed (on top of the main run's own `params` for that recipe), into DIR/ablations/KEY/RECIPE/ (it
     resumes), or the finding recomputed on the main rows by another check. Reruns go to `workers` processes like
     the main recipes (the Q8-Q11 recipes of one key in one worker: they share its bank). Each verdict gains an
@@ -121,9 +122,9 @@ def run_ablations(verdicts: list[dict], rows: dict[str, list[dict]], model: str,
 
     todo, reruns = [], {}
     for v in verdicts:
-        if v["verdict"] != "disagrees":
-            continue
         f, a = findings.by_id(v["name"]), findings.ABLATIONS.get(v["name"])
+        if v["verdict"] != "disagrees" and not (a is not None and a.always and v["verdict"] != "not measured"):
+            continue
         if a is None:
             v["ablation"] = {"why": "no ablation is declared for this finding"}
             continue
@@ -430,9 +431,9 @@ def ablation_section(verdicts: list[dict]) -> list[str]:
     if not have:
         return []
     out = ["", "## Ablations of the disagreements", "",
-           "Each finding that disagrees gets the one ablation declared for it before the run (`findings.ABLATIONS`): "
-           "a rerun of its recipe with one setting changed, or the same kept answers re-scored. The verdict is "
-           "decided the same way.", "",
+           "Each finding that disagrees gets the one ablation declared for it (`findings.ABLATIONS`): a rerun of its "
+           "recipe with one setting changed, or the same kept answers re-scored; a few run whatever the verdict, "
+           "where an agreement could rest on one arm failing to train. The verdict is decided the same way.", "",
            "| finding | main run | likely cause | what changed | ablation verdict | effect | 95% interval | n |",
            "|---|---|---|---|---|---|---|---|"]
     for v in have:
