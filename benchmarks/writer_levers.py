@@ -4,8 +4,8 @@ under each setting, alternating rounds, medians.
     default     the writer as shipped (torch's default thread count)
     threads-1   torch.set_num_threads(1)
     batch-32    batch size 32 instead of 16 (larger GEMMs; a different optimization trajectory)
-    compile     torch.compile on every decoder layer (inductor; the first round includes compilation, so its
-                median over rounds after the first is reported as well)
+    compile     WriterConfig(compile=True): torch.compile of every decoder layer while training (inductor,
+                dynamic shapes; the first round includes compilation, so the median is over the rounds after it)
 
     python benchmarks/writer_levers.py [--model smollm2-135m] [--entries 64] [--steps 6] [--rounds 2]
         [--levers default,threads-1,batch-32,compile]
@@ -29,27 +29,23 @@ from loramem.models import load_base  # noqa: E402
 from loramem.writer import write_module  # noqa: E402
 
 
-def run(base, examples, lever: str, steps: int, compiled: dict) -> float:
+def run(base, examples, lever: str, steps: int, seed: int = 0) -> tuple[float, list[torch.Tensor]]:
+    """tokens/s of one write under `lever`, and its trained LoRA weights."""
     threads = torch.get_num_threads()
-    layers = base.model.model.layers
     if lever == "threads-1":
         torch.set_num_threads(1)
-    if lever == "compile":
-        if "layers" not in compiled:
-            compiled["layers"] = [torch.compile(m) for m in layers]
-        base.model.model.layers = torch.nn.ModuleList(compiled["layers"])
     cfg = WriterConfig(rank=8, lr=3e-3, batch_size=32 if lever == "batch-32" else 16, steps=steps, target_em=None,
-                       progress=False, precision="fp32")
+                       progress=False, precision="fp32", seed=seed, compile=lever == "compile")
     try:
         t = time.time()
         res = write_module(examples, base, cfg, adapter="lever")
         tps = res.record["tokens_per_s"]
+        weights = [p.detach().clone() for n, p in res.model.named_parameters() if ".lever." in n]
         res.model.delete_adapter("lever")
         print(f"  {lever:10s} {tps:7.1f} tokens/s ({time.time() - t:.0f} s)", flush=True)
-        return tps
+        return tps, weights
     finally:
         torch.set_num_threads(threads)
-        base.model.model.layers = layers
 
 
 def main() -> None:
@@ -64,14 +60,19 @@ def main() -> None:
     examples = [e.example() for e in phonebook.generate(a.entries, 0)]
     levers = a.levers.split(",")
     got: dict[str, list[float]] = {k: [] for k in levers}
-    compiled: dict = {}
+    weights: dict[str, list[torch.Tensor]] = {}
     for r in range(a.rounds):
         print(f"round {r + 1}", flush=True)
         for k in levers:
             try:
-                got[k].append(run(base, examples, k, a.steps, compiled))
+                tps, weights[k] = run(base, examples, k, a.steps)
+                got[k].append(tps)
             except Exception as exc:  # noqa: BLE001 - a lever that does not run here is a result too
                 print(f"  {k:10s} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+    for k in ("threads-1", "compile"):  # levers that must not change what is learned
+        if k in weights and "default" in weights:
+            diff = max((x - y).abs().max().item() for x, y in zip(weights[k], weights["default"], strict=True))
+            print(f"{k}: largest difference from default in the trained LoRA weights {diff:.2e}")
     ref = statistics.median(got["default"]) if got.get("default") else float("nan")
     for k, xs in got.items():
         if xs:

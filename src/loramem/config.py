@@ -187,6 +187,8 @@ class WriterConfig(BaseModel):
                                    "running estimate from training passes reaches target_em (and every 10 epochs)")
     max_seconds: float | None = None
     progress: bool = True
+    compile: bool = Field(False, description="torch.compile the decoder layers for training (inductor, dynamic "
+                                             "shapes); off by default: see benchmarks/writer_levers.py")
 
     @field_validator(*_WRITER_LIMITS)
     @classmethod

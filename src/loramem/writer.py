@@ -271,12 +271,32 @@ def write_module(examples: Sequence[Example], base: Base, cfg: WriterConfig, out
 MAX_TOGETHER = 16
 
 
+@contextlib.contextmanager
+def compiled_layers(host, on: bool):
+    """With `on`, the host's decoder layers run through torch.compile (inductor, dynamic shapes: batches differ in
+    length) while training, and eager again after, so later reads and generation are untouched. The LoRA hooks of
+    the lanes run inside the compiled layers."""
+    if not on:
+        yield
+        return
+    n = getattr(host.get_base_model().config, "num_hidden_layers", None)
+    stacks = [m for m in host.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n]
+    layers = list(stacks[0]) if stacks else []
+    for layer in layers:
+        layer.compile(dynamic=True)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._compiled_call_impl = None  # what nn.Module.compile set: back to the eager forward
+
+
 def together_key(cfg: WriterConfig, base: Base) -> tuple:
     """Modules whose settings give the same key can train in one pass: one autocast, one forward path, one frozen
     prefix below the same lowest LoRA layer, and dropout on for all or none (a pass decides the shared prefix and
     the running exact-match estimate once, and both are exact only without dropout)."""
     return (precision_for(cfg.precision, base.device), cfg.fast, lowest_layer(cfg, base) if cfg.prefix_cache else 0,
-            cfg.dropout > 0)
+            cfg.dropout > 0, cfg.compile)
 
 
 def together_default(key: tuple, base: Base) -> int:
@@ -447,7 +467,7 @@ def _write_together(jobs: Sequence[WriteJob], base: Base, on_step: Callable[[dic
         host.train()
 
     try:
-        with lanes.on(), progress:
+        with lanes.on(), progress, compiled_layers(host, cfg0.compile):
             host.train()
             while True:
                 group = [lane for lane in lanes_all if not lane.done]
