@@ -135,10 +135,6 @@ def _exact(combine):
     return merge
 
 
-def _weighted_sum(deltas, w, cfg):
-    return sum(wi * d for wi, d in zip(w.tolist(), deltas, strict=True))
-
-
 def _ties(deltas, w, cfg):
     from peft.utils.merge_utils import ties
 
@@ -151,8 +147,25 @@ def _dare(deltas, w, cfg):
     return dare_linear(deltas, w, cfg.density)
 
 
+def _exact_linear(layers: list[Factors], weights: list[float], cfg: MergeConfig) -> Factors:
+    """The weighted sum of the updates, sum_i w_i s_i B_i A_i = B_cat C A_cat, has rank at most R = sum of ranks,
+    so its truncated SVD comes from two thin QRs and an R x R SVD: the same factors as the SVD of the dense sum,
+    at O((in + out) R^2) instead of O(in out min(in, out)) per layer (a cpu-scale Q10 cell merges 48 sets)."""
+    import torch
+
+    B = torch.cat([f.B.double() for f in layers], 1)  # [out, R]
+    A = torch.cat([(w * f.scale) * f.A.double() for f, w in zip(layers, weights, strict=True)], 0)  # [R, in]
+    qb, rb = torch.linalg.qr(B)
+    qa, ra = torch.linalg.qr(A.T)
+    U, S, Vh = torch.linalg.svd(rb @ ra.T)
+    rank = min(cfg.svd_rank or A.shape[0], S.shape[0])
+    like = layers[0]
+    return Factors((Vh[:rank] @ qa.T).to(like.A.dtype).contiguous(),
+                   ((qb @ U[:, :rank]) * S[:rank]).to(like.B.dtype).contiguous())
+
+
 MERGES.register("exact-linear", help="weighted sum of the updates B·A, SVD back to a LoRA (exact at the default "
-                "rank)", exact=True)(_exact(_weighted_sum))
+                "rank)", exact=True)(_exact_linear)
 MERGES.register("exact-ties", help="TIES on the full updates B·A, SVD back to a LoRA", exact=True,
                 consensus=True)(_exact(_ties))
 MERGES.register("exact-dare", help="DARE on the full updates B·A, SVD back to a LoRA", exact=True)(_exact(_dare))
