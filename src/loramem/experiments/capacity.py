@@ -269,15 +269,29 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
               "PhoneBook exact match vs knowledge size" + (f" (mean of {n_seeds} seeds)" if n_seeds > 1 else ""),
               "knowledge tokens", "exact match", n=per_point, hline=tau, hline_label=f"tau = {tau}",
               intervals={f"rank {k}": [p["accuracy_ci"] for p in pts] for k, pts in curve.items()})
-    # T_max and efficiency are thresholds on the curve above, not means over items: n, and no interval
+    # T_max and efficiency are thresholds; the efficiency finding reads them per seed, so with several seeds the
+    # plots show each seed's T_max (and efficiency) averaged, with a Student t interval over the seeds
+    seeds = sorted(set.intersection(*(set(p["by_seed"]) for pts in curve.values() for p in pts)))
+    for k, pts in curve.items():
+        tms = {sd: max((p["size_tokens"] for p in pts if p["by_seed"][sd] >= tau), default=0) for sd in seeds}
+        per_rank[str(k)].update(t_max_by_seed=tms,
+                                efficiency_by_seed={sd: v / pts[0]["n_params"] for sd, v in tms.items()})
     per_rank_n = f"n = {max(len(pts) for pts in curve.values())} sizes{seeds_n} per rank, {facts_n} facts per size"
-    line_plot(out / "tmax_vs_rank.png", {"T_max": (ranks, [per_rank[str(k)]["t_max"] for k in ranks])},
-              f"T_max (largest size with accuracy >= {tau}) vs rank", "rank", "T_max (tokens)", n=per_rank_n,
-              logx=True, y_from_zero=True)
-    line_plot(out / "efficiency_vs_rank.png",
-              {"efficiency": (ranks, [per_rank[str(k)]["efficiency"] for k in ranks])},
-              "Efficiency = T_max / N_params vs rank", "rank", "tokens per parameter", n=per_rank_n, logx=True,
-              y_from_zero=True)
+    for name, key, title, unit in (("tmax_vs_rank.png", "t_max", f"T_max (largest size with accuracy >= {tau})",
+                                    "T_max (tokens)"),
+                                   ("efficiency_vs_rank.png", "efficiency", "Efficiency = T_max / N_params",
+                                    "tokens per parameter")):
+        if len(seeds) > 1:
+            stats = [mean_interval(list(per_rank[str(k)][f"{key}_by_seed"].values())) for k in ranks]
+            sizes = max(len(pts) for pts in curve.values())
+            line_plot(out / name, {"mean over seeds": (ranks, [m for m, _, _ in stats])},
+                      f"{title} vs rank (each seed's, averaged)", "rank", unit,
+                      n=f"n = {len(seeds)} seeds per rank ({sizes} sizes each); t over the seeds",
+                      logx=True, y_from_zero=True,
+                      intervals={"mean over seeds": [(lo, hi) for _, lo, hi in stats]})
+        else:
+            line_plot(out / name, {key: (ranks, [per_rank[str(k)][key] for k in ranks])}, f"{title} vs rank", "rank",
+                      unit, n=per_rank_n, logx=True, y_from_zero=True)
     best = {k: max((r for r in rows if r["rank"] == k), key=lambda r: r.get("bits_per_param", 0.0)) for k in ranks}
     line_plot(out / "bits_per_param_vs_rank.png",
               {"measured (best cell)": (ranks, [per_rank[str(k)]["max_bits_per_param"] for k in ranks])},
