@@ -244,7 +244,7 @@ def _params(module: str, func: str, *args) -> Callable[[str], dict | None]:
 
 
 _BUDGET = ("training budget", "a quarter of the learning rate for twice the epochs (or steps), on the two lowest "
-           "ranks and the highest, the sizes past the smallest, 2 seeds: is a step too large for the larger ranks "
+           "ranks and the highest, the middle sizes, 2 seeds: is a step too large for the larger ranks "
            "what orders the curves?")
 _BANK_BUDGET = ("training budget", "the Q8-Q11 bank (its small modules and the single large one) trained at half "
                 "the learning rate for twice the epochs")

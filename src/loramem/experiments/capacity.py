@@ -63,7 +63,8 @@ def budget_ablation(scale: str) -> dict | None:
     tokens: 0.00-0.07 against 0.13-0.32): with alpha = 2 x rank and Adam, each step moves the update B A further
     the larger the rank, so a step size that suits rank 1 can be too large for rank 16. To fit beside the main
     grid it keeps the two lowest ranks and the highest (the saturation finding compares the ends; efficiency needs
-    an interior rank), drops the smallest size when there are four or more (every rank held it), and runs 2 seeds:
+    an interior rank), drops the smallest size when there are four or more (every rank held it) and the largest
+    when there are five (half the tokens; at cpu scale every rank but 1 held nothing there), and runs 2 seeds:
     enough for the saturation finding (decided over facts), while efficiency (decided over seeds) may stay
     undecided. None where the scale's writer names neither (paper: the authors' recipe)."""
     s = SCALES[scale]
@@ -73,7 +74,7 @@ def budget_ablation(scale: str) -> dict | None:
         return None
     writer[budget[0]] *= 2
     writer["lr"] /= 4
-    sizes = s["sizes"][1:] if len(s["sizes"]) >= 4 else s["sizes"]
+    sizes = s["sizes"][1:-1] if len(s["sizes"]) >= 5 else s["sizes"][1:] if len(s["sizes"]) >= 4 else s["sizes"]
     return {"ranks": sorted(set(s["ranks"][:2] + s["ranks"][-1:])), "sizes": sizes, "seeds": min(2, s["seeds"]),
             "writer": writer}
 

@@ -44,9 +44,11 @@ SCALES: dict[str, dict] = {
               "corrections": ["append-replay", "new-module"],
               "writer": {"layers": "top 6", "lr": 1e-2, "steps": 8, "batch_size": 16, "target_em": 1.0,
                          "precision": "fp32"}},
-    # cpu: 5 rounds of 20 facts (100 by the last round: the replay finding's n), 9 banks x 5 rounds = 45 cells of
-    # at most 40 facts each, early stop once all are recalled; fits ~40 min of one core (docs/datasheets/cpu-design.md)
-    "cpu": {"rounds": 5, "facts": 20, "rank": 4, "probe_ranks": [1, 16], "replay": 20, "every": 2, "probes": 40,
+    # cpu: 4 rounds of 20 facts (80 by the last round: the replay finding's n), 8 banks x 4 rounds = 32 cells of
+    # at most 40 facts each, early stop once all are recalled (docs/datasheets/cpu-design.md: cut from 5 rounds and
+    # 9 banks when the first sittings ran longer than estimated)
+    "cpu": {"rounds": 4, "facts": 20, "rank": 4, "probe_ranks": [1, 16], "replay": 20, "every": 2, "probes": 40,
+            "corrections": ["append-replay", "new-module"],
             "writer": {"layers": "top 6", "lr": 1e-2, "epochs": 30, "batch_size": 8, "target_em": 1.0}},
     "paper": {"rounds": 20, "facts": 200, "rank": 16, "probe_ranks": [4, 64, 256], "replay": 200, "every": 5,
               "probes": 40, "writer": {"lr": 1e-3, "epochs": 100, "batch_size": 8, "target_em": 1.0}},
