@@ -148,18 +148,17 @@ def efficiency_peaks_low(rows: list[dict]) -> tuple[Effect | None, dict]:
     """Efficiency = T_max / N_params is non-monotonic in rank, peaking at a low rank that is not the lowest: per
     seed, the best interior rank's efficiency minus the better of the two end ranks', over the largest efficiency.
     An interior rank that leads is positive; a monotonic curve (either way) is negative. Needs three ranks."""
-    from loramem.experiments.capacity import curves
+    from loramem.experiments.capacity import curves, t_max_by_seed
 
     tau = rows[0].get("tau", 0.9)
     curve = curves(rows)
     ranks = list(curve)
     if len(ranks) < 3:
         return None, {"why": f"needs at least three ranks to see an interior peak (has {ranks})", "tau": tau}
-    seeds = set.intersection(*(set(p["by_seed"]) for pts in curve.values() for p in pts))
+    per_seed = t_max_by_seed(curve, tau)
     lead, by_seed = {}, {}
-    for s in sorted(seeds):
-        tmax = {k: max((p["size_tokens"] for p in pts if p["by_seed"][s] >= tau), default=0)
-                for k, pts in curve.items()}
+    for s in sorted(next(iter(per_seed.values()), {})):
+        tmax = {k: per_seed[k][s] for k in curve}
         eff = {k: tmax[k] / curve[k][0]["n_params"] for k in ranks}
         top = max(eff.values())
         by_seed[s] = {"t_max": tmax, "peak_rank": max(eff, key=eff.get)}

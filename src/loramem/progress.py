@@ -21,6 +21,15 @@ class OptionalBar:
             self.bar.__exit__(*exc)
 
 
+def plain_output() -> bool:
+    """True when stderr is not a terminal: rich draws nothing there, so progress goes out as plain lines."""
+    import sys
+
+    from rich.console import Console
+
+    return not (sys.stderr.isatty() and Console(stderr=True).is_terminal)
+
+
 PLAIN_EVERY_S = 30.0  # without a terminal rich draws nothing; a plain line this often says the run is alive
 
 
@@ -44,7 +53,6 @@ class WriteProgress(OptionalBar):
 
     def __init__(self, total: int, enabled: bool = True, max_seconds: float | None = None,
                  target_em: float | None = None, plain_every_s: float = PLAIN_EVERY_S) -> None:
-        import sys
         import time
 
         from rich.console import Console
@@ -54,7 +62,7 @@ class WriteProgress(OptionalBar):
         self.t0 = self.last_line = time.time()
         self.plain_every_s = plain_every_s
         self.console = Console(stderr=True)
-        self.plain = enabled and not (sys.stderr.isatty() and self.console.is_terminal)
+        self.plain = enabled and plain_output()
         self.enabled = enabled and not self.plain
         if self.enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

@@ -218,6 +218,14 @@ def t_max(points: list[dict], tau: float) -> int:
     return max((p["size_tokens"] for p in points if p["accuracy"] >= tau), default=0)
 
 
+def t_max_by_seed(curve: dict[int, list[dict]], tau: float) -> dict[int, dict[int, int]]:
+    """Per rank, per training seed that finished every point of every rank: that seed's T_max (the largest size
+    whose accuracy reaches tau; 0 when none does). What the efficiency finding and its plots read."""
+    seeds = sorted(set.intersection(*(set(p["by_seed"]) for pts in curve.values() for p in pts)))
+    return {k: {sd: max((p["size_tokens"] for p in pts if p["by_seed"][sd] >= tau), default=0) for sd in seeds}
+            for k, pts in curve.items()}
+
+
 def rank_gain(curve: dict[int, list[dict]], low: int, high: int) -> dict[int, float]:
     """Per training seed: mean accuracy at rank `high` minus at rank `low`, over the sizes both ranks finished
     (same seed, same PhoneBook); only seeds that finished all of those sizes at both ranks count."""
@@ -272,11 +280,11 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
               intervals={f"rank {k}": [p["accuracy_ci"] for p in pts] for k, pts in curve.items()})
     # T_max and efficiency are thresholds; the efficiency finding reads them per seed, so with several seeds the
     # plots show each seed's T_max (and efficiency) averaged, with a Student t interval over the seeds
-    seeds = sorted(set.intersection(*(set(p["by_seed"]) for pts in curve.values() for p in pts)))
-    for k, pts in curve.items():
-        tms = {sd: max((p["size_tokens"] for p in pts if p["by_seed"][sd] >= tau), default=0) for sd in seeds}
+    by_seed = t_max_by_seed(curve, tau)
+    seeds = sorted(next(iter(by_seed.values()), {}))
+    for k, tms in by_seed.items():
         per_rank[str(k)].update(t_max_by_seed=tms,
-                                efficiency_by_seed={sd: v / pts[0]["n_params"] for sd, v in tms.items()})
+                                efficiency_by_seed={sd: v / curve[k][0]["n_params"] for sd, v in tms.items()})
     per_rank_n = f"n = {max(len(pts) for pts in curve.values())} sizes{seeds_n} per rank, {facts_n} facts per size"
     for name, key, title, unit in (("tmax_vs_rank.png", "t_max", f"T_max (largest size with accuracy >= {tau})",
                                     "T_max (tokens)"),

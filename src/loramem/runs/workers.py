@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from loramem.errors import UserError
-from loramem.progress import PLAIN_EVERY_S, OptionalBar, _clock
+from loramem.progress import PLAIN_EVERY_S, OptionalBar, _clock, plain_output
 
 # Recipes that must run in one process, in this order: multi-lora trains the bank the other three reuse.
 CHAINS: list[tuple[str, ...]] = [("multi-lora", "routing", "merging", "n-modules")]
@@ -242,10 +242,8 @@ class _View(OptionalBar):
     """One rich view for all workers: a bar per running recipe (cells, current cell, ETA) and an overall bar."""
 
     def __init__(self, enabled: bool, jobs: list, workers: int) -> None:
-        from rich.console import Console
-
         # without a terminal rich draws nothing: a plain line every PLAIN_EVERY_S seconds, and one per finished recipe
-        self.plain = enabled and not (sys.stderr.isatty() and Console(stderr=True).is_terminal)
+        self.plain = enabled and plain_output()
         self.enabled = enabled and not self.plain
         self.tasks: dict[str, int] = {}
         self.state: dict[str, dict] = {}
