@@ -104,3 +104,16 @@ def test_bench_continual_bad_input_is_one_line(tmp_path, capsys, monkeypatch, ba
     r = run_main(capsys, monkeypatch, "bench", "continual", "--model", "tiny-random", "--out", str(tmp_path / "o"),
                  *bad)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_main_rank_of_a_rerun_that_ran_append_replay_alone():
+    # the half-lr ablation runs append-replay at the main rank (4) and at its probe ranks (1, 16) only
+    rerun = [_row("append-replay", 1, 1.0, "1" * 10, rank=r) for r in (1, 4, 16)]
+    assert report._main_rank(rerun) == 4
+    assert report._main_rank([{**r, "main_rank": 16} for r in rerun]) == 16  # the cell's own record wins
+    main = rerun + [_row(s, 1, 1.0, "1" * 10, rank=4) for s in ("append-no-replay", "new-module")]
+    assert report._main_rank(main) == 4
+    from loramem.runs.runner import RecipeOptions
+
+    opts = RecipeOptions(scale="cpu", out="unused", params=c.ablation("cpu", "half-lr"))
+    assert {cell["main_rank"] for cell in c.cells(opts)} == {c.SCALES["cpu"]["rank"]}

@@ -101,7 +101,7 @@ def cells(opts: RecipeOptions) -> list[dict]:
             if not (d == "corrections" and (s == "consolidate" or (s not in fixes and not opts.params.get("strategies"))))]
     if "phonebook" in g["datasets"]:
         runs += [("phonebook", "append-replay", r) for r in g["probe_ranks"] if r != g["rank"]]
-    return [{"cell": f"{d}-{s}-r{r}-k{k}", "dataset": d, "strategy": s, "rank": r, "round": k, "rounds": g["rounds"],
+    return [{"cell": f"{d}-{s}-r{r}-k{k}", "dataset": d, "strategy": s, "rank": r, "main_rank": g["rank"], "round": k, "rounds": g["rounds"],
              "facts_per_round": g["facts"], "train_seed": opts.seed}
             for d, s, r in runs for k in range(1, g["rounds"] + 1)]
 

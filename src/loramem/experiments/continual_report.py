@@ -13,11 +13,18 @@ INTACT_MARGIN = 0.1  # base knowledge counts as intact when at most this share o
 
 
 def _main_rank(rows: list[dict]) -> int:
-    """The rank every strategy ran at (the probe ranks ran append-replay only)."""
+    """The rank every strategy ran at (the probe ranks ran append-replay only): the rows' `main_rank`, or for rows
+    written before they carried it, the rank most strategies ran at, the middle one where they tie (a rerun of
+    append-replay alone runs the probe ranks, one below the main rank and one above, beside it)."""
+    named = {r["main_rank"] for r in rows if r.get("main_rank") is not None}
+    if len(named) == 1:
+        return named.pop()
     by = {}
     for r in rows:
         by.setdefault(r["rank"], set()).add(r["strategy"])
-    return max(by, key=lambda k: (len(by[k]), k))
+    most = max(len(v) for v in by.values())
+    tied = sorted(k for k, v in by.items() if len(v) == most)
+    return tied[len(tied) // 2]
 
 
 def series(rows: list[dict], dataset: str, strategy: str, rank: int) -> list[dict]:
