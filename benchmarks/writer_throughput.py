@@ -71,12 +71,13 @@ from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, Train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from loramem.adapters import package_versions  # noqa: E402
 from loramem.config import WriterConfig  # noqa: E402
 from loramem.data import phonebook  # noqa: E402
 from loramem.evaluate import exact_match  # noqa: E402
 from loramem.formats import render  # noqa: E402
 from loramem.models import load_base  # noqa: E402
-from loramem.writer import package_versions, write_module  # noqa: E402
+from loramem.writer import write_module  # noqa: E402
 
 IGNORE = -100
 EVAL_BATCH = 64  # rows per teacher-forced check forward, as in loramem's own check

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from loramem import experiments
+from loramem.adapters import layers_label, parse_layers
 from loramem.errors import UserError
 from loramem.runs.runner import RecipeOptions, run_one
-from loramem.writer import layers_label, parse_layers
 
 # the datasheet's recipes (test files register extra ones)
 BANKED = {"multi-lora", "routing", "merging", "n-modules"}  # the Q8-Q11 bank: at paper scale, 2 of its 16 sectors

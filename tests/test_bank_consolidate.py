@@ -28,8 +28,8 @@ def bank(two, tmp_path):
 
 
 def _deltas(bank, base, info) -> dict:
+    from loramem.adapters import load_adapter
     from loramem.bank.merging import lora_layers
-    from loramem.writer import load_adapter
 
     host = load_adapter(base, bank.verified_path(info), "probe")
     out = {k: f.delta() for k, f in lora_layers(host, "probe").items()}

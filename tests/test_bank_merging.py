@@ -74,8 +74,8 @@ def test_cat_is_exactly_the_sum_of_the_updates(bank, res):
 def test_every_merge_method_yields_an_adapter_plain_peft_loads(bank, res, method, tmp_path):
     from peft import PeftModel
 
+    from loramem.adapters import save_adapter
     from loramem.models import _tiny_random
-    from loramem.writer import save_adapter
 
     mods = [bank.get(n) for n in ("people-00", "people-01", "people-02")]
     cfg = MergeConfig(method=method, density=0.7)

@@ -36,9 +36,9 @@ def bank(people, tmp_path):
 @torch.no_grad()
 def served(bank, base, name="people"):
     """Logits at every position of every fact's text, and greedy answers, of the version `name` serves."""
+    from loramem.adapters import load_adapter
     from loramem.evaluate import generate_answers
     from loramem.formats import render
-    from loramem.writer import load_adapter
 
     info = bank.get(name)
     facts = phonebook.generate(8, 0)[:6] + phonebook.generate(2, 3)

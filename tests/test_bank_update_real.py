@@ -19,8 +19,8 @@ REAL = dict(rank=8, lr=1e-2, layers="24-29", target_em=1.0, steps=200, batch_siz
 
 
 def answers(bank, base, facts):
+    from loramem.adapters import load_adapter
     from loramem.evaluate import generate_answers
-    from loramem.writer import load_adapter
 
     host = load_adapter(base, bank.verified_path(bank.get("people")), "probe")
     got = generate_answers(host, base, [e.example() for e in facts], "plain")

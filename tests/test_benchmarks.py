@@ -15,7 +15,7 @@ from loramem.data import phonebook
 from loramem.formats import Rendered, render
 from loramem.forward import collate
 from loramem.models import load_base
-from loramem.writer import exact_match_items
+from loramem.reads import exact_match_items
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "writer_throughput.py"
 

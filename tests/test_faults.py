@@ -124,9 +124,10 @@ def test_ask_on_a_flipped_byte_exits_2_with_one_line(fresh):
 def test_a_plain_module_with_foreign_tensor_keys_is_an_error_not_a_silent_no_op(tiny_base, tmp_path):
     from safetensors.torch import load_file, save_file
 
+    from loramem.adapters import load_adapter
     from loramem.config import WriterConfig
     from loramem.data.examples import read_examples
-    from loramem.writer import load_adapter, write_module
+    from loramem.writer import write_module
 
     pb = phonebook_file(tmp_path, 4)
     write_module(read_examples(pb), tiny_base, WriterConfig(**QUICK), out=tmp_path / "m", adapter="fault_keys")

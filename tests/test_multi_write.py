@@ -123,8 +123,8 @@ def test_the_writer_steps_as_a_plain_peft_loop_does(f64_base):
 
     from peft import get_peft_model
 
+    from loramem.adapters import attach, lora_config
     from loramem.forward import length_batches
-    from loramem.writer import attach, lora_config
 
     examples = [e.example() for e in phonebook.generate(20, 3)]
     cfg = WriterConfig(rank=4, seed=5, steps=7, target_em=None, progress=False, lr=1e-2, batch_size=4)

@@ -66,8 +66,8 @@ def test_plain_peft_reads_the_same_answers(memorized):
 
 
 def test_teacher_forced_verdicts_equal_generation_on_seen_and_unseen(memorized, real_base):
+    from loramem.adapters import load_adapter
     from loramem.evaluate import generated_em, teacher_forced_em
-    from loramem.writer import load_adapter
 
     out, book = memorized
     host = load_adapter(real_base, out, "real_check")

@@ -11,10 +11,11 @@ import math
 import pytest
 import torch
 
+from loramem.adapters import load_adapter
 from loramem.config import WriterConfig
 from loramem.data import phonebook
 from loramem.errors import UserError
-from loramem.writer import load_adapter, write_module
+from loramem.writer import write_module
 
 FACTS = [e.example() for e in phonebook.generate(6, seed=3)]
 
@@ -122,9 +123,9 @@ def test_hidden_before_stops_at_the_layer_and_matches_the_full_pass(tiny_base):
 
 def test_shared_prefix_forward_equals_the_full_pass(tiny_base):
     """Running the batch's common prefix once gives the same logits and the same LoRA gradients."""
+    from loramem.adapters import adapter_params, attach, lora_config
     from loramem.formats import render
     from loramem.forward import collate, logits_at, shared_prefix_len
-    from loramem.writer import adapter_params, attach, lora_config
 
     facts = [e.example() for e in phonebook.generate(8, seed=5)]
     items = [render(e, tiny_base.tokenizer, "plain") for e in facts]

@@ -291,9 +291,10 @@ def environment(model: str) -> dict:
     """Versions, hardware and the base model's identity, for the report's first section."""
     import torch
 
+    from loramem.adapters import package_versions
     from loramem.embeddings import query_encoder_in_use
     from loramem.models import load_base
-    from loramem.writer import package_versions, precision_for
+    from loramem.writer import precision_for
 
     base = load_base(model)
     mem_gib = None

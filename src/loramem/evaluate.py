@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from loramem.config import Format
 from loramem.formats import Example, render
 from loramem.models import Base
-from loramem.writer import autocast_for, exact_match_items
+from loramem.reads import exact_match_items
+from loramem.writer import autocast_for
 
 
 def normalize(text: str) -> str:

@@ -116,11 +116,11 @@ def _cat(bank: MemoryBank, infos: list[ModuleInfo], base: Base, union: list[Exam
     """Y = the exact sum of the modules' updates, saved as a PEFT folder in the bank's staging area."""
     import time
 
+    from loramem.adapters import adapter_params, load_adapter, package_versions, save_adapter
     from loramem.bank.merging import merge_into
     from loramem.config import MergeConfig
     from loramem.evaluate import teacher_forced_em
     from loramem.formats import knowledge_tokens
-    from loramem.writer import adapter_params, load_adapter, package_versions, save_adapter
 
     t0 = time.time()
     adapters = [f"bank_in_{k}" for k in range(len(infos))]

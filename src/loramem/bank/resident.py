@@ -11,13 +11,13 @@ import hashlib
 import json
 from collections import OrderedDict
 
+from loramem.adapters import check_loaded_keys
 from loramem.bank.manifest import ModuleInfo
 from loramem.bank.merging import merge_into
 from loramem.bank.store import MemoryBank
 from loramem.config import MergeConfig
 from loramem.errors import UserError
 from loramem.models import Base
-from loramem.writer import check_loaded_keys
 
 
 def _adapter_name(key: str) -> str:

@@ -179,7 +179,7 @@ def share(hits: list[bool]) -> float | None:
 
 def record_update(staging: Path, record: dict, update: dict) -> dict:
     """Record what the update did beside the training record (in the manifest and the folder's loramem.json)."""
-    from loramem.writer import RECORD_FILE
+    from loramem.adapters import RECORD_FILE
 
     record["update"] = update
     (staging / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str))
@@ -253,8 +253,8 @@ def _old_facts(bank: MemoryBank, info: ModuleInfo, needed: bool) -> list[Example
 
 def recalled_by(info: ModuleInfo, bank: MemoryBank, base: Base, facts: list[Example]) -> list[bool]:
     """Which of `facts` module version `info` recalls (teacher-forced exact match)."""
+    from loramem.adapters import load_adapter
     from loramem.evaluate import teacher_forced_em
-    from loramem.writer import load_adapter
 
     host = load_adapter(base, bank.verified_path(info), "bank_before")
     try:

@@ -185,10 +185,10 @@ def eval_cmd(
 ) -> None:
     """Exact match of a module on a set of facts (teacher-forced; --generate also decodes; --metrics scores
     generated answers overall and per question level)."""
+    from loramem.adapters import load_adapter, read_record
     from loramem.data.examples import read_examples
     from loramem.evaluate import generate_rows, teacher_forced_em
     from loramem.models import load_base
-    from loramem.writer import load_adapter, read_record
 
     rec = read_record(module)
     base = load_base(model or rec.get("base", {}).get("name") or DEFAULT_MODEL)

@@ -66,11 +66,11 @@ def views_make(
 def eval_metrics(module: Path, data: Path, base, fmt: str, metrics: list[str], judge: str, max_new_tokens: int,
                  as_json: bool) -> None:
     """Body of `loramem eval MODULE --metrics ...`: generate answers, score overall and per level."""
+    from loramem.adapters import load_adapter
     from loramem.config import EndpointConfig, JudgeConfig
     from loramem.data.documents import load_questions
     from loramem.evaluate import evaluate_questions
     from loramem.judges import make_judge
-    from loramem.writer import load_adapter
 
     if not metrics:
         raise UserError("--metrics is empty; give e.g. em,f1,rougeL,bleu,judge")

@@ -113,7 +113,8 @@ def run_cells(cells: list[dict], opts: RecipeOptions) -> list[dict]:
     """Cells with one writer setting (ranks, sizes and seeds vary) train in one pass over the base, each its own
     module with its own seed, optimizer and early stop."""
     from loramem.models import load_base
-    from loramem.writer import WriteJob, autocast_for, read_items, write_modules
+    from loramem.reads import read_items
+    from loramem.writer import WriteJob, autocast_for, write_modules
 
     base = load_base(opts.model)
     jobs, facts = [], []

@@ -14,9 +14,9 @@ import torch
 
 from loramem.experiments.partitioned import Setup, eval_groups, grid, predictions, read, scores, setup
 from loramem.intervals import share_interval
+from loramem.reads import Read
 from loramem.report import bar_plot, markdown_table
 from loramem.runs.runner import Recipe, RecipeOptions
-from loramem.writer import Read
 
 SYSTEMS = ("single", "multi-oracle", "icl")
 

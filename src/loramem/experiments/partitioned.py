@@ -24,8 +24,8 @@ from loramem.data import phonebook
 from loramem.errors import UserError
 from loramem.formats import Example
 from loramem.models import Base, load_base
+from loramem.reads import Read
 from loramem.runs.runner import RecipeOptions
-from loramem.writer import Read
 
 # Smoke: 48 facts over 4 rank-1 all-linear modules on the top 6 layers vs one rank-4 module on the same layers
 # (same parameter count, same epochs). Small batches: more updates per token, so facts stick within minutes.
@@ -141,7 +141,7 @@ def read(s: Setup, adapter: str | None, idx: list[int]) -> list[Read]:
     token (digits and terminator) and which are right. Its token accuracy is a softer read-out than exact match
     that shows partial damage (e.g. from merging)."""
     from loramem.formats import render
-    from loramem.writer import read_items
+    from loramem.reads import read_items
 
     host = s.resident.activate(adapter)
     items = [render(e, s.base.tokenizer, s.parts[0].format) for e in s.examples(idx)]
