@@ -49,3 +49,15 @@ class Unloadable:
 
     def __reduce__(self):
         return (_refuse_to_load, ())
+
+
+def _wait(cell: dict, opts: RecipeOptions) -> dict:
+    from pathlib import Path
+
+    until, t0 = Path(opts.params["until"]), time.time()
+    while not until.exists() and time.time() - t0 < opts.params.get("wait_s", 60):
+        time.sleep(0.2)
+    return {"y": cell["x"] ** 2, "saw": until.exists()}
+
+
+WAITS = Recipe("waits", "test: a recipe that waits for a file (another recipe's rows)", _cells, _wait, _summarize)

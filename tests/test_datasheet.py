@@ -141,7 +141,8 @@ def test_workers_that_cannot_start_are_reported_not_restarted_forever(tmp_path, 
     run.start()
     run.join(timeout=180)
     assert not run.is_alive(), "the datasheet kept restarting workers that cannot start"
-    assert all("could not start" in res["recipes"][n]["error"] for n in ("squares", "capacity"))
+    assert "could not start" in res["recipes"]["squares"]["error"] and "workers=1" in res["recipes"]["squares"]["error"]
+    assert res["recipes"]["capacity"]["ok"] == 4  # units are sent one by one: the one that loads still runs
     assert "could not start" in (tmp_path / "report.md").read_text()
 
 
@@ -287,7 +288,9 @@ def test_a_disagreement_gets_its_ablation_rerun_and_rescored(tmp_path, squares_r
     assert fourth["verdict"] == "agrees" and fourth["ablation"]["verdict"] == "agrees"  # `always`: run anyway
     assert main["verdict"] == "disagrees" and other["verdict"] == "agrees" and "ablation" not in other
     assert third["ablation"]["verdict"] == "disagrees" and third["ablation"]["effect"] == -0.5  # x=1 fails there too
-    assert third["ablation"]["rerun"]["failed"] == ["x=1"] and (tmp_path / "ablations" / "logs").is_dir()
+    assert third["ablation"]["rerun"]["failed"] == ["x=1"]
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("worker-*.log"))
+    assert "== squares@again" in logs and "== squares@y-grows" in logs  # run by the main recipes' workers
     a = main["ablation"]
     assert a["cause"] == "grid size" and a["verdict"] == "agrees" and a["effect"] == 1.1 and a["n"] == 20
     assert a["folder"] == "ablations/y-grows/squares" and a["params"] == {"n": 5}
@@ -323,3 +326,26 @@ def test_declared_ablations_rescore_the_main_rows_or_name_a_rerun_at_each_scale(
     abl = findings.ABLATIONS["ties-most-robust"]
     effect, ev = abl.check(rows)
     assert effect["arms"] == ["exact-ties", "linear"] and effect["ci_low"] > 0  # exact TIES does lead
+
+
+def test_an_ablation_rerun_starts_while_other_recipes_still_run(tmp_path, squares_registered, monkeypatch):
+    """The rerun a verdict calls for is queued once its recipe finishes, and runs on the worker that recipe freed,
+    beside the recipes still going: here `waits` holds its worker until the rerun's rows exist (60 s at most)."""
+    from recipes_for_tests import WAITS
+
+    from loramem import findings
+
+    def check(rows):  # disagrees on the main grid (2 values), agrees on the rerun's (5)
+        top = max(r["y"] for r in rows) / 10
+        return {"effect": top - 0.5, "ci_low": top - 0.6, "ci_high": top - 0.4, "n": 20}, {}
+
+    monkeypatch.setitem(experiments.CUSTOM, "waits", WAITS)
+    monkeypatch.setattr(findings, "FINDINGS", [findings.Finding("y-grows", "y grows", "squares", check, "y",
+                                                                margin=0.0)])
+    monkeypatch.setattr(findings, "ABLATIONS", {"y-grows": findings.Ablation("grid", "five x", params=lambda s: {"n": 5})})
+    rerun_rows = tmp_path / "ablations" / "y-grows" / "squares" / "results.jsonl"
+    res = run_datasheet("tiny-random", "smoke", tmp_path, only="squares,waits", progress=False, ablations=True,
+                        workers=2, params={"squares": {"n": 2}, "waits": {"n": 1, "until": str(rerun_rows)}})
+    assert read_rows(tmp_path / "waits" / "results.jsonl")[0]["saw"] is True  # the rerun ran while it waited
+    assert res["findings"][0]["verdict"] == "disagrees" and res["findings"][0]["ablation"]["verdict"] == "agrees"
+    assert res["recipes"]["waits"]["ok"] == 1 and "squares@y-grows" not in res["recipes"]

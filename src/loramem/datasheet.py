@@ -55,7 +55,8 @@ def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, ex
     out.mkdir(parents=True, exist_ok=True)
     names = recipe_names(only)
     wanted = 1 if executor != "local" else (pool.auto_workers() if workers is None else max(1, int(workers)))
-    n_workers = min(wanted, len(pool.plan(names)))
+    ablate = scale != "smoke" if ablations is None else ablations  # default: at cpu and paper scale, not the demo
+    n_workers = min(wanted, len(pool.plan(names)) + (len(names) if ablate else 0))
     t0 = time.time()
     clock = Sittings(out / "sittings.json", scale=scale, model=model)
     try:
@@ -64,11 +65,14 @@ def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, ex
         jobs = [(experiments.get(name), RecipeOptions(model=model, scale=scale, out=out / name, seed=seed,
                                                       paper_data=paper_data, progress=progress,
                                                       params=(params or {}).get(name, {}))) for name in names]
+        ran: dict[str, dict] = {}  # ablation reruns that ran beside the main recipes
         if n_workers > 1:
             from loramem import models
 
             models._LOADED.clear()  # the workers load their own copies; the parent only draws the progress view
-            status = pool.run_parallel(jobs, n_workers, out / "logs", progress=progress)
+            follow = _Pipeline(out, names, model, scale, seed, paper_data, progress, params) if ablate else None
+            status = pool.run_parallel(jobs, n_workers, out / "logs", progress=progress, follow=follow)
+            ran = {n: st for n, st in status.items() if follow is not None and n in follow.started}
         else:
             status = {}
             for i, (recipe, opts) in enumerate(jobs, start=1):
@@ -85,10 +89,11 @@ def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, ex
         verdicts = findings.evaluate(by_recipe)
         info.update(scale=scale, recipes=status, workers=n_workers, executor=executor,
                     threads_per_worker=pool.threads_per_worker(n_workers) if n_workers > 1 else _torch_threads())
-        publish(out, names, verdicts, info, clock.snapshot(), t0)  # the report stands before any ablation runs
-        if scale != "smoke" if ablations is None else ablations:  # default: at cpu and paper scale, not in the demo
+        publish(out, names, verdicts, info, clock.snapshot(), t0)  # the report stands before the last reruns
+        if ablate:
             run_ablations(verdicts, by_recipe, model, scale, out, seed=seed, paper_data=paper_data,
-                          progress=progress, executor=executor, address=address, params=params, workers=wanted)
+                          progress=progress, executor=executor, address=address, params=params, workers=wanted,
+                          ran=ran)
     finally:
         sittings = clock.stop()
     publish(out, names, verdicts, info, sittings, t0)
@@ -106,16 +111,35 @@ def publish(out: Path, names: list[str], verdicts: list[dict], info: dict, sitti
     (out / "report.html").write_text(render_html(md, out))
 
 
-def run_ablations(verdicts: list[dict], rows: dict[str, list[dict]], model: str, scale: str, out: Path,
-                  seed: int = 0, paper_data: Path | None = None, progress: bool = True, executor: str = "local",
-                  address: str | None = None, params: dict[str, dict] | None = None, workers: int = 1) -> list[dict]:
-    """For every finding that disagrees (and those whose ablation says `always`), its declared ablation
-    (findings.ABLATIONS): a rerun of its recipe with one
-    setting changed (on top of the main run's own `params` for that recipe), into DIR/ablations/KEY/RECIPE/ (it
-    resumes), or the finding recomputed on the main rows by another check. Reruns go to `workers` processes like
-    the main recipes (the Q8-Q11 recipes of one key in one worker: they share its bank). Each verdict gains an
-    `ablation` entry (cause, change, verdict, effect, interval, n; a rerun's status); the same list goes to
-    DIR/ablations.json. One ablation's failure is recorded in its entry and the others go on."""
+class _Pipeline:
+    """run_parallel's `follow`: once a unit of main recipes finishes, their findings are judged and the ablation
+    reruns those verdicts call for are queued at once, so they run beside the main recipes still going (the first
+    cpu run left a core idle for its last hour, then ran every rerun after)."""
+
+    def __init__(self, out: Path, names: list[str], model: str, scale: str, seed: int, paper_data: Path | None,
+                 progress: bool, params: dict[str, dict] | None) -> None:
+        self.out, self.names, self.args = out, names, (model, scale, out, seed, paper_data, progress, params)
+        self.judged: set[str] = set()
+        self.started: dict[str, tuple] = {}
+
+    def __call__(self, status: dict[str, dict]) -> list[list[tuple]]:
+        done = [n for n in self.names if n in status and n not in self.judged]
+        self.judged.update(done)
+        if not done:
+            return []
+        rows = {n: [r for r in read_rows(self.out / n / "results.jsonl") if r.get("status") == "ok"] for n in done}
+        verdicts = [v for v in findings.evaluate(rows) if findings.by_id(v["name"]).recipe in done]
+        new = {n: r for n, r in plan_ablations(verdicts, *self.args)[1].items() if n not in self.started}
+        self.started.update(new)
+        return [[new[n] for n in unit] for unit in _rerun_units(new)]
+
+
+def plan_ablations(verdicts: list[dict], model: str, scale: str, out: Path, seed: int = 0,
+                   paper_data: Path | None = None, progress: bool = True,
+                   params: dict[str, dict] | None = None) -> tuple[list[tuple], dict[str, tuple]]:
+    """What the verdicts call for: (todo, reruns). todo: (verdict, finding, ablation, entry) for every finding that
+    disagrees (or whose ablation runs `always`); reruns: `recipe@key` -> (recipe, options) for those that rerun a
+    recipe with a setting changed."""
     import dataclasses
 
     from loramem.runs.runner import RecipeOptions
@@ -148,7 +172,24 @@ def run_ablations(verdicts: list[dict], rows: dict[str, list[dict]], model: str,
                                                    paper_data=paper_data, progress=progress, params=merged)))
             entry["_rerun"] = name
         todo.append((v, f, a, entry))
-    status = _run_reruns(reruns, out, progress, executor, address, workers) if reruns else {}
+    return todo, reruns
+
+
+def run_ablations(verdicts: list[dict], rows: dict[str, list[dict]], model: str, scale: str, out: Path,
+                  seed: int = 0, paper_data: Path | None = None, progress: bool = True, executor: str = "local",
+                  address: str | None = None, params: dict[str, dict] | None = None, workers: int = 1,
+                  ran: dict[str, dict] | None = None) -> list[dict]:
+    """For every finding that disagrees (and those whose ablation says `always`), its declared ablation
+    (findings.ABLATIONS): a rerun of its recipe with one
+    setting changed (on top of the main run's own `params` for that recipe), into DIR/ablations/KEY/RECIPE/ (it
+    resumes), or the finding recomputed on the main rows by another check. Reruns go to `workers` processes like
+    the main recipes (the Q8-Q11 recipes of one key in one worker: they share its bank). Each verdict gains an
+    `ablation` entry (cause, change, verdict, effect, interval, n; a rerun's status); the same list goes to
+    DIR/ablations.json. One ablation's failure is recorded in its entry and the others go on. `ran`: the status of
+    reruns that already ran (beside the main recipes); they are not run again."""
+    todo, reruns = plan_ablations(verdicts, model, scale, out, seed, paper_data, progress, params)
+    left = {n: r for n, r in reruns.items() if n not in (ran or {})}
+    status = {**(ran or {}), **(_run_reruns(left, out, progress, executor, address, workers) if left else {})}
     entries = []
     for v, f, a, entry in todo:
         name = entry.pop("_rerun", None)
@@ -178,10 +219,9 @@ def _merge_params(main: dict, changed: dict) -> dict:
     return merged
 
 
-def _run_reruns(reruns: dict, out: Path, progress: bool, executor: str, address: str | None,
-                workers: int) -> dict[str, dict]:
-    """The ablation reruns, in worker processes when there are several (longest first; the Q8-Q11 recipes of one
-    key, which share a bank, in one unit), else one after another."""
+def _rerun_units(reruns: dict) -> list[list[str]]:
+    """The reruns' names in units of work: the Q8-Q11 recipes of one key together (they share its bank, in chain
+    order), every other rerun alone; longest first."""
     from loramem.runs import workers as pool
 
     def recipe(name: str) -> str:
@@ -195,6 +235,16 @@ def _run_reruns(reruns: dict, out: Path, progress: bool, executor: str, address:
     plan = sorted(units.values(), key=lambda u: min(order.get(recipe(n), len(order)) for n in u))
     for unit in plan:
         unit.sort(key=lambda n: chain.index(recipe(n)) if recipe(n) in chain else 0)
+    return plan
+
+
+def _run_reruns(reruns: dict, out: Path, progress: bool, executor: str, address: str | None,
+                workers: int) -> dict[str, dict]:
+    """The ablation reruns, in worker processes when there are several (longest first; the Q8-Q11 recipes of one
+    key, which share a bank, in one unit), else one after another."""
+    from loramem.runs import workers as pool
+
+    plan = _rerun_units(reruns)
     n = min(workers, len(plan)) if executor == "local" else 1
     if n > 1:
         from loramem import models

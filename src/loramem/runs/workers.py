@@ -18,7 +18,7 @@ import os
 import pickle
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,7 +29,9 @@ from loramem.progress import PLAIN_EVERY_S, OptionalBar, _clock, plain_output
 CHAINS: list[tuple[str, ...]] = [("multi-lora", "routing", "merging", "n-modules")]
 # Scheduling hint only (longest first keeps the workers' loads even): the smoke datasheet's slowest recipes on a
 # 2-core CPU. Recipes not named here (your own) go last.
-LONGEST_FIRST = ["multi-lora", "capacity", "mixes", "rag-icl", "formats", "generators", "counterfact", "model-scale"]
+# continual was left out until the first cpu run, which then ran it last and alone, on one of its two cores.
+LONGEST_FIRST = ["multi-lora", "capacity", "continual", "mixes", "rag-icl", "formats", "generators", "counterfact",
+                 "model-scale"]
 GIB_PER_WORKER = 6  # a worker holds a base model, its optimizer state and activations; smoke needs ~2-3 GiB
 
 
@@ -76,9 +78,13 @@ def plan(names: list[str]) -> list[list[str]]:
 
 
 def run_parallel(jobs: list, workers: int, log_dir: Path, progress: bool = True,
-                 units: list[list[str]] | None = None) -> dict[str, dict]:
+                 units: list[list[str]] | None = None,
+                 follow: Callable[[dict[str, dict]], list[list[tuple]]] | None = None) -> dict[str, dict]:
     """Run (recipe, options) jobs on `workers` processes; returns each recipe's run.json status. `units`: recipe
-    names that must run in one worker in order (default `plan`: the chains, longest first). A worker that dies
+    names that must run in one worker in order (default `plan`: the chains, longest first). `follow(status)` is
+    called in the parent each time a unit finishes, with every status so far; the units of (recipe, options) it
+    returns join the queue (the datasheet's ablation reruns start as soon as their recipe's verdict is known), and
+    a worker with nothing to do waits for them while any unit still runs. A worker that dies
     (killed, out of memory) costs only the recipes of the unit it was running: they are reported as failed, a new
     worker takes the remaining units, and a rerun resumes them. A worker that cannot even start (e.g. a recipe
     defined in __main__, which a fresh interpreter cannot import) is not restarted: its units are reported.
@@ -91,11 +97,7 @@ def run_parallel(jobs: list, workers: int, log_dir: Path, progress: bool = True,
 
     by_name = {recipe.name: (recipe, opts.model_copy(update={"progress": False})) for recipe, opts in jobs}
     units = [[by_name[n] for n in unit] for unit in (units or plan(list(by_name)))]
-    try:
-        pickle.dumps(units)
-    except Exception as exc:
-        raise UserError(f"these recipes cannot be sent to worker processes ({type(exc).__name__}: {exc}); "
-                        "run them one at a time with --workers 1") from None
+    _picklable(units)
     log_dir.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")  # a fresh interpreter per worker: its own thread count, no forked torch state
     threads = threads_per_worker(workers)
@@ -106,21 +108,38 @@ def run_parallel(jobs: list, workers: int, log_dir: Path, progress: bool = True,
     running: dict[int, int | None] = {}
     started: dict[int, bool] = {}  # the worker said "ready" at least once
     no_start: list[str] = []
+    idle: set[int] = set()  # workers waiting for units that `follow` may still add
 
     def start(slot: int) -> None:
         here, there = ctx.Pipe(duplex=True)
-        proc = ctx.Process(target=_worker, args=(slot, there, units, threads, str(log_dir)), daemon=True)
+        proc = ctx.Process(target=_worker, args=(slot, there, threads, str(log_dir)), daemon=True)
         proc.start()
         there.close()
         live[slot], running[slot], started[slot] = (proc, here), None, False
 
     def hand_out(slot: int) -> None:
+        if not pending and follow is not None and len(resolved) < len(units):
+            running[slot] = None
+            idle.add(slot)  # a unit still running may yet add work
+            return
         unit = pending.popleft() if pending else None
         running[slot] = unit
         try:
-            live[slot][1].send(unit)
+            # pickled here, loaded there: a unit the worker cannot load is that unit's error, not a dead worker
+            live[slot][1].send(None if unit is None else (unit, pickle.dumps(units[unit])))
         except OSError:
             pass  # it died meanwhile; its sentinel reports it
+
+    def grow() -> None:
+        """Queue the units `follow` returns for the status so far, and wake the idle workers for them."""
+        for unit in follow(dict(status)) if follow is not None else []:
+            unit = [(recipe, opts.model_copy(update={"progress": False})) for recipe, opts in unit]
+            _picklable([unit])
+            units.append(unit)
+            pending.append(len(units) - 1)
+            view.n_jobs += len(unit)
+        while idle and (pending or len(resolved) == len(units)):
+            hand_out(idle.pop())
 
     def fail(unit: int, why: str) -> None:
         for recipe, _ in units[unit]:
@@ -134,10 +153,17 @@ def run_parallel(jobs: list, workers: int, log_dir: Path, progress: bool = True,
         if kind == "ready":
             started[slot] = True
             hand_out(slot)
+        elif kind == "unloadable":
+            fail(fields["unit"], f"not run: a worker process could not start it ({fields['error']}). A recipe "
+                                 "defined in __main__, or a script without `if __name__ == '__main__':`, cannot "
+                                 "run in worker processes: use workers=1")
+            running[slot] = None
+            grow()
         elif kind == "unit":
             status.update(fields["status"])
             resolved.add(fields["unit"])
             running[slot] = None
+            grow()
         else:
             view.show(kind, who, fields)
 
@@ -170,6 +196,7 @@ def run_parallel(jobs: list, workers: int, log_dir: Path, progress: bool = True,
                     proc.join()
                     conn.close()
                     del live[slot]
+                    idle.discard(slot)
                     if running[slot] is not None and running[slot] not in resolved:
                         fail(running[slot], f"worker process died (exit code {proc.exitcode}); see {log_dir}/ and "
                                             "rerun to resume")
@@ -212,7 +239,15 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _worker(slot: int, conn, units: list, threads: int, log_dir: str) -> None:
+def _picklable(units: list) -> None:
+    try:
+        pickle.dumps(units)
+    except Exception as exc:
+        raise UserError(f"these recipes cannot be sent to worker processes ({type(exc).__name__}: {exc}); "
+                        "run them one at a time with --workers 1") from None
+
+
+def _worker(slot: int, conn, threads: int, log_dir: str) -> None:
     """A worker process: output to its log file (not over the parent's view), its thread count, then the units the
     parent hands it until None."""
     fd = os.open(Path(log_dir) / f"worker-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -225,9 +260,16 @@ def _worker(slot: int, conn, units: list, threads: int, log_dir: str) -> None:
 
     torch.set_num_threads(threads)
     conn.send(("ready", slot, {}))
-    while (unit := conn.recv()) is not None:
+    while (msg := conn.recv()) is not None:
+        unit, blob = msg
+        try:
+            jobs = pickle.loads(blob)
+        except Exception as exc:  # noqa: BLE001 - e.g. a recipe defined in the parent's __main__
+            conn.send(("unloadable", slot, {"unit": unit, "error": f"{type(exc).__name__}: {exc}"}))
+            conn.send(("ready", slot, {}))
+            continue
         status = {}
-        for recipe, opts in units[unit]:
+        for recipe, opts in jobs:
             conn.send(("begin", recipe.name, {}))
             print(f"== {recipe.name} ({time.strftime('%H:%M:%S')})", flush=True)
             status[recipe.name] = run_recipe_status(
