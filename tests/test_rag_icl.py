@@ -133,7 +133,7 @@ def _quality(path):
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
 
-def test_quality_reader_and_multiple_choice_on_long_documents(tmp_path, tiny_base):
+def test_quality_reader_and_multiple_choice_on_long_documents(tmp_path, tiny_base, monkeypatch):
     from loramem.config import AnswerConfig, RetrievalConfig, WriterConfig
     from loramem.experiments.context_tasks import run_methods
 
@@ -155,3 +155,35 @@ def test_quality_reader_and_multiple_choice_on_long_documents(tmp_path, tiny_bas
         assert v["score"] in (0.0, 1.0) and v["prompt_tokens"] > 0
     assert res["methods"]["chunk-lora"]["storage_bytes"] > res["methods"]["lora"]["storage_bytes"]
     assert res["methods"]["icl"]["prompt_tokens"] > res["methods"]["base"]["prompt_tokens"]
+    host = tiny_base.extra["peft"]
+    assert not [a for a in host.peft_config if a.startswith("ragicl_")]  # every module of the cell is gone
+
+    # a cell that fails while answering leaves none of its adapters on the shared base for the next cell
+    from loramem.experiments import context_tasks
+
+    calls = []
+
+    def breaks(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("broke while answering")
+
+    monkeypatch.setattr(context_tasks, "_ask_all", breaks)
+    with pytest.raises(RuntimeError, match="broke while answering"):
+        run_methods(task, tiny_base, WriterConfig(rank=2, steps=2, target_em=None, progress=False),
+                    RetrievalConfig(chunk_tokens=8, overlap=2, k=1), AnswerConfig(), tmp_path / "mods2",
+                    chunk_modules=2)
+    assert calls and not [a for a in host.peft_config if a.startswith("ragicl_")]
+    monkeypatch.undo()
+    real = context_tasks._ask_all
+
+    def breaks_in_chunks(task, qs, base, mode, host, index, cfg):
+        if host.active_adapter.startswith("ragicl_chunk"):
+            raise RuntimeError("broke in a chunk module")
+        return real(task, qs, base, mode, host, index, cfg)
+
+    monkeypatch.setattr(context_tasks, "_ask_all", breaks_in_chunks)
+    with pytest.raises(RuntimeError, match="broke in a chunk module"):
+        run_methods(task, tiny_base, WriterConfig(rank=2, steps=2, target_em=None, progress=False),
+                    RetrievalConfig(chunk_tokens=8, overlap=2, k=1), AnswerConfig(), tmp_path / "mods3",
+                    chunk_modules=2)
+    assert not [a for a in host.peft_config if a.startswith("ragicl_")]

@@ -227,17 +227,19 @@ def run_methods(task: Task, base, writer, retrieval, answer_cfg, module_dir: Pat
     costs = {"base": (0, 0.0), "lora": (lora_bytes, lora_s), "rag": (index_bytes, index_s), "icl": (icl_bytes, 0.0),
              "lora+rag": (lora_bytes + index_bytes, lora_s + index_s), "lora+icl": (lora_bytes + icl_bytes, lora_s)}
     methods, preds = {}, []
-    for mode, (storage, train_s) in costs.items():
-        host.set_adapter("ragicl_whole")
-        outs = _ask_all(task, task.questions, base, mode, host, index, answer_cfg)
-        methods[mode] = _method_row(task, outs, storage, train_s, task.questions)
-        preds += _predictions(task, mode, outs, task.questions)
-    if chunk_modules:
-        chunked, chunk_preds = _chunk_methods(task, base, writer, index, answer_cfg, module_dir, chunk_modules,
-                                              (index_bytes, index_s))
-        methods.update(chunked)
-        preds += chunk_preds
-    host.delete_adapter("ragicl_whole")
+    try:  # a cell that fails leaves no adapter behind on the shared base for the next cell
+        for mode, (storage, train_s) in costs.items():
+            host.set_adapter("ragicl_whole")
+            outs = _ask_all(task, task.questions, base, mode, host, index, answer_cfg)
+            methods[mode] = _method_row(task, outs, storage, train_s, task.questions)
+            preds += _predictions(task, mode, outs, task.questions)
+        if chunk_modules:
+            chunked, chunk_preds = _chunk_methods(task, base, writer, index, answer_cfg, module_dir, chunk_modules,
+                                                  (index_bytes, index_s))
+            methods.update(chunked)
+            preds += chunk_preds
+    finally:
+        host.delete_adapter("ragicl_whole")
     # per method every question's answer (an evenly spaced 200 of them when there are more)
     return {"methods": methods, "predictions": preds, "predictions_of": len(task.questions) * len(methods),
             "lora_exact_match": res.record["exact_match"], "lora_params": res.record["n_params"]}
@@ -247,8 +249,7 @@ def _chunk_methods(task: Task, base, writer, index, answer_cfg, module_dir: Path
                    rag_cost) -> tuple[dict, list[dict]]:
     """One module per chunk of each long document, routed top-1 by BM25 over the chunk texts: each method's
     score and cost, and its answers."""
-    from loramem.config import RetrievalConfig
-    from loramem.retrieval import Document, Index, chunk_document
+    from loramem.retrieval import Document, chunk_document
     from loramem.writer import WriteJob, write_modules
 
     tok = base.tokenizer
@@ -264,10 +265,25 @@ def _chunk_methods(task: Task, base, writer, index, answer_cfg, module_dir: Path
     jobs = [WriteJob([Example("", c.text) for c in chunk_document(Document(name, text), tok, TRAIN_CHUNK_TOKENS, 0)],
                      writer, out=module_dir / name, adapter=name) for name, text in pieces.items()]
     t0 = time.perf_counter()
-    write_modules(jobs, base)
-    train_s = time.perf_counter() - t0
-    storage = sum(_dir_bytes(Path(job.out)) for job in jobs)
     host = base.extra["peft"]
+    try:
+        write_modules(jobs, base)
+        return _ask_chunks(task, base, index, answer_cfg, pieces, jobs, time.perf_counter() - t0, rag_cost)
+    finally:
+        host.set_adapter("ragicl_whole")  # deleting the active adapter makes PEFT warn and pick one itself
+        for name in pieces:
+            if name in host.peft_config:
+                host.delete_adapter(name)
+
+
+def _ask_chunks(task: Task, base, index, answer_cfg, pieces: dict[str, str], jobs: list, train_s: float,
+                rag_cost) -> tuple[dict, list[dict]]:
+    """The chunk methods' answers: each question to its top-1 chunk module by BM25, with and without RAG."""
+    from loramem.config import RetrievalConfig
+    from loramem.retrieval import Index
+
+    tok, host = base.tokenizer, base.extra["peft"]
+    storage = sum(_dir_bytes(Path(job.out)) for job in jobs)
     router = Index.build(pieces, RetrievalConfig(method="bm25", chunk_tokens=100000, overlap=0, k=1), tok)
     out, preds = {}, []
     for mode, extra in (("chunk-lora", (0, 0.0)), ("chunk-lora+rag", rag_cost)):
@@ -286,7 +302,4 @@ def _chunk_methods(task: Task, base, writer, index, answer_cfg, module_dir: Path
                 outs[i] = o
         out[mode] = _method_row(task, outs, storage + extra[0], train_s + extra[1], task.questions)
         preds += _predictions(task, mode, outs, task.questions)
-    host.set_adapter("ragicl_whole")  # deleting the active adapter makes PEFT warn and pick one itself
-    for name in pieces:
-        host.delete_adapter(name)
     return out, preds
