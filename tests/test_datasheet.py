@@ -289,8 +289,8 @@ def test_a_disagreement_gets_its_ablation_rerun_and_rescored(tmp_path, squares_r
     assert main["verdict"] == "disagrees" and other["verdict"] == "agrees" and "ablation" not in other
     assert third["ablation"]["verdict"] == "disagrees" and third["ablation"]["effect"] == -0.5  # x=1 fails there too
     assert third["ablation"]["rerun"]["failed"] == ["x=1"]
-    logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("worker-*.log"))
-    assert "== squares@again" in logs and "== squares@y-grows" in logs  # run by the main recipes' workers
+    logs = "".join(p.read_text() for p in (tmp_path / "ablations" / "logs").glob("worker-*.log"))
+    assert "== squares@again" in logs and "== squares@y-grows" in logs  # one recipe: its reruns after it, 2 at once
     a = main["ablation"]
     assert a["cause"] == "grid size" and a["verdict"] == "agrees" and a["effect"] == 1.1 and a["n"] == 20
     assert a["folder"] == "ablations/y-grows/squares" and a["params"] == {"n": 5}
@@ -345,7 +345,20 @@ def test_an_ablation_rerun_starts_while_other_recipes_still_run(tmp_path, square
     monkeypatch.setattr(findings, "ABLATIONS", {"y-grows": findings.Ablation("grid", "five x", params=lambda s: {"n": 5})})
     rerun_rows = tmp_path / "ablations" / "y-grows" / "squares" / "results.jsonl"
     res = run_datasheet("tiny-random", "smoke", tmp_path, only="squares,waits", progress=False, ablations=True,
-                        workers=2, params={"squares": {"n": 2}, "waits": {"n": 1, "until": str(rerun_rows)}})
+                        workers=2, params={"squares": {"n": 2}, "waits": {"n": 1, "until": str(rerun_rows), "wait_s": 300}})
     assert read_rows(tmp_path / "waits" / "results.jsonl")[0]["saw"] is True  # the rerun ran while it waited
     assert res["findings"][0]["verdict"] == "disagrees" and res["findings"][0]["ablation"]["verdict"] == "agrees"
     assert res["recipes"]["waits"]["ok"] == 1 and "squares@y-grows" not in res["recipes"]
+
+
+def test_a_follow_that_raises_adds_nothing_and_the_recipes_finish(tmp_path, squares_registered, capfd):
+    from loramem.runs import workers
+    from loramem.runs.runner import RecipeOptions
+
+    def follow(status):
+        raise IndexError("follow broke")
+
+    jobs = [(SQUARES, RecipeOptions(model="tiny-random", out=tmp_path / "sq", params={"n": 2}))]
+    status = workers.run_parallel(jobs, 2, tmp_path / "logs", progress=False, follow=follow)
+    assert status["squares"]["ok"] == 2
+    assert "run_parallel: follow failed, no units added" in capfd.readouterr().err

@@ -31,7 +31,8 @@ class Pipeline:
         self.judged.update(done)
         if not done:
             return []
-        rows = {n: [r for r in read_rows(self.out / n / "results.jsonl") if r.get("status") == "ok"] for n in done}
+        rows = {n: [r for r in read_rows(self.out / n / "results.jsonl") if r.get("recipe") == n
+                    and r.get("status") == "ok"] for n in done}  # as run_datasheet reads them for the verdicts
         verdicts = [v for v in findings.evaluate(rows) if findings.by_id(v["name"]).recipe in done]
         new = {n: r for n, r in plan_ablations(verdicts, *self.args)[1].items() if n not in self.started}
         self.started.update(new)

@@ -57,7 +57,7 @@ def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, ex
     names = recipe_names(only)
     wanted = 1 if executor != "local" else (pool.auto_workers() if workers is None else max(1, int(workers)))
     ablate = scale != "smoke" if ablations is None else ablations  # default: at cpu and paper scale, not the demo
-    n_workers = min(wanted, len(pool.plan(names)) + (len(names) if ablate else 0))
+    n_workers = min(wanted, len(pool.plan(names)))  # one recipe: in this process, its reruns after it
     t0 = time.time()
     clock = Sittings(out / "sittings.json", scale=scale, model=model)
     try:
@@ -73,7 +73,9 @@ def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, ex
             models._LOADED.clear()  # the workers load their own copies; the parent only draws the progress view
             follow = Pipeline(out, names, model, scale, seed, paper_data, progress, params) if ablate else None
             status = pool.run_parallel(jobs, n_workers, out / "logs", progress=progress, follow=follow)
-            ran = {n: st for n, st in status.items() if follow is not None and n in follow.started}
+            # reruns that ran (a unit no worker ran, or one whose worker died, runs again after)
+            ran = {n: st for n, st in status.items() if follow is not None and n in follow.started
+                   and not str(st.get("error", "")).startswith(("not run", "worker process died"))}
         else:
             status = {}
             for i, (recipe, opts) in enumerate(jobs, start=1):

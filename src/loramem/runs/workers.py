@@ -18,6 +18,7 @@ import os
 import pickle
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,7 +85,8 @@ def run_parallel(jobs: list, workers: int, log_dir: Path, progress: bool = True,
     names that must run in one worker in order (default `plan`: the chains, longest first). `follow(status)` is
     called in the parent each time a unit finishes, with every status so far; the units of (recipe, options) it
     returns join the queue (the datasheet's ablation reruns start as soon as their recipe's verdict is known), and
-    a worker with nothing to do waits for them while any unit still runs. A worker that dies
+    an idle worker waits for them while any unit still runs (a `follow` that raises adds nothing; its traceback
+    goes to stderr). A worker that dies
     (killed, out of memory) costs only the recipes of the unit it was running: they are reported as failed, a new
     worker takes the remaining units, and a rerun resumes them. A worker that cannot even start (e.g. a recipe
     defined in __main__, which a fresh interpreter cannot import) is not restarted: its units are reported.
@@ -127,17 +129,28 @@ def run_parallel(jobs: list, workers: int, log_dir: Path, progress: bool = True,
         try:
             # pickled here, loaded there: a unit the worker cannot load is that unit's error, not a dead worker
             live[slot][1].send(None if unit is None else (unit, pickle.dumps(units[unit])))
-        except OSError:
-            pass  # it died meanwhile; its sentinel reports it
+        except OSError:  # it died meanwhile (its sentinel reports it): the unit goes back for another worker
+            if unit is not None:
+                pending.appendleft(unit)
+                running[slot] = None
 
     def grow() -> None:
         """Queue the units `follow` returns for the status so far, and wake the idle workers for them."""
-        for unit in follow(dict(status)) if follow is not None else []:
-            unit = [(recipe, opts.model_copy(update={"progress": False})) for recipe, opts in unit]
-            _picklable([unit])
-            units.append(unit)
+        try:
+            new = follow(dict(status)) if follow is not None else []
+        except Exception:  # noqa: BLE001 - a broken follow costs its extra units, not the recipes running
+            print("run_parallel: follow failed, no units added:\n" + traceback.format_exc(), file=sys.stderr,
+                  flush=True)
+            new = []
+        for unit in new:
+            units.append([(recipe, opts.model_copy(update={"progress": False})) for recipe, opts in unit])
+            view.grow(len(unit))
+            try:
+                _picklable([units[-1]])
+            except UserError as exc:
+                fail(len(units) - 1, f"not run: {exc}")
+                continue
             pending.append(len(units) - 1)
-            view.n_jobs += len(unit)
         while idle and (pending or len(resolved) == len(units)):
             hand_out(idle.pop())
 
@@ -170,12 +183,14 @@ def run_parallel(jobs: list, workers: int, log_dir: Path, progress: bool = True,
     def drain(slot: int) -> bool:
         """Read what the worker sent; False once its pipe is closed or broken (it exited or was killed)."""
         conn = live[slot][1]
-        try:
-            while conn.poll():
-                handle(slot, conn.recv())
-        except (EOFError, OSError, ValueError, ImportError, AttributeError, TypeError):
-            return False  # closed, or a message cut short by a kill
-        return True
+        while True:
+            try:
+                if not conn.poll():
+                    return True
+                msg = conn.recv()
+            except (EOFError, OSError, ValueError, ImportError, AttributeError, TypeError):
+                return False  # closed, or a message cut short by a kill
+            handle(slot, msg)
 
     with _env(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)), _View(progress, jobs, workers) as view:
         for slot in range(workers):
@@ -202,8 +217,8 @@ def run_parallel(jobs: list, workers: int, log_dir: Path, progress: bool = True,
                                             "rerun to resume")
                     if not started[slot]:
                         no_start.append(f"exit code {proc.exitcode}")
-                    elif proc.exitcode != 0 and pending:
-                        start(slot)
+                    elif proc.exitcode != 0 and (pending or (follow is not None and len(resolved) < len(units))):
+                        start(slot)  # its replacement takes what is queued, or what `follow` adds
         except BaseException:
             for proc, _ in live.values():  # Ctrl-C: stop the workers too; the finished cells stay on disk
                 proc.terminate()
@@ -298,6 +313,12 @@ class _View(OptionalBar):
                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
             self.overall = self.bar.add_task(f"[bold]datasheet[/bold] ({workers} recipes at once)", total=len(jobs),
                                              cell="recipes")
+
+    def grow(self, n: int) -> None:
+        """`n` more recipes to run (ablation reruns queued as the run goes)."""
+        self.n_jobs += n
+        if self.enabled:
+            self.bar.update(self.overall, total=self.n_jobs)
 
     def show(self, event: str, recipe: str, fields: dict) -> None:
         if self.plain:
