@@ -87,6 +87,11 @@ def test_efficiency_finding_can_come_out_either_way_and_needs_three_ranks():
     two = {f["id"]: f for f in findings.evaluate({"capacity": grid({1: 500, 8: 8000})})}
     assert two["efficiency-low-rank"]["verdict"] == "undecided"
     assert "three ranks" in two["efficiency-low-rank"]["evidence"]["why"]
+    # every rank held the largest size (as in the cpu run's budget ablation): T_max is only a lower bound, and
+    # equal bounds would always favour the rank with the fewest parameters
+    beyond = {f["id"]: f for f in findings.evaluate({"capacity": grid({1: 16000, 2: 16000, 8: 16000})})}
+    assert beyond["efficiency-low-rank"]["verdict"] == "undecided"
+    assert "beyond the grid" in beyond["efficiency-low-rank"]["evidence"]["why"]
 
 
 def test_every_finding_is_not_measured_without_rows_and_has_the_fields_outside_checks_read():

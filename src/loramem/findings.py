@@ -156,17 +156,25 @@ def efficiency_peaks_low(rows: list[dict]) -> tuple[Effect | None, dict]:
     if len(ranks) < 3:
         return None, {"why": f"needs at least three ranks to see an interior peak (has {ranks})", "tau": tau}
     per_seed = t_max_by_seed(curve, tau)
-    lead, by_seed = {}, {}
+    largest = {k: max(p["size_tokens"] for p in curve[k]) for k in ranks}
+    lead, by_seed, censored = {}, {}, []
     for s in sorted(next(iter(per_seed.values()), {})):
         tmax = {k: per_seed[k][s] for k in curve}
         eff = {k: tmax[k] / curve[k][0]["n_params"] for k in ranks}
         top = max(eff.values())
         by_seed[s] = {"t_max": tmax, "peak_rank": max(eff, key=eff.get)}
-        if top > 0:
+        # a rank that held even the largest size has T_max beyond the grid: only a lower bound, so the seed's
+        # efficiencies cannot be ordered (equal bounds would always favour the rank with fewer parameters)
+        if any(tmax[k] >= largest[k] for k in ranks):
+            censored.append(s)
+        elif top > 0:
             lead[s] = (max(eff[k] for k in ranks[1:-1]) - max(eff[ranks[0]], eff[ranks[-1]])) / top
     ev = {"tau": tau, "ranks": ranks, "by_seed": by_seed}
+    if censored:
+        ev["censored_seeds"] = censored
     if not lead:
-        ev["why"] = "no rank reached tau in any seed: no T_max to compare"
+        ev["why"] = (f"T_max is beyond the grid in seeds {censored} (a rank held the largest size): larger sizes "
+                     "decide it" if censored else "no rank reached tau in any seed: no T_max to compare")
     return seed_effect(lead, ("best interior rank", "better end rank")), ev
 
 
