@@ -171,3 +171,14 @@ def test_intervals_are_wilson_for_shares_and_student_t_for_graded_scores():
     graded = [0.0, 0.5, 1.0, 0.5]
     assert interval(graded) == pytest.approx(findings.interval95(graded)[1:])
     assert interval([0.3]) is None
+
+
+def test_the_memory_law_says_when_a_rank_held_the_whole_grid(tmp_path):
+    from loramem.experiments import capacity
+    from loramem.runs.runner import RecipeOptions
+
+    rows = [{**_cap(k, s, 1.0 if s <= t else 0.0, 100 * k, seed), "entries": s // 27, "bits": 1.0, "cell": f"{k}-{s}",
+             "status": "ok", "seconds": 1.0}
+            for seed in range(3) for k, t in {1: 1000, 2: 2000, 4: 4000}.items() for s in (500, 1000, 2000, 4000)]
+    law = capacity.summarize(rows, RecipeOptions(model="tiny-random", out=tmp_path))["memory_law"]
+    assert law["censored_ranks"] == [4] and "beyond the grid" in law["note"]

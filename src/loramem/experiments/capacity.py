@@ -339,6 +339,10 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     (out / "capacity.md").write_text(f"{text}\n### Every cell\n\n{table}")
     best = max(per_rank.values(), key=lambda v: v["efficiency"])
     law = memory_law({k: per_rank[str(k)]["t_max"] for k in ranks})
+    beyond = [k for k in ranks if per_rank[str(k)]["t_max"] >= max(p["size_tokens"] for p in curve[k])]
+    if law and beyond:  # those ranks' T_max is a lower bound: the fit says how far the grid reached, not the law
+        law["censored_ranks"] = beyond
+        law["note"] = f"ranks {beyond} held the largest size: their T_max is beyond the grid, so alpha is biased"
     if law:
         (out / "capacity.md").write_text((out / "capacity.md").read_text() + (
             f"\n### Memory law\n\nT_max = {law['c']} x rank^{law['alpha']} (alpha 95% interval "
