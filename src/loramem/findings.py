@@ -148,7 +148,7 @@ def efficiency_peaks_low(rows: list[dict]) -> tuple[Effect | None, dict]:
     """Efficiency = T_max / N_params is non-monotonic in rank, peaking at a low rank that is not the lowest: per
     seed, the best interior rank's efficiency minus the better of the two end ranks', over the largest efficiency.
     An interior rank that leads is positive; a monotonic curve (either way) is negative. Needs three ranks."""
-    from loramem.experiments.capacity import curves, t_max_by_seed
+    from loramem.experiments.capacity import beyond_grid, curves, t_max_by_seed
 
     tau = rows[0].get("tau", 0.9)
     curve = curves(rows)
@@ -156,7 +156,6 @@ def efficiency_peaks_low(rows: list[dict]) -> tuple[Effect | None, dict]:
     if len(ranks) < 3:
         return None, {"why": f"needs at least three ranks to see an interior peak (has {ranks})", "tau": tau}
     per_seed = t_max_by_seed(curve, tau)
-    largest = {k: max(p["size_tokens"] for p in curve[k]) for k in ranks}
     lead, by_seed, censored = {}, {}, []
     for s in sorted(next(iter(per_seed.values()), {})):
         tmax = {k: per_seed[k][s] for k in curve}
@@ -165,7 +164,7 @@ def efficiency_peaks_low(rows: list[dict]) -> tuple[Effect | None, dict]:
         by_seed[s] = {"t_max": tmax, "peak_rank": max(eff, key=eff.get)}
         # a rank that held even the largest size has T_max beyond the grid: only a lower bound, so the seed's
         # efficiencies cannot be ordered (equal bounds would always favour the rank with fewer parameters)
-        if any(tmax[k] >= largest[k] for k in ranks):
+        if beyond_grid(curve, tmax):
             censored.append(s)
         elif top > 0:
             lead[s] = (max(eff[k] for k in ranks[1:-1]) - max(eff[ranks[0]], eff[ranks[-1]])) / top

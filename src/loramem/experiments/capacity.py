@@ -227,6 +227,11 @@ def t_max_by_seed(curve: dict[int, list[dict]], tau: float) -> dict[int, dict[in
             for k, pts in curve.items()}
 
 
+def beyond_grid(curve: dict[int, list[dict]], t_max_of: dict[int, int]) -> list[int]:
+    """The ranks whose T_max is the largest size they were tested on: it lies beyond the grid (a lower bound)."""
+    return [k for k, pts in curve.items() if t_max_of[k] >= max(p["size_tokens"] for p in pts)]
+
+
 def rank_gain(curve: dict[int, list[dict]], low: int, high: int) -> dict[int, float]:
     """Per training seed: mean accuracy at rank `high` minus at rank `low`, over the sizes both ranks finished
     (same seed, same PhoneBook); only seeds that finished all of those sizes at both ranks count."""
@@ -339,7 +344,7 @@ def summarize(rows: list[dict], opts: RecipeOptions) -> dict:
     (out / "capacity.md").write_text(f"{text}\n### Every cell\n\n{table}")
     best = max(per_rank.values(), key=lambda v: v["efficiency"])
     law = memory_law({k: per_rank[str(k)]["t_max"] for k in ranks})
-    beyond = [k for k in ranks if per_rank[str(k)]["t_max"] >= max(p["size_tokens"] for p in curve[k])]
+    beyond = beyond_grid(curve, {k: per_rank[str(k)]["t_max"] for k in ranks})
     if law and beyond:  # those ranks' T_max is a lower bound: the fit says how far the grid reached, not the law
         law["censored_ranks"] = beyond
         law["note"] = f"ranks {beyond} held the largest size: their T_max is beyond the grid, so alpha is biased"

@@ -33,6 +33,8 @@ CHAINS: list[tuple[str, ...]] = [("multi-lora", "routing", "merging", "n-modules
 # continual was left out until the first cpu run, which then ran it last and alone, on one of its two cores.
 LONGEST_FIRST = ["multi-lora", "capacity", "continual", "mixes", "rag-icl", "formats", "generators", "counterfact",
                  "model-scale"]
+_NO_SPAWN = ("A recipe defined in __main__, or a script without `if __name__ == '__main__':`, cannot run in worker "
+             "processes: use workers=1")
 GIB_PER_WORKER = 6  # a worker holds a base model, its optimizer state and activations; smoke needs ~2-3 GiB
 
 
@@ -167,9 +169,7 @@ def run_parallel(jobs: list, workers: int, log_dir: Path, progress: bool = True,
             started[slot] = True
             hand_out(slot)
         elif kind == "unloadable":
-            fail(fields["unit"], f"not run: a worker process could not start it ({fields['error']}). A recipe "
-                                 "defined in __main__, or a script without `if __name__ == '__main__':`, cannot "
-                                 "run in worker processes: use workers=1")
+            fail(fields["unit"], f"not run: a worker process could not start it ({fields['error']}). {_NO_SPAWN}")
             running[slot] = None
             grow()
         elif kind == "unit":
@@ -232,8 +232,7 @@ def run_parallel(jobs: list, workers: int, log_dir: Path, progress: bool = True,
                 proc.join(timeout=10)
                 conn.close()
         why = (f"not run: worker processes could not start ({', '.join(no_start)}; their error is printed above). "
-               "A recipe defined in __main__, or a script without `if __name__ == '__main__':`, cannot run in "
-               "worker processes: use workers=1") if no_start else "not run: no worker was left; rerun to resume"
+               f"{_NO_SPAWN}") if no_start else "not run: no worker was left; rerun to resume"
         for unit in range(len(units)):
             if unit not in resolved:
                 fail(unit, why)
