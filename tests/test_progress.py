@@ -30,3 +30,29 @@ def test_without_a_terminal_a_plain_line_is_printed_every_interval(capsys):
     quiet = WriteProgress(total=5, enabled=False, plain_every_s=0.0)
     quiet.update(1, 1.0, 1.0, None)
     assert capsys.readouterr().err == ""
+
+
+def test_a_recipe_without_a_terminal_says_each_group_and_cell_and_beats_while_a_long_group_runs(capsys):
+    from loramem.runs.runner import _CellProgress
+
+    with _CellProgress("capacity", total=3, done=1, enabled=True, every=0.05) as bar:
+        bar.start("r1-tokens500 (+1 together)")
+        time.sleep(0.17)  # a long pass that ends no cell: the heartbeat says the run is alive
+        bar.advance()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("capacity: 1/3 cells, starting r1-tokens500 (+1 together), elapsed 0:00:00")
+    beats = [line for line in err if "running r1-tokens500" in line]
+    assert len(beats) >= 2
+    assert err[-1].startswith("capacity: 2/3 cells, last in r1-tokens500")
+    time.sleep(0.1)  # the heartbeat stops with the view
+    assert capsys.readouterr().err == ""
+
+
+def test_a_recipe_run_from_the_cli_into_a_log_prints_plain_lines(tmp_path, capsys):
+    from recipes_for_tests import SQUARES
+
+    from loramem.runs.runner import RecipeOptions, run_recipe
+
+    run_recipe(SQUARES, RecipeOptions(out=tmp_path, params={"n": 2}))
+    err = capsys.readouterr().err
+    assert "squares: 0/" in err and "squares: 1/" in err

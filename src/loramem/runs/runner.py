@@ -211,8 +211,18 @@ def _latest_ok(rows: list[dict]) -> list[dict]:
 
 
 class _CellProgress(OptionalBar):
-    def __init__(self, name: str, total: int, done: int, enabled: bool) -> None:
-        self.enabled = enabled and total > 0
+    """A recipe's cells on stderr: a rich bar on a terminal; without one (rich draws nothing there) a plain line when
+    a group of cells starts or a cell ends, and one every `every` seconds from a background thread while a group
+    runs (one pass of many capacity cells takes minutes and ends no cell until it is done)."""
+
+    def __init__(self, name: str, total: int, done: int, enabled: bool, every: float | None = None) -> None:
+        from loramem.progress import PLAIN_EVERY_S, plain_output
+
+        self.name, self.total, self.done, self.cell, self.t0 = name, total, done, "", time.time()
+        self.plain = enabled and total > 0 and plain_output()
+        self.enabled = enabled and total > 0 and not self.plain
+        self.every = PLAIN_EVERY_S if every is None else every
+        self._stop = None
         if self.enabled:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -224,10 +234,41 @@ class _CellProgress(OptionalBar):
                                 console=Console(stderr=True))
             self.task = self.bar.add_task(name, total=total, completed=done, cell="")
 
+    def __enter__(self):
+        if self.plain:
+            import threading
+
+            self._stop = threading.Event()
+            threading.Thread(target=self._beat, daemon=True).start()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        if self._stop is not None:
+            self._stop.set()
+        return super().__exit__(*exc)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            self._line("running")
+
+    def _line(self, what: str) -> None:
+        import sys
+
+        from loramem.progress import _clock
+
+        print(f"{self.name}: {self.done}/{self.total} cells, {what} {self.cell}, elapsed "
+              f"{_clock(time.time() - self.t0)}", file=sys.stderr, flush=True)
+
     def start(self, cell: str) -> None:
+        self.cell = cell
         if self.enabled:
             self.bar.update(self.task, cell=cell)
+        elif self.plain:
+            self._line("starting")
 
     def advance(self) -> None:
+        self.done += 1
         if self.enabled:
             self.bar.advance(self.task)
+        elif self.plain:
+            self._line("last in")
