@@ -75,7 +75,7 @@ def run_datasheet(model: str, scale: str, out: Path, only: str | None = None, ex
             status = pool.run_parallel(jobs, n_workers, out / "logs", progress=progress, follow=follow)
             # reruns that ran (a unit no worker ran, or one whose worker died, runs again after)
             ran = {n: st for n, st in status.items() if follow is not None and n in follow.started
-                   and not str(st.get("error", "")).startswith(("not run", "worker process died"))}
+                   and not st.get("incomplete")}
         else:
             status = {}
             for i, (recipe, opts) in enumerate(jobs, start=1):

@@ -232,7 +232,7 @@ def bench_capacity(
     seed: int = typer.Option(0, help="first seed of the grid"),
     seeds: int | None = typer.Option(None, help="train every cell this many times (seeds SEED, SEED+1, ...: a fresh "
                                                 "PhoneBook and LoRA init each); tables, plots and findings use the "
-                                                "mean and spread (default per scale: smoke 3, else 1)"),
+                                                "mean and spread (default per scale: smoke 2, cpu 3, paper 1)"),
     paper_data: Path | None = typer.Option(None, help="the paper's release folder"),
     executor: str = typer.Option("local", help="local or ray"),
     as_json: bool = typer.Option(False, "--json", help="print the recipe's summary as one JSON object"),

@@ -159,7 +159,8 @@ def run_parallel(jobs: list, workers: int, log_dir: Path, progress: bool = True,
     def fail(unit: int, why: str) -> None:
         for recipe, _ in units[unit]:
             if recipe.name not in status:
-                status[recipe.name] = {"error": why, "seconds": 0}
+                # incomplete: no worker finished it (not started, or its worker died); a datasheet runs it again
+                status[recipe.name] = {"error": why, "seconds": 0, "incomplete": True}
                 view.show("end", recipe.name, status[recipe.name])
         resolved.add(unit)
 
