@@ -14,7 +14,8 @@ import pytest
 import torch
 from bank_helpers import QUICK, copy_bank, make_bank, phonebook_file
 
-from loramem.bank.store import MemoryBank, check_name
+from loramem.bank.folders import check_name
+from loramem.bank.store import MemoryBank
 from loramem.config import WriterConfig
 from loramem.errors import UserError
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from loramem.bank.folders import check_name
 from loramem.bank.manifest import ModuleInfo
 from loramem.bank.partition import KEY_TEXT_CHARS, fact_key
 from loramem.bank.rowkeys import row_texts
-from loramem.bank.store import MemoryBank, NewModule, check_name
+from loramem.bank.store import MemoryBank, NewModule
 from loramem.bank.update import (
     CheckFailed,
     check_base,

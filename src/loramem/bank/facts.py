@@ -44,8 +44,8 @@ def stored(con, info: ModuleInfo) -> list[Example] | None:
 def from_sources(info: ModuleInfo) -> list[Example]:
     """A version's facts read back from its source files (for versions written before the facts table): every
     file must still hold the bytes the manifest recorded, and only rows with the module's keys count."""
+    from loramem.bank.folders import file_sha256
     from loramem.bank.partition import fact_key
-    from loramem.bank.store import file_sha256
     from loramem.data.examples import read_examples
 
     if not info.sources:

@@ -8,16 +8,14 @@ manifest that says which versions exist and which one each name serves.
 Safety: a new version is staged in a temporary folder, renamed into place and recorded in one manifest
 transaction while holding the bank's file lock, so a killed writer leaves the bank as it was and two writers
 never interleave. Names are checked so none can escape the folder; modules of another base model are refused;
-only safetensors adapter files are accepted.
+only safetensors adapter files are accepted (those folder checks live in folders.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import re
 import shutil
 import time
 import uuid
@@ -28,6 +26,15 @@ from filelock import FileLock
 
 from loramem.bank import facts as facts_table
 from loramem.bank import rowkeys, vindex
+from loramem.bank.folders import (
+    check_adapter_folder,
+    check_name,
+    folder_checksum,
+    folder_stamp,
+    fsync_dir,
+    fsync_tree,
+    read_optional_json,
+)
 from loramem.bank.manifest import SELECT, ModuleInfo, connect, has_table, info_to_row, row_to_info
 from loramem.config import fault_point
 from loramem.errors import UserError
@@ -37,46 +44,6 @@ LOCK = ".lock"
 STAGING = ".staging"
 MODULES = "modules"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-
-
-def check_name(name: str) -> str:
-    """A module name that is safe as a folder name inside the bank (no separators, no '..', no hidden files)."""
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
-        raise UserError(f"bad module name {name!r}: use letters, digits, '.', '_' or '-' (up to 100), "
-                        "starting with a letter or digit, e.g. --name people-2024")
-    return name
-
-
-def folder_checksum(folder: Path) -> str:
-    """sha256 over the names and bytes of every file in a module folder."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(f.relative_to(folder).as_posix().encode() + b"\0")
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def check_adapter_folder(folder: Path) -> None:
-    """Refuse anything but a PEFT LoRA folder with safetensors weights (pickled .bin files can run code)."""
-    if not (folder / "adapter_config.json").is_file():
-        raise UserError(f"{folder} is not a PEFT adapter folder (no adapter_config.json)")
-    if not (folder / "adapter_model.safetensors").is_file():
-        raise UserError(f"{folder} has no adapter_model.safetensors; only safetensors modules are accepted "
-                        "(re-save the adapter with safe_serialization=True)")
-    bad = [p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
-    if bad:
-        raise UserError(f"{folder} holds pickled weight files {bad}; only safetensors are accepted, remove them")
 
 
 @dataclass
@@ -108,14 +75,6 @@ class NewModule:
 
 
 _VERIFIED: dict[tuple[str, str], tuple] = {}  # (folder, checksum) -> file stamps when it last matched
-
-
-def _stamp(folder: Path) -> tuple:
-    out = []
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        st = f.stat()
-        out.append((f.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns, st.st_ino))
-    return tuple(out)
 
 
 def _alive(pid: int) -> bool:
@@ -232,7 +191,7 @@ class MemoryBank:
         folder = self.path(info)
         try:
             check_adapter_folder(folder)
-            stamp = _stamp(folder)
+            stamp = folder_stamp(folder)
         except (UserError, OSError) as exc:
             raise UserError(self._damaged_msg(info, f"files missing or unreadable: {exc}")) from None
         key = (str(folder.resolve()), info.checksum)
@@ -286,11 +245,11 @@ class MemoryBank:
         check_name(item.name)
         folder = item.folder
         check_adapter_folder(folder)
-        record = item.record if item.record is not None else _read_json(folder / "loramem.json")
+        record = item.record if item.record is not None else read_optional_json(folder / "loramem.json")
         base = record.get("base") or {}
         if not base.get("fingerprint"):
             raise UserError(f"{folder} does not record its base model (no loramem.json); write it with `loramem write`")
-        conf = _read_json(folder / "adapter_config.json")
+        conf = read_optional_json(folder / "adapter_config.json")
         if move and folder.resolve().parent == (self.root / STAGING).resolve():
             staging = folder
         else:
@@ -298,7 +257,7 @@ class MemoryBank:
             shutil.copytree(folder, staging, dirs_exist_ok=True)
             if move:
                 shutil.rmtree(folder)
-        _fsync_tree(staging)
+        fsync_tree(staging)
         row_keys = (item.rows, rowkeys.embed_rows(item.rows)) if item.rows else None  # before the lock
         return staging, item, record, conf, folder_checksum(staging), row_keys
 
@@ -346,7 +305,7 @@ class MemoryBank:
                     con.execute("DELETE FROM heads WHERE name = ?", (name,))
                 for i, (staging, target) in enumerate(moves):
                     os.replace(staging, target)
-                    _fsync_dir(target.parent)
+                    fsync_dir(target.parent)
                     if i == 0:
                         fault_point("bank-mid-commit")
                 con.execute("COMMIT")
@@ -516,27 +475,3 @@ class MemoryBank:
         out.mkdir(parents=True, exist_ok=True)
         (out / "modules.json").write_text(json.dumps(index, indent=2))
         return written
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError:
-        raise UserError(f"{path} is not valid JSON") from None
-
-
-def _fsync_tree(folder: Path) -> None:
-    for f in folder.rglob("*"):
-        if f.is_file():
-            with f.open("rb") as fh:
-                os.fsync(fh.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(str(folder), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

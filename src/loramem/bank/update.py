@@ -29,10 +29,11 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loramem.bank.folders import check_name, file_sha256
 from loramem.bank.manifest import ModuleInfo
 from loramem.bank.partition import KEY_TEXT_CHARS, fact_key, key_text
 from loramem.bank.rowkeys import row_texts
-from loramem.bank.store import MemoryBank, NewModule, check_name, file_sha256
+from loramem.bank.store import MemoryBank, NewModule
 from loramem.config import WriterConfig, user_error
 from loramem.errors import UserError
 from loramem.formats import Example

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from loramem.bank.folders import check_name, file_sha256
 from loramem.bank.manifest import ModuleInfo
 from loramem.bank.partition import Part, partition_file
 from loramem.bank.rowkeys import row_texts
-from loramem.bank.store import MemoryBank, NewModule, check_name, file_sha256
+from loramem.bank.store import MemoryBank, NewModule
 from loramem.config import WriterConfig, fault_point
 from loramem.models import Base
 

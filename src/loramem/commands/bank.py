@@ -29,7 +29,8 @@ def _open(bank: Path):
 def write_bank_cmd(train_file: Path, out: Path | None, bank: Path | None, name: str | None, partition: int | None,
                    model: str, cfg, limit: int | None, data_license: str | None = None, as_json: bool = False) -> None:
     """`loramem write FILE --bank DIR --name NAME [--partition N]`: train module(s) into a bank."""
-    from loramem.bank.store import MemoryBank, check_name
+    from loramem.bank.folders import check_name
+    from loramem.bank.store import MemoryBank
     from loramem.bank.write import write_to_bank
     from loramem.models import load_base
 
