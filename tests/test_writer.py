@@ -170,6 +170,24 @@ def test_running_estimate_replaces_per_epoch_checks(tiny_base):
     res.model.delete_adapter("wonline")
 
 
+def test_min_steps_lifts_an_epoch_budget_that_gives_a_small_set_too_few_updates(tiny_base):
+    """An epoch budget on 6 facts in batches of 3 is 2 steps an epoch: 2 epochs are 4 steps, and min_steps raises
+    that to 9 (a capacity grid's smallest sizes would otherwise train a few dozen steps); it never lowers a budget,
+    and explicit steps still win."""
+    def steps(**kw):
+        res = write_module(FACTS, tiny_base, _cfg(**{"batch_size": 3, "target_em": None, "steps": None, **kw}),
+                           adapter="wmin")
+        res.model.delete_adapter("wmin")
+        return res.record["steps"]
+
+    assert steps(epochs=2) == 4
+    assert steps(epochs=2, min_steps=9) == 9
+    assert steps(epochs=6, min_steps=9) == 12
+    assert steps(epochs=2, min_steps=9, steps=5) == 5
+    with pytest.raises(ValueError, match="min_steps must be in"):
+        WriterConfig(min_steps=0)
+
+
 def test_a_bf16_shortcut_passes_when_it_is_as_close_to_fp32_as_the_bf16_full_pass(tiny_base):
     """Under bf16 autocast the shortcut is judged against the fp32 logits: no further from them than the bf16 full
     pass is (the real model: both bf16 paths differ by ~2% of the logit scale, as each does from fp32)."""

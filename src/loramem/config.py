@@ -154,6 +154,7 @@ _WRITER_LIMITS = {
     "epochs": (lambda v: math.isfinite(v) and 0 < v <= 1e6,
                "epochs must be a finite number in (0, 1e6] (got {v}); or pass --steps N"),
     "steps": (lambda v: 1 <= v <= 10**8, "steps must be in 1..1e8 (got {v}); --steps 0 would save an untrained module"),
+    "min_steps": (lambda v: 1 <= v <= 10**8, "min_steps must be in 1..1e8 (got {v})"),
     "target_em": (lambda v: 0 < v <= 1, "target exact match must be in (0, 1] (got {v})"),
     "max_seconds": (lambda v: v > 0, "max seconds must be > 0 (got {v})"),
     "batch_size": (lambda v: 1 <= v <= 65536, "batch size must be in 1..65536 (got {v})"),
@@ -175,6 +176,9 @@ class WriterConfig(BaseModel):
     warmup_steps: int = 0
     steps: int | None = Field(None, description="max optimizer steps; default from epochs")
     epochs: float = 100.0
+    min_steps: int | None = Field(None, description="at least this many optimizer steps when the budget comes from "
+                                  "epochs, so a small set still gets enough updates (a capacity grid's smallest "
+                                  "sizes); the early stop still applies")
     batch_size: int = 16
     seed: int = 0
     loss: Literal["answer", "sequence"] = "answer"

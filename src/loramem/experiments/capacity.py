@@ -39,9 +39,13 @@ SCALES: dict[str, dict] = {
     # 2000 tokens, so T_max lay beyond the grid. Tokens past 4000 cost more than the run's 4 hours, so the module is
     # made smaller instead: the top layer only (rank 1 is 10,176 parameters, rank 16 162,816). A pilot at this
     # setting (one seed, 50 epochs): rank 1 held 0.01 of 2000 tokens and 0.00 of 8000; rank 16 held 0.97 and 0.77,
-    # so every rank's curve can cross tau = 0.9 inside 250-4000 tokens. The 75 cells share passes over the base.
+    # so every rank's curve can cross tau = 0.9 inside 250-4000 tokens. At least 250 steps: 50 epochs of 250
+    # tokens (8 entries, one batch) are 50 steps, and in the second run's first sitting ranks 1-4 held less of 250
+    # tokens (0.00-0.75) than of 1000 (250 steps): the small sizes measured the step count. 1000 tokens and more
+    # already get 250+. The 75 cells share passes over the base.
     "cpu": {"ranks": [1, 2, 4, 8, 16], "sizes": [250, 500, 1000, 2000, 4000], "seeds": 3,
-            "writer": {"targets": "all-linear", "layers": "top 1", "lr": 2.5e-3, "epochs": 50, "batch_size": 8}},
+            "writer": {"targets": "all-linear", "layers": "top 1", "lr": 2.5e-3, "epochs": 50, "min_steps": 250,
+                       "batch_size": 8}},
     "paper": {"ranks": [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024], "seeds": 1,
               "sizes": [1000, 2000, 4000, 8000, 12000, 16000, 20000],
               "writer": {"recipe": "paper", "targets": "all-linear"}},
