@@ -216,7 +216,7 @@ class _Lane:
             load_weights(self.host, job.adapter, job.init_from)
         self.params = adapter_params(self.host, job.adapter)
         self.per_epoch = math.ceil(len(self.items) / cfg.batch_size)
-        self.total = cfg.steps if cfg.steps is not None else max(1, cfg.min_steps or 1,
+        self.total = cfg.steps if cfg.steps is not None else max(cfg.min_steps or 1,
                                                                  math.ceil(cfg.epochs * self.per_epoch))
         # exact match tracked from the training passes, confirmed by a full check; with dropout the training passes
         # are noisy, so dropout falls back to a full check every epoch
