@@ -27,18 +27,21 @@ def folder_checksum(folder: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(p for p in folder.rglob("*") if p.is_file()):
         h.update(f.relative_to(folder).as_posix().encode() + b"\0")
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        _feed(h, f)
     return h.hexdigest()
 
 
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
+    _feed(h, Path(path))
+    return h.hexdigest()
+
+
+def _feed(h, path: Path) -> None:
+    """A file's bytes into hash `h`, 1 MiB at a time."""
+    with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
 
 
 def check_adapter_folder(folder: Path) -> None:
