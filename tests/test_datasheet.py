@@ -104,6 +104,20 @@ def test_a_killed_sitting_still_counts_its_wall_time(tmp_path):
     assert len(elsewhere) == 1  # another scale's sittings are not this datasheet's
 
 
+def test_each_sitting_records_its_machine_and_the_report_names_them_when_they_differ(tmp_path):
+    """A datasheet resumed on another machine (another CPU, or bf16 where the first had fp32) says so."""
+    import os
+
+    from loramem.datasheet import Sittings, _machines, machine
+
+    first = Sittings(tmp_path / "sittings.json", scale="cpu", model="m").stop()
+    assert first[0]["machine"] == machine() and f"{os.cpu_count()} x " in machine()
+    assert machine().endswith((", fp32", ", bf16"))
+    assert _machines({"sittings": first * 2}) is None  # one machine throughout: nothing to say
+    old = {**first[0], "machine": "16 x Other CPU, fp32"}
+    assert _machines({"sittings": [old, first[0]]}) == f"sitting 1: 16 x Other CPU, fp32; sitting 2: {machine()}"
+
+
 def test_recipes_that_share_a_bank_run_in_one_worker_in_order():
     from loramem.runs.workers import plan
 

@@ -130,7 +130,8 @@ class Sittings:
             old = []
         self.past = [x for x in old if isinstance(x, dict) and x.get("scale") == scale and x.get("model") == model]
         self.now = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.t0)), "scale": scale,
-                    "model": model, "git_commit": git_commit(), "wall_s": 0.0, "finished": False}
+                    "model": model, "git_commit": git_commit(), "machine": machine(), "wall_s": 0.0,
+                    "finished": False}
         self._done, self._lock = threading.Event(), threading.Lock()
         self._write()
         self._thread = threading.Thread(target=self._tick, daemon=True)
@@ -255,6 +256,26 @@ def _phrase(key: str, value) -> str:
     return f"{name} {value}"
 
 
+def machine() -> str:
+    """What a sitting ran on, in one line: cores, CPU, GPU and the LoRA training precision it resolves to. Timings
+    and (under bf16) numbers depend on it, so every sitting records its own."""
+    import torch
+
+    from loramem.writer import precision_for
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = f", {torch.cuda.get_device_name(0)}" if device.type == "cuda" else ""
+    return f"{os.cpu_count()} x {_cpu_name()}{gpu}, {precision_for('auto', device)}"
+
+
+def _machines(info: dict) -> str | None:
+    """The sittings' machines, when they were not all the same one (else None)."""
+    seen = [x.get("machine", "not recorded") for x in info.get("sittings") or []]
+    if len(set(seen)) < 2:
+        return None
+    return "; ".join(f"sitting {i}: {m}" for i, m in enumerate(seen, start=1))
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -282,6 +303,7 @@ def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dic
                  "router query encoder": info.get("router_query_encoder", "all-MiniLM-L6-v2"),
                  "LoRA training precision": info.get("writer_precision", "not recorded"),
                  "recipes at once": _concurrency(info),
+                 **({"sittings ran on": _machines(info)} if _machines(info) else {}),
                  **{k: v for k, v in info["packages"].items()}}
     lines += [f"| {k} | {v} |" for k, v in env_items.items()]
     lines += ["", "## Findings of the paper, checked on this run", "",
