@@ -97,3 +97,26 @@ def test_recipe_runs_end_to_end_on_a_tiny_bank(name, table, tmp_path_factory, mo
         assert summary["answer_of_oracle"]["oracle"] in (1.0, None) and "answer / oracle's" in (out / "routing.md").read_text()
         oracle = next(r for r in rows if r["router"] == "oracle")
         assert all(p["modules"] == [p["gold_module"]] for p in oracle["predictions"])
+
+
+def test_each_scale_picks_its_merges_from_its_table(tmp_path):
+    """The merge grids per scale: the demo leaves loramem's exact merges out of Q10; cpu keeps exact-linear and
+    exact-ties but not exact-dare nor their unscaled sums, and stops Q11's weight-space merges at N = 3; paper runs
+    everything to N = 5; an explicit max_n or method list overrides the table."""
+    from loramem.experiments import merging, n_modules
+    from loramem.runs.runner import RecipeOptions
+
+    def names(mod, scale, **params):
+        return [c["cell"] for c in mod.cells(RecipeOptions(model="tiny-random", scale=scale, out=tmp_path,
+                                                           params=params))]
+
+    assert not [c for c in names(merging, "smoke") if "exact" in c]
+    cpu = names(merging, "cpu")
+    assert {"merge-exact-linear", "merge-exact-ties"} <= set(cpu) and not [c for c in cpu if "exact-dare" in c]
+    assert not [c for c in cpu if c.startswith("merge-exact") and c.endswith("-sum")] and "merge-linear-sum" in cpu
+    assert {"merge-exact-dare", "merge-exact-linear-sum"} <= set(names(merging, "paper"))
+    assert "merge-exact-linear-sum" in names(merging, "smoke", methods=["exact-linear"])
+    q11 = names(n_modules, "cpu")
+    assert "exact-linear-n3" in q11 and "exact-linear-n4" not in q11 and "ties-n5" in q11
+    assert "exact-ties-n5" in names(n_modules, "paper") and "exact-ties-n4" in names(n_modules, "cpu", max_n=4)
+    assert "linear-n4" not in names(n_modules, "smoke") and "exact-ties-n1" not in names(n_modules, "smoke")

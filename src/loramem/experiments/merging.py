@@ -27,23 +27,26 @@ def merges() -> list[str]:
     return [m for m in MERGE_METHODS.names() if m != "none"]
 
 
+# loramem's exact merges cost an SVD per layer (~5-10 s a merge, and a cell merges one candidate set per fact group:
+# 48 at cpu scale). Per scale, the exact merges that run by default and whether the exact ones also run unscaled:
+# smoke (the demo) leaves them out (n-modules still runs exact-linear there); cpu keeps exact-linear and exact-ties
+# with their default weights (the Q10 ablation's arm), not exact-dare nor the unscaled exact sums (~20 min more);
+# paper runs them all.
+SCALES: dict[str, dict] = {
+    "smoke": {"exact": (), "exact_sums": True},  # sums of the exact merges when asked for
+    "cpu": {"exact": ("exact-linear", "exact-ties"), "exact_sums": False},
+    "paper": {"exact": None, "exact_sums": True},  # None: every exact merge
+}
+
+
 def cells(opts: RecipeOptions) -> list[dict]:
-    g = grid(opts)
-    # loramem's exact merges cost an SVD per layer (~5-10 s a merge, and a cell merges one candidate set per fact
-    # group: 48 at cpu scale). smoke (the demo) leaves them out (n-modules still runs exact-linear there); cpu keeps
-    # exact-linear and exact-ties with their default weights (the Q10 ablation's arm), not exact-dare nor the
-    # unscaled exact sums (~20 min more); paper runs them all
-    if opts.scale == "smoke":
-        default = [m for m in merges() if not m.startswith("exact-")]
-    elif opts.scale == "cpu":
-        default = [m for m in merges() if m != "exact-dare"]
-    else:
-        default = merges()
+    g, s = grid(opts), SCALES[opts.scale]
+    default = [m for m in merges() if not m.startswith("exact-") or s["exact"] is None or m in s["exact"]]
     methods = [check_method(m) for m in opts.params.get("methods") or default]
     refs = [{"cell": "single", "method": "single"}, {"cell": "gold-only", "method": "none"}]
     # each method with its default weights, and the additive ones also unscaled (weights 1: no dilution)
     unscaled = [m for m in methods if m not in ("ties", "dare_ties", "exact-ties")
-                and not (opts.scale == "cpu" and m.startswith("exact-"))]
+                and (s["exact_sums"] or not m.startswith("exact-"))]
     merged = [{"cell": f"merge-{m}", "method": m, "weights": "auto"} for m in methods] + [
         {"cell": f"merge-{m}-sum", "method": m, "weights": "sum"} for m in unscaled]
     return [{**c, "top_k": g["top_k"], "modules": g["modules"]} for c in refs + merged]

@@ -14,15 +14,22 @@ from loramem.runs.runner import Recipe, RecipeOptions
 DEFAULT_METHODS = ("linear", "ties", "exact-linear", "exact-ties")
 
 
+# Per scale: the largest N, the methods, and the largest N of the weight-space merges (None: max_n). smoke keeps the
+# demo short: N up to 3 (the drop is at N = 2) and one weight-space merge beside PEFT's two. cpu: the weight-space
+# merges (the cliff's ablation, 2-4 min a cell) stop at N = 3: the first cpu run had them at 0.00-0.01 from N = 2
+# on, and N = 4, 5 cost 17 of the recipe's 54 minutes. A `max_n` param sets both.
+SCALES: dict[str, dict] = {
+    "smoke": {"max_n": 3, "methods": DEFAULT_METHODS[:3], "exact_max_n": None},
+    "cpu": {"max_n": 5, "methods": DEFAULT_METHODS, "exact_max_n": 3},
+    "paper": {"max_n": 5, "methods": DEFAULT_METHODS, "exact_max_n": None},
+}
+
+
 def cells(opts: RecipeOptions) -> list[dict]:
-    g = grid(opts)
-    # smoke keeps the demo short: N up to 3 (the drop is at N = 2) and one weight-space merge beside PEFT's two
-    max_n = min(opts.params.get("max_n") or (3 if opts.scale == "smoke" else 5), g["modules"])
-    defaults = DEFAULT_METHODS[:3] if opts.scale == "smoke" else DEFAULT_METHODS
-    methods = [opts.params["method"]] if opts.params.get("method") else list(defaults)
-    # cpu: the weight-space merges (the cliff's ablation, 2-4 min a cell) stop at N = 3: the first cpu run had
-    # them at 0.00-0.01 from N = 2 on, and N = 4, 5 cost 17 of the recipe's 54 minutes
-    exact_n = max_n if opts.scale != "cpu" or opts.params.get("max_n") else min(max_n, 3)
+    g, s = grid(opts), SCALES[opts.scale]
+    max_n = min(opts.params.get("max_n") or s["max_n"], g["modules"])
+    methods = [opts.params["method"]] if opts.params.get("method") else list(s["methods"])
+    exact_n = max_n if opts.params.get("max_n") or s["exact_max_n"] is None else min(max_n, s["exact_max_n"])
     return [{"cell": f"{m}-n{n}", "method": m, "n": n, "modules": g["modules"]}
             for m in methods for n in range(1, (exact_n if m.startswith("exact-") else max_n) + 1)]
 
