@@ -85,6 +85,9 @@ def test_rerun_resumes_without_redoing_cells(tmp_path, squares_registered):
     assert [x["finished"] for x in run["sittings"]] == [True, True]
     assert run["wall_s"] == round(sum(x["wall_s"] for x in run["sittings"]), 1) >= run["sitting_wall_s"]
     assert "over 2 sittings" in (tmp_path / "report.md").read_text()
+    # the recipe's seconds are this sitting's, which reran only the failed cell: the line says so
+    assert run["recipes"]["squares"]["ran"] == 1
+    assert "3/3 cells finished; this sitting ran 1 of them in " in (tmp_path / "report.md").read_text()
 
 
 def test_a_killed_sitting_still_counts_its_wall_time(tmp_path):

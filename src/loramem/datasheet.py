@@ -162,6 +162,18 @@ class Sittings:
         return self._write()
 
 
+def _cells_line(st: dict) -> str:
+    """How many cells finished, and the seconds of the sitting that ran them: a resumed run's earlier sittings
+    ran the rest, and their seconds are in sittings.json, not here."""
+    done = f"{st.get('ok', 0)}/{st.get('cells', 0)} cells finished"
+    ran = st.get("ran")
+    if ran is None or ran >= st.get("ok", 0):
+        return f"{done} in {st.get('seconds', 0):.0f} s."
+    if ran == 0:
+        return f"{done} in earlier sittings (this one only summarized them)."
+    return f"{done}; this sitting ran {ran} of them in {st.get('seconds', 0):.0f} s, earlier sittings the rest."
+
+
 def _sittings(info: dict) -> str:
     n = len(info.get("sittings") or [])
     return f" of wall time over {n} sittings (it resumed)" if n > 1 else ""
@@ -334,8 +346,7 @@ def render_markdown(out: Path, names: list[str], verdicts: list[dict], info: dic
         if "error" in st:
             lines += [f"This recipe failed: `{st['error']}`"]
             continue
-        lines.append(f"{st.get('ok', 0)}/{st.get('cells', 0)} cells finished in {st.get('seconds', 0):.0f} s."
-                     + (f" Failed cells: {', '.join(st['failed'])}." if st.get("failed") else ""))
+        lines.append(_cells_line(st) + (f" Failed cells: {', '.join(st['failed'])}." if st.get("failed") else ""))
         folder = out / name
         for md in sorted(folder.glob("*.md")):
             lines += ["", md.read_text().strip()]

@@ -122,7 +122,7 @@ def run_recipe(recipe: Recipe, opts: RecipeOptions, executor: str = "local", add
     summary = recipe.summarize(ok, opts) if ok else {}
     failed = sorted({r["cell"] for r in rows if r.get("status") == "error"} - {r["cell"] for r in ok})
     errors = [r.get("error") for r in rows if r.get("status") == "error" and r["cell"] in failed]
-    summary = {**summary, "recipe": recipe.name, "cells": len(cells), "ok": len(ok), "failed": failed,
+    summary = {**summary, "recipe": recipe.name, "cells": len(cells), "ok": len(ok), "ran": len(todo), "failed": failed,
                **({"first_error": errors[0]} if errors else {})}
     (opts.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
@@ -135,7 +135,8 @@ def run_recipe_status(recipe: Recipe, opts: RecipeOptions, executor: str = "loca
     t = time.time()
     try:
         summary = run_recipe(recipe, opts, executor=executor, address=address, listener=listener)
-        return {"ok": summary.get("ok", 0), "cells": summary.get("cells", 0), "failed": summary.get("failed", []),
+        return {"ok": summary.get("ok", 0), "cells": summary.get("cells", 0), "ran": summary.get("ran", 0),
+                "failed": summary.get("failed", []),
                 **({"first_error": summary["first_error"]} if summary.get("first_error") else {}),
                 "seconds": round(time.time() - t, 1)}
     except KeyboardInterrupt:
